@@ -1,0 +1,66 @@
+"""The ``lit-advgame`` command line: LightningCLI with the fit/validate/test/predict subcommands.
+
+Examples::
+
+    lit-advgame fit --config configs/quickstart.yaml
+    lit-advgame fit --config configs/quickstart.yaml --print_config
+    lit-advgame fit --config configs/quickstart.yaml --ckpt_path last        # resume
+    lit-advgame test --config configs/quickstart.yaml --ckpt_path runs/quickstart/checkpoints/last.ckpt
+
+Models and data are chosen with ``class_path``/``init_args`` in YAML (subclass mode). The
+DataModule's ``num_classes``, ``input_shape``, ``mean`` and ``std`` are linked into the model when
+both are instantiated, so configs never repeat them. The resolved config is saved next to the run
+(``config.yaml`` in the logger's version folder; overwritten on a resumed run instead of failing).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+
+# Linked from the instantiated DataModule into the instantiated model, when the model takes them.
+DATA_TO_MODEL_LINKS = ("num_classes", "input_shape", "mean", "std")
+
+
+class AdvGameCLI(LightningCLI):
+    """LightningCLI with data→model links and an optional test run after ``fit``."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=False,
+            help="After `fit`, run `test` on the best checkpoint (or the final weights if none was saved).",
+        )
+        for name in DATA_TO_MODEL_LINKS:
+            parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+
+    def after_fit(self) -> None:
+        if not self.config.get(self.subcommand, {}).get("test_after_fit", False):
+            return
+        ckpt = "best" if self.trainer.checkpoint_callback is not None and self.trainer.checkpoint_callback.best_model_path else None
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+
+
+def build_cli(args: Any = None, run: bool = True) -> AdvGameCLI:
+    """Build (and by default run) the CLI; ``args`` parses from a list/dict instead of ``sys.argv``."""
+    return AdvGameCLI(
+        model_class=pl.LightningModule,
+        datamodule_class=pl.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
+
+
+def main(args: Any = None) -> None:
+    """Console entry point of ``lit-advgame`` and ``python -m lit_advgame``."""
+    build_cli(args if args is not None else sys.argv[1:])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

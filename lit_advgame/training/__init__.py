@@ -1,0 +1,5 @@
+"""Training methods as LightningModules."""
+from lit_advgame.training.base import ClassifierModule
+from lit_advgame.training.standard import StandardClassifier
+
+__all__ = ["ClassifierModule", "StandardClassifier"]

@@ -1,0 +1,136 @@
+"""Common base of lit_advgame's classifier LightningModules.
+
+A :class:`ClassifierModule` owns a pixel-space classifier built from the model registry
+(normalization is its first layer), torchmetrics accuracy for each stage, and an optimizer and
+LR scheduler injected from the config (any ``torch.optim`` class and any
+``torch.optim.lr_scheduler`` class, given as ``class_path``/``init_args`` in YAML).
+
+Subclasses (standard, adversarial, smoothing, ensembles) override :meth:`training_loss` only.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from lit_advgame.models import build_model
+from lit_advgame.utils.checks import check_choice
+
+
+def _default_optimizer(params: Any) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=1e-3)
+
+
+class ClassifierModule(pl.LightningModule):
+    """Base LightningModule for a classifier on pixel-space images.
+
+    Args:
+        arch: model registry name (see :func:`lit_advgame.models.available_models`).
+        num_classes: number of classes (linked from the DataModule by the CLI).
+        input_shape: (C, H, W) of the images (linked from the DataModule by the CLI).
+        mean: per-channel normalization mean (linked from the DataModule by the CLI).
+        std: per-channel normalization std (linked from the DataModule by the CLI).
+        arch_kwargs: extra keyword arguments of the architecture builder.
+        weights: optional local weights file to initialise the network from.
+        optimizer: optimizer factory (``params -> Optimizer``); default Adam(lr=1e-3).
+        lr_scheduler: optional scheduler factory (``optimizer -> LRScheduler``).
+        scheduler_interval: step the scheduler every ``"epoch"`` or ``"step"``.
+        scheduler_monitor: metric monitored by ``ReduceLROnPlateau``.
+    """
+
+    def __init__(
+        self,
+        arch: str = "small_cnn",
+        num_classes: int = 10,
+        input_shape: Sequence[int] = (1, 16, 16),
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        arch_kwargs: dict[str, Any] | None = None,
+        weights: str | None = None,
+        optimizer: OptimizerCallable = _default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: str = "epoch",
+        scheduler_monitor: str = "val/loss",
+    ) -> None:
+        super().__init__()
+        check_choice(scheduler_interval, "scheduler_interval", ("epoch", "step"))
+        input_shape = tuple(int(s) for s in input_shape)
+        if len(input_shape) != 3:
+            raise ValueError(f"input_shape must be (C, H, W); got {input_shape}")
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.model = self.build_network()
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+
+    # ----------------------------------------------------------------- model
+    def build_network(self) -> nn.Module:
+        """Build the classifier from the hyper-parameters (override for ensembles)."""
+        hp = self.hparams
+        c, h, w = hp.input_shape
+        return build_model(
+            hp.arch,
+            num_classes=hp.num_classes,
+            in_channels=c,
+            input_size=(h, w),
+            mean=hp.mean,
+            std=hp.std,
+            weights=hp.weights,
+            **(hp.arch_kwargs or {}),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    # ------------------------------------------------------------------ steps
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(loss, logits)`` for a training batch; subclasses change the objective here."""
+        logits = self(x)
+        return nn.functional.cross_entropy(logits, y), logits
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss, logits = self.training_loss(x, y)
+        self.train_acc(logits.detach(), y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metric: MulticlassAccuracy) -> None:
+        x, y = batch
+        logits = self(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        metric(logits, y)
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(y))
+        self.log(f"{stage}/acc", metric, on_epoch=True, prog_bar=True, batch_size=len(y))
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_acc)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_acc)
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        logits = self(x)
+        out = {"logits": logits, "pred": logits.argmax(dim=1)}
+        if isinstance(batch, (tuple, list)) and len(batch) > 1:
+            out["label"] = batch[1]
+        return out
+
+    # -------------------------------------------------------------- optimizer
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = self.hparams.scheduler_monitor
+        return {"optimizer": optimizer, "lr_scheduler": config}

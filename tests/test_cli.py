@@ -1,0 +1,83 @@
+"""The lit-advgame command line: config printing, a short fit read back from TensorBoard, resuming."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from lit_advgame.cli import main
+from tests.conftest import CONFIGS
+from tests.tb_utils import read_scalars
+
+FAST = ["--trainer.limit_train_batches", "5", "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2",
+        "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1"]
+
+
+def _fit(args: list[str]) -> None:
+    main(["fit", "--config", str(CONFIGS / "standard_digits.yaml"), *FAST, *args])
+
+
+def test_print_config_resolves_yaml(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(CONFIGS / "quickstart.yaml"), "--print_config"])
+    assert exc.value.code == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["model"]["class_path"] == "lit_advgame.training.StandardClassifier"
+    assert cfg["data"]["class_path"] == "lit_advgame.data.DigitsDataModule"
+    assert cfg["model"]["init_args"]["arch"] == "small_cnn"
+    assert cfg["seed_everything"] == 0
+
+
+def test_unknown_config_key_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(CONFIGS / "quickstart.yaml"), "--model.init_args.no_such_option", "1"])
+    assert exc.value.code != 0
+    assert "no_such_option" in capsys.readouterr().err
+
+
+def test_fit_one_epoch_writes_metrics_config_and_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _fit(["--trainer.max_epochs", "1"])
+    run_dir = tmp_path / "runs" / "standard_digits"
+    version = run_dir / "version_0"
+    scalars = read_scalars(version)
+    for tag in ("train/loss_step", "train/loss_epoch", "train/acc", "val/loss", "val/acc", "test/acc", "test/loss"):
+        assert tag in scalars, f"{tag} missing from {sorted(scalars)}"
+    acc = scalars["val/acc"][-1][1]
+    assert 0.0 <= acc <= 1.0
+    # the resolved config is saved next to the run, with the linked data properties filled in
+    saved = yaml.safe_load((version / "config.yaml").read_text())
+    assert saved["model"]["init_args"]["arch"] == "small_cnn"
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["hyper_parameters"]["num_classes"] == 10
+    assert tuple(ckpt["hyper_parameters"]["input_shape"]) == (1, 16, 16)
+    assert ckpt["epoch"] == 0
+
+
+def test_resume_from_last_checkpoint_continues_training(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _fit(["--trainer.max_epochs", "1", "--test_after_fit", "false"])
+    last = tmp_path / "runs" / "standard_digits" / "checkpoints" / "last.ckpt"
+    first = torch.load(last, map_location="cpu", weights_only=False)
+    _fit(["--trainer.max_epochs", "2", "--ckpt_path", "last", "--test_after_fit", "false"])
+    second = torch.load(last, map_location="cpu", weights_only=False)
+    assert first["epoch"] == 0 and second["epoch"] == 1
+    assert second["global_step"] == 2 * first["global_step"]
+    # the resumed run kept the optimizer state: the first run's Adam step count carried over
+    step_first = next(iter(first["optimizer_states"][0]["state"].values()))["step"]
+    step_second = next(iter(second["optimizer_states"][0]["state"].values()))["step"]
+    assert float(step_second) == 2 * float(step_first)
+    # the resumed run wrote its own TensorBoard version with steps after the first run's
+    scalars = read_scalars(tmp_path / "runs" / "standard_digits" / "version_1")
+    assert min(step for step, _ in scalars["train/loss_step"]) >= first["global_step"]
+
+
+def test_module_entry_point_help():
+    out = subprocess.run([sys.executable, "-m", "lit_advgame", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for sub in ("fit", "validate", "test", "predict"):
+        assert sub in out.stdout
