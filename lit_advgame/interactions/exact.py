@@ -1,0 +1,297 @@
+"""Exact oracle: every index from the full value table of a small game (n <= 16 players).
+
+All ``2^n`` coalitions are evaluated (through the masked-evaluation engine for a
+:class:`~lit_advgame.interactions.game.MaskedGame`), and every index is then computed from the
+value table with vectorised float64 tensor algebra. Coalition ``S`` has table index
+``sum_{i in S} 2^i`` (bit ``i`` = player ``i``).
+
+Definitions (Ren et al., NeurIPS 2021, Eq. 1-4 and supplement B; Wang et al., ICLR 2021, Eq. 4):
+
+* ``Δv_ij(S) = v(S ∪ {i,j}) - v(S ∪ {i}) - v(S ∪ {j}) + v(S)``, ``S ⊆ N \\ {i,j}``.
+* ``I^(m)_ij = E_{|S| = m} Δv_ij(S)`` for ``m = 0 .. n-2`` (multi-order interaction).
+* Shapley interaction index ``SII_ij = Σ_S |S|!(n-|S|-2)!/(n-1)! Δv_ij(S)`` (computed directly
+  with these weights; it equals the plain mean over orders ``(1/(n-1)) Σ_m I^(m)_ij``).
+* Banzhaf interaction ``BII_ij = 2^{-(n-2)} Σ_S Δv_ij(S)``.
+* ``φ^(m)_i = E_{S ⊆ N\\{i}, |S| = m} [v(S ∪ {i}) - v(S)]`` for ``m = 0 .. n-1`` and the Shapley value
+  ``φ_i = Σ_S |S|!(n-|S|-1)!/n! [v(S ∪ {i}) - v(S)]`` (computed directly; equals ``(1/n) Σ_m φ^(m)_i``).
+* ``J^(m) = Σ_{i != j} (n-1-m)/(n(n-1)) I^(m)_ij``: the **sum over ordered pairs** (each unordered
+  pair counts twice), so that ``v(N) - v(∅) = Σ_i [v({i}) - v(∅)] + Σ_m J^(m)`` (efficiency,
+  Eq. 3 / supplement B.1 (5)). The reference plot (``plot.py --type 2``) instead reports the
+  per-pair mean times the weight, ``w(m) · mean_{i<j} I^(m)_ij = J^(m) / (n(n-1))``; both are given
+  (:attr:`ExactInteractions.utility` and :attr:`ExactInteractions.utility_per_pair`).
+* ``D^(m)`` (Eq. 4): ratio of means ``mean_{i<j} |I^(m)_ij| / mean_{i<j} E_S |Δv_ij(S)|`` as the
+  reference code (per image, and pooled over images), and the per-pair form
+  ``mean_{i<j} |I^(m)_ij| / E_S |Δv_ij(S)|`` (pairs with a zero denominator are skipped).
+* IR paper Eq. 4 / Appendix F: ``mean_{i<j} SII_ij = 1/(n-1) · mean_i [v(N) - v(N\\{i}) - v({i}) + v(∅)]``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from math import comb, factorial
+
+import torch
+
+from lit_advgame.interactions.budget import DEFAULT_MAX_FORWARD_PASSES, check_budget
+from lit_advgame.interactions.game import MaskedGame
+from lit_advgame.interactions.results import ResultMixin
+
+MAX_EXACT_PLAYERS = 16
+
+
+def all_coalitions(num_players: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """All ``2^n`` coalitions as a ``(2^n, n)`` boolean matrix; row ``k`` has player ``i`` iff bit ``i`` of ``k`` is set."""
+    index = torch.arange(1 << num_players, device=device)
+    return ((index.unsqueeze(1) >> torch.arange(num_players, device=device)) & 1).bool()
+
+
+def _popcount(values: torch.Tensor, bits: int) -> torch.Tensor:
+    count = torch.zeros_like(values)
+    for bit in range(bits):
+        count += (values >> bit) & 1
+    return count
+
+
+def _insert_zero_bit(values: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """Insert a 0 bit at ``position`` (broadcast) into ``values``: bits at and above it move up one."""
+    low = values & ((1 << position) - 1)
+    return low | ((values >> position) << (position + 1))
+
+
+def _size_onehot(sizes: torch.Tensor, num_sizes: int) -> torch.Tensor:
+    return torch.nn.functional.one_hot(sizes, num_sizes).to(torch.float64)
+
+
+@dataclass
+class ExactInteractions(ResultMixin):
+    """Exact indices of ``B`` games with ``n`` players (all float64 tensors with a leading ``B``).
+
+    Attributes:
+        num_players: n.
+        values: ``(B, 2^n)`` value table.
+        shapley: ``(B, n)`` Shapley values.
+        multi_order_shapley: ``(B, n, n)``; ``[:, m, i]`` = ``φ^(m)_i`` for ``m = 0 .. n-1``.
+        shapley_interaction: ``(B, n, n)`` symmetric SII, zero diagonal.
+        banzhaf_interaction: ``(B, n, n)`` symmetric BII, zero diagonal.
+        multi_order: ``(B, n-1, n, n)``; ``[:, m, i, j]`` = ``I^(m)_ij`` (symmetric, zero diagonal).
+        multi_order_abs: ``(B, n-1, n, n)``; ``E_{|S|=m} |Δv_ij(S)|``.
+        mean_interaction: ``(B, n-1)`` mean over unordered pairs of ``I^(m)_ij`` (what the sampled
+            estimator with uniform pairs targets).
+        utility: ``(B, n-1)`` ``J^(m)`` (sum over ordered pairs).
+        utility_per_pair: ``(B, n-1)`` ``w(m) · mean_{i<j} I^(m)_ij`` (reference-plot convention).
+        disentanglement: ``(B, n-1)`` ratio-of-means ``D^(m)`` per image.
+        disentanglement_per_pair: ``(B, n-1)`` mean over pairs of per-pair ratios.
+        average_interaction: ``(B,)`` ``mean_{i<j} SII_ij`` from the IR paper's Eq. 4 formula.
+    """
+
+    num_players: int
+    values: torch.Tensor
+    shapley: torch.Tensor
+    multi_order_shapley: torch.Tensor
+    shapley_interaction: torch.Tensor
+    banzhaf_interaction: torch.Tensor
+    multi_order: torch.Tensor
+    multi_order_abs: torch.Tensor
+    mean_interaction: torch.Tensor
+    utility: torch.Tensor
+    utility_per_pair: torch.Tensor
+    disentanglement: torch.Tensor
+    disentanglement_per_pair: torch.Tensor
+    average_interaction: torch.Tensor
+    num_forward_passes: int = 0
+    orders: tuple[int, ...] = field(default=())
+
+    @property
+    def empty_value(self) -> torch.Tensor:
+        """``v(∅)``, shape ``(B,)``."""
+        return self.values[:, 0]
+
+    @property
+    def full_value(self) -> torch.Tensor:
+        """``v(N)``, shape ``(B,)``."""
+        return self.values[:, -1]
+
+    @property
+    def singleton_values(self) -> torch.Tensor:
+        """``v({i})``, shape ``(B, n)``."""
+        return self.values[:, [1 << i for i in range(self.num_players)]]
+
+    def disentanglement_pooled(self) -> torch.Tensor:
+        """``D^(m)`` as a ratio of means over all images and pairs (the reference ``plot.py``), ``(n-1,)``."""
+        iu = torch.triu_indices(self.num_players, self.num_players, offset=1)
+        numerator = self.multi_order[:, :, iu[0], iu[1]].abs().mean(dim=(0, 2))
+        denominator = self.multi_order_abs[:, :, iu[0], iu[1]].mean(dim=(0, 2))
+        return numerator / denominator
+
+    def efficiency_residual(self) -> torch.Tensor:
+        """``v(N) - v(∅) - Σ_i [v({i}) - v(∅)] - Σ_m J^(m)`` per image (zero up to rounding)."""
+        singles = (self.singleton_values - self.empty_value.unsqueeze(1)).sum(dim=1)
+        return self.full_value - self.empty_value - singles - self.utility.sum(dim=1)
+
+    def to_dict(self, prefix: str = "exact") -> dict[str, float]:
+        """Image-averaged scalars: ``{prefix}/interaction/m{m}``, ``{prefix}/utility/m{m}``, ... ."""
+        out: dict[str, float] = {}
+        for name, table in (
+            ("interaction", self.mean_interaction),
+            ("utility", self.utility),
+            ("disentanglement", self.disentanglement),
+        ):
+            for m, value in enumerate(table.mean(dim=0).tolist()):
+                out[f"{prefix}/{name}/m{m}"] = float(value)
+        out[f"{prefix}/average_interaction"] = float(self.average_interaction.mean())
+        out[f"{prefix}/num_forward_passes"] = float(self.num_forward_passes)
+        return out
+
+
+def exact_from_values(values: torch.Tensor, num_forward_passes: int = 0) -> ExactInteractions:
+    """All exact indices from a value table ``(2^n,)`` or ``(B, 2^n)`` (index = bitmask of the coalition)."""
+    if not isinstance(values, torch.Tensor):
+        values = torch.as_tensor(values)
+    table = values.detach().to(torch.float64)
+    if table.dim() == 1:
+        table = table.unsqueeze(0)
+    if table.dim() != 2:
+        raise ValueError(f"the value table must have shape (2^n,) or (B, 2^n); got {tuple(values.shape)}")
+    size = table.shape[1]
+    n = size.bit_length() - 1
+    if size != 1 << n or n < 2:
+        raise ValueError(f"the value table needs 2^n entries with n >= 2 players; got {size}")
+    if n > MAX_EXACT_PLAYERS:
+        raise ValueError(f"exact enumeration supports at most {MAX_EXACT_PLAYERS} players; got n = {n}")
+    if not bool(torch.isfinite(table).all()):
+        raise ValueError("the value table contains NaN or infinite values")
+    batch, device = table.shape[0], table.device
+    players = torch.arange(n, device=device)
+
+    # ---- marginal contributions v(S ∪ {i}) - v(S), S ⊆ N \ {i}: (B, n, 2^(n-1))
+    rest = torch.arange(1 << (n - 1), device=device)
+    s_without_i = _insert_zero_bit(rest.unsqueeze(0), players.unsqueeze(1))  # (n, 2^(n-1))
+    with_i = s_without_i | (1 << players).unsqueeze(1)
+    marginal = table[:, with_i] - table[:, s_without_i]
+    sizes_i = _popcount(rest, n - 1)
+    onehot_i = _size_onehot(sizes_i, n)  # (2^(n-1), n)
+    counts_i = torch.tensor([comb(n - 1, m) for m in range(n)], dtype=torch.float64, device=device)
+    multi_order_shapley = (marginal @ onehot_i / counts_i).transpose(1, 2)  # (B, m, i)
+    sv_weights = torch.tensor(
+        [factorial(s) * factorial(n - s - 1) / factorial(n) for s in range(n)], dtype=torch.float64, device=device
+    )
+    shapley = marginal @ sv_weights[sizes_i]
+
+    # ---- pair terms Δv_ij(S), S ⊆ N \ {i, j}: aggregated by |S| in chunks of pairs
+    iu = torch.triu_indices(n, n, offset=1, device=device)
+    num_pairs = iu.shape[1]
+    rest2 = torch.arange(1 << (n - 2), device=device)
+    sizes_ij = _popcount(rest2, n - 2)
+    onehot_ij = _size_onehot(sizes_ij, n - 1)  # (2^(n-2), n-1)
+    counts_ij = torch.tensor([comb(n - 2, m) for m in range(n - 1)], dtype=torch.float64, device=device)
+    sii_weights = torch.tensor(
+        [factorial(s) * factorial(n - s - 2) / factorial(n - 1) for s in range(n - 1)], dtype=torch.float64, device=device
+    )[sizes_ij]
+    order_sum = torch.empty(batch, num_pairs, n - 1, dtype=torch.float64, device=device)
+    order_abs = torch.empty_like(order_sum)
+    sii_pairs = torch.empty(batch, num_pairs, dtype=torch.float64, device=device)
+    bii_pairs = torch.empty_like(sii_pairs)
+    chunk = max(1, (1 << 22) // max(1, batch * (1 << (n - 2))))
+    for start in range(0, num_pairs, chunk):
+        i = iu[0, start : start + chunk].unsqueeze(1)
+        j = iu[1, start : start + chunk].unsqueeze(1)
+        s = _insert_zero_bit(_insert_zero_bit(rest2.unsqueeze(0), i), j)  # i < j: insert at i, then at j
+        bi, bj = 1 << i, 1 << j
+        delta = table[:, s | bi | bj] - table[:, s | bi] - table[:, s | bj] + table[:, s]
+        order_sum[:, start : start + chunk] = delta @ onehot_ij
+        order_abs[:, start : start + chunk] = delta.abs() @ onehot_ij
+        sii_pairs[:, start : start + chunk] = delta @ sii_weights
+        bii_pairs[:, start : start + chunk] = delta.sum(dim=2) / float(1 << (n - 2))
+    pair_orders = order_sum / counts_ij  # (B, P, n-1)
+    pair_orders_abs = order_abs / counts_ij
+
+    def symmetric(pair_values: torch.Tensor) -> torch.Tensor:
+        # pair_values (..., P) -> (..., n, n)
+        out = torch.zeros(*pair_values.shape[:-1], n, n, dtype=torch.float64, device=device)
+        out[..., iu[0], iu[1]] = pair_values
+        out[..., iu[1], iu[0]] = pair_values
+        return out
+
+    multi_order = symmetric(pair_orders.transpose(1, 2))
+    multi_order_abs = symmetric(pair_orders_abs.transpose(1, 2))
+    mean_interaction = pair_orders.mean(dim=1)  # (B, n-1)
+    orders = torch.arange(n - 1, dtype=torch.float64, device=device)
+    weights = (n - 1 - orders) / (n * (n - 1))
+    utility = 2.0 * pair_orders.sum(dim=1) * weights
+    utility_per_pair = mean_interaction * weights
+    disentanglement = pair_orders.abs().mean(dim=1) / pair_orders_abs.mean(dim=1)
+    valid = pair_orders_abs > 0
+    ratios = torch.where(valid, pair_orders.abs() / torch.where(valid, pair_orders_abs, 1.0), 0.0)
+    disentanglement_per_pair = ratios.sum(dim=1) / valid.sum(dim=1).clamp(min=1)
+    disentanglement_per_pair = torch.where(valid.any(dim=1), disentanglement_per_pair, torch.nan)
+
+    full = table[:, -1:]
+    empty = table[:, :1]
+    leave_one_out = table[:, (1 << n) - 1 - (1 << players)]
+    singles = table[:, 1 << players]
+    average_interaction = (full - leave_one_out - singles + empty).mean(dim=1) / (n - 1)
+
+    return ExactInteractions(
+        num_players=n,
+        values=table,
+        shapley=shapley,
+        multi_order_shapley=multi_order_shapley,
+        shapley_interaction=symmetric(sii_pairs),
+        banzhaf_interaction=symmetric(bii_pairs),
+        multi_order=multi_order,
+        multi_order_abs=multi_order_abs,
+        mean_interaction=mean_interaction,
+        utility=utility,
+        utility_per_pair=utility_per_pair,
+        disentanglement=disentanglement,
+        disentanglement_per_pair=disentanglement_per_pair,
+        average_interaction=average_interaction,
+        num_forward_passes=num_forward_passes,
+        orders=tuple(range(n - 1)),
+    )
+
+
+def exact_interactions(
+    game: MaskedGame | torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
+    *,
+    num_players: int | None = None,
+    max_forward_passes: int = DEFAULT_MAX_FORWARD_PASSES,
+) -> ExactInteractions:
+    """Exact oracle for a game with ``n <= 16`` players.
+
+    Args:
+        game: a :class:`~lit_advgame.interactions.game.MaskedGame` (all ``2^n`` coalitions are
+            evaluated through the engine, ``B · 2^n`` forward passes), a value table ``(2^n,)`` /
+            ``(B, 2^n)``, or a callable taking the ``(2^n, n)`` boolean coalition matrix and
+            returning ``(2^n,)`` or ``(B, 2^n)`` values (synthetic games).
+        num_players: required for a callable.
+        max_forward_passes: refuse (before any work) when ``B · 2^n`` exceeds it.
+    """
+    if isinstance(game, MaskedGame):
+        n = game.num_players
+        if n > MAX_EXACT_PLAYERS:
+            raise ValueError(
+                f"exact enumeration needs 2^n forward passes per image and supports at most {MAX_EXACT_PLAYERS} players; "
+                f"this game has n = {n}: use a coarser grid or the sampling estimators"
+            )
+        check_budget(game.num_images * (1 << n), max_forward_passes, f"exact enumeration of 2^{n} coalitions")
+        before = game.forward_passes
+        values = game.evaluate(all_coalitions(n, device=game.device))
+        return exact_from_values(values, num_forward_passes=game.forward_passes - before)
+    if isinstance(game, torch.Tensor):
+        return exact_from_values(game)
+    if callable(game):
+        if num_players is None:
+            raise ValueError("num_players is required when the game is a callable on coalition matrices")
+        if num_players > MAX_EXACT_PLAYERS or num_players < 2:
+            raise ValueError(f"exact enumeration supports 2 <= n <= {MAX_EXACT_PLAYERS} players; got n = {num_players}")
+        check_budget(1 << num_players, max_forward_passes, f"exact enumeration of 2^{num_players} coalitions")
+        values = game(all_coalitions(num_players))
+        if not isinstance(values, torch.Tensor):
+            values = torch.as_tensor(values)
+        if values.shape[-1] != 1 << num_players or values.dim() > 2:
+            raise ValueError(
+                f"the game callable must return (2^n,) or (B, 2^n) values for the (2^n, n) coalitions; got {tuple(values.shape)}"
+            )
+        return exact_from_values(values, num_forward_passes=1 << num_players)
+    raise TypeError(f"game must be a MaskedGame, a value table or a callable on coalitions; got {type(game).__name__}")

@@ -1,0 +1,397 @@
+"""The masked-evaluation engine: games ``v(S)`` on a batch of images.
+
+A game is ``(model, images, players, value function, what an absent player becomes)``. Every
+masked input is ``M_S ? present : absent`` with the pixel mask ``M_S`` of coalition ``S``:
+
+* :class:`InputGame` (Ren et al., NeurIPS 2021): ``present = x``, ``absent = baseline``, i.e.
+  ``x_S = M_S * x + (1 - M_S) * baseline``.
+* :class:`PerturbationGame` (Wang et al., ICLR 2021): ``present = x + delta``, ``absent = x``, i.e.
+  ``x + delta * M_S``: an absent perturbation unit keeps the clean pixel.
+
+:meth:`MaskedGame.evaluate` takes a boolean coalition matrix ``(B, K, n)`` (or ``(K, n)`` shared
+by all images) and returns the values ``(B, K)``. Masked inputs are built with tensor ops only
+(a gather of the coalition rows through the per-pixel player index, then an exact ``torch.lerp``), one
+chunk of ``batch_size`` inputs at a time, so at most one chunk of masked images exists at once.
+Identical coalitions of the same image can be evaluated once (``dedupe=True``).
+"""
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from lit_advgame.interactions.baselines import (
+    DEFAULT_BLUR_SIGMA,
+    Baseline,
+    make_baseline,
+)
+from lit_advgame.interactions.players import GridSpec, resolve_player_map
+from lit_advgame.interactions.values import (
+    ValueFunction,
+    resolve_value,
+    runner_up_class,
+)
+from lit_advgame.utils.checks import check_images, check_int, check_labels
+
+DEFAULT_BATCH_SIZE = 256
+DEFAULT_GRID = 16
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode and restore each one's previous ``training`` flag afterwards."""
+    previous = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in previous:
+            module.training = training
+
+
+def resolve_batch_size(batch_size: int | None) -> int:
+    if batch_size is None:
+        return DEFAULT_BATCH_SIZE
+    check_int(batch_size, "batch_size", minimum=1)
+    return batch_size
+
+
+def pack_coalitions(rows: torch.Tensor) -> torch.Tensor:
+    """Pack boolean rows ``(R, n)`` exactly into int64 words ``(R, W)`` (for grouping identical rows)."""
+    r, n = rows.shape
+    if n <= 62:
+        weights = torch.pow(2, torch.arange(n, dtype=torch.long, device=rows.device))
+        return (rows.long() * weights).sum(dim=1, keepdim=True)
+    num_bytes = (n + 7) // 8
+    if num_bytes * 8 != n:
+        rows = torch.nn.functional.pad(rows, (0, num_bytes * 8 - n))
+    bit_values = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=rows.device)
+    packed = (rows.view(r, num_bytes, 8).to(torch.uint8) * bit_values).sum(dim=2, dtype=torch.uint8)
+    words = (num_bytes + 7) // 8
+    if words * 8 != num_bytes:
+        packed = torch.nn.functional.pad(packed, (0, words * 8 - num_bytes))
+    return packed.contiguous().view(torch.int64)
+
+
+def group_identical_rows(image_ids: torch.Tensor, rows: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """Group ids of identical ``(image, coalition)`` rows: ``(U, inverse)`` with ``inverse`` in ``[0, U)``.
+
+    Group ids are ordered by image first (so grouped rows stay sorted by image). Exact: the
+    coalitions are packed into 64-bit words and combined word by word with 1-D ``torch.unique``
+    (much faster than ``torch.unique(dim=0)``).
+    """
+    r, n = rows.shape
+    num_images = int(image_ids.max()) + 1
+    if n <= 30 and num_images << n <= max(1 << 22, 4 * r):
+        # small games: a dense table over all (image, coalition) keys, no sorting
+        keys = image_ids * (1 << n) + pack_coalitions(rows)[:, 0]
+        used = torch.zeros(num_images << n, dtype=torch.long, device=rows.device)
+        used[keys] = 1
+        dense = used.cumsum(0) - 1
+        return int(dense[-1]) + 1, dense[keys]
+    ids = image_ids
+    for word in pack_coalitions(rows).unbind(dim=1):
+        _, word_ids = torch.unique(word, return_inverse=True)
+        _, ids = torch.unique(ids * (int(word_ids.max()) + 1) + word_ids, return_inverse=True)
+    return int(ids.max()) + 1, ids
+
+
+class MaskedGame:
+    """A batch of ``B`` games ``v_b(S)`` sharing one model, player map and value function.
+
+    Use :class:`InputGame` or :class:`PerturbationGame` to build one.
+
+    Attributes:
+        model: the classifier (pixel-space input); evaluated in eval mode, its modes restored after.
+        present, absent: images used for present / absent players (``absent`` may broadcast).
+        player_map: ``(H, W)`` long tensor of player ids; ``num_players`` = n.
+        value: the :class:`~lit_advgame.interactions.values.ValueFunction`.
+        batch_size: masked inputs per forward pass.
+        forward_passes: number of masked inputs evaluated so far (each image counts once).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        present: torch.Tensor,
+        absent: torch.Tensor,
+        labels: torch.Tensor | None,
+        player_map: torch.Tensor,
+        num_players: int,
+        value: str | Callable[..., torch.Tensor] | ValueFunction,
+        *,
+        target: torch.Tensor | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+        self.model = model
+        self.present = present
+        self.absent = absent
+        self.player_map = player_map
+        self.num_players = int(num_players)
+        self.value = resolve_value(value)
+        self.batch_size = resolve_batch_size(batch_size)
+        self.forward_passes = 0
+        batch = present.shape[0]
+        if labels is not None:
+            check_labels(labels, batch, name="y")
+            labels = labels.to(present.device)
+        self.labels = labels  # None: resolved lazily from the prediction on the full coalition
+        if self.value.second_class == "given":
+            if target is None:
+                raise ValueError(f"value {self.value.name!r} needs target= (one target class per image)")
+            check_labels(target, batch, name="target")
+            target = target.to(present.device)
+        elif target is not None:
+            if self.value.second_class == "runner_up":
+                raise ValueError(f"value {self.value.name!r} fixes the runner-up class itself; do not pass target=")
+            raise ValueError(f"target= is only used by value 'target_minus_true'; got value {self.value.name!r}")
+        self.targets = target
+        self._pixel_index = player_map.reshape(-1).to(present.device)
+        self._labels_checked = False
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_images(self) -> int:
+        return self.present.shape[0]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.present.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def device(self) -> torch.device:
+        return self.present.device
+
+    # ------------------------------------------------------------------ classes
+    def resolve_classes(self, full_logits: torch.Tensor | None = None) -> None:
+        """Fill in missing labels (prediction on the full coalition) and the fixed runner-up class.
+
+        ``full_logits`` (``(B, C)``, logits of the full coalition) may be given to save a forward pass.
+        """
+        needs_labels = self.labels is None
+        needs_runner_up = self.value.second_class == "runner_up" and self.targets is None
+        if not (needs_labels or needs_runner_up):
+            return
+        if full_logits is None:
+            with eval_mode(self.model), torch.no_grad():
+                full_logits = torch.cat(
+                    [self.model(self.present[s : s + self.batch_size]) for s in range(0, self.num_images, self.batch_size)]
+                )
+            self.forward_passes += self.num_images
+        full_logits = full_logits.detach()
+        if needs_labels:
+            self.labels = full_logits.argmax(dim=1)
+        if needs_runner_up:
+            self.targets = runner_up_class(full_logits, self.labels)
+
+    # ------------------------------------------------------------------ evaluation
+    def _check_images_arg(self, images: Sequence[int] | None) -> torch.Tensor:
+        if images is None:
+            return torch.arange(self.num_images)
+        ids = torch.as_tensor(images, dtype=torch.long).flatten().cpu()
+        if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= self.num_images or bool((ids[1:] <= ids[:-1]).any()):
+            raise ValueError(f"images must be increasing indices in [0, {self.num_images - 1}]; got {ids.tolist()}")
+        return ids
+
+    def _check_coalitions(self, coalitions: torch.Tensor, batch: int) -> torch.Tensor:
+        n = self.num_players
+        if not isinstance(coalitions, torch.Tensor) or coalitions.dtype != torch.bool:
+            raise TypeError("coalitions must be a boolean torch.Tensor of shape (B, K, n) or (K, n)")
+        if coalitions.dim() == 2 and coalitions.shape[1] == n:
+            coalitions = coalitions.unsqueeze(0).expand(batch, -1, -1)
+        if coalitions.dim() != 3 or coalitions.shape[0] != batch or coalitions.shape[2] != n:
+            raise ValueError(
+                f"coalitions must have shape (B, K, n) = ({batch}, K, {n}) or (K, {n}); got {tuple(coalitions.shape)}"
+            )
+        return coalitions.to(self.device)
+
+    def evaluate(
+        self,
+        coalitions: torch.Tensor,
+        *,
+        images: Sequence[int] | None = None,
+        grad: bool = False,
+        dedupe: bool = False,
+    ) -> torch.Tensor:
+        """Values ``v_b(S_bk)`` of the coalitions, shape ``(B', K)``.
+
+        Args:
+            coalitions: boolean ``(B', K, n)`` (or ``(K, n)`` for the same coalitions on every image).
+            images: increasing indices of the ``B'`` images the coalitions belong to (default: all B).
+            grad: keep the autograd graph (e.g. gradients w.r.t. a perturbation); otherwise
+                everything runs under ``torch.no_grad()``.
+            dedupe: evaluate identical coalitions of the same image once (exact: the model is
+                deterministic in eval mode).
+        """
+        image_ids = self._check_images_arg(images)
+        coalitions = self._check_coalitions(coalitions, image_ids.numel())
+        batch, k, n = coalitions.shape
+        self.resolve_classes()
+        rows = coalitions.reshape(batch * k, n)
+        image_ids = image_ids.to(self.device).repeat_interleave(k)
+        inverse = None
+        if dedupe and rows.shape[0] > 1:
+            num_unique, inverse = group_identical_rows(image_ids, rows)
+            first = torch.full((num_unique,), rows.shape[0], dtype=torch.long, device=self.device)
+            first.scatter_reduce_(0, inverse, torch.arange(rows.shape[0], device=self.device), reduce="amin")
+            rows, image_ids = rows[first], image_ids[first]
+        values = self.evaluate_rows(rows, image_ids, grad=grad)
+        if inverse is not None:
+            values = values[inverse]
+        return values.view(batch, k)
+
+    def evaluate_rows(self, rows: torch.Tensor, images: torch.Tensor, *, grad: bool = False) -> torch.Tensor:
+        """Values of coalition ``rows`` (``(R, n)`` bool) of the images ``images`` (``(R,)`` long, sorted)."""
+        self.resolve_classes()
+        total = rows.shape[0]
+        if total == 0:
+            return torch.empty(0, dtype=self.present.dtype, device=self.device)
+        counts = torch.bincount(images, minlength=self.num_images).tolist()
+        offsets = [0]
+        for count in counts:
+            offsets.append(offsets[-1] + count)
+        outputs = []
+        with eval_mode(self.model), torch.set_grad_enabled(grad):
+            for start in range(0, total, self.batch_size):
+                stop = min(start + self.batch_size, total)
+                outputs.append(self._evaluate_chunk(rows[start:stop], images[start:stop], start, stop, offsets))
+        values = torch.cat(outputs)
+        self.forward_passes += total
+        if not bool(torch.isfinite(values.detach()).all()):
+            raise ValueError(
+                f"the value function {self.value.name!r} returned NaN or infinite values: check the model and inputs"
+            )
+        return values
+
+    @staticmethod
+    def _single_image(start: int, stop: int, offsets: Sequence[int]) -> int | None:
+        """The image owning all rows ``[start, stop)`` (rows grouped by image; image b owns
+        ``offsets[b] <= row < offsets[b + 1]``), or ``None`` when the chunk spans several images."""
+        image = bisect.bisect_right(offsets, start) - 1
+        return image if stop <= offsets[image + 1] else None
+
+    def _evaluate_chunk(
+        self, rows: torch.Tensor, images: torch.Tensor, start: int, stop: int, offsets: Sequence[int]
+    ) -> torch.Tensor:
+        b = rows.shape[0]
+        _, height, width = self.image_shape
+        # pixel mask in {0, 1}: one gather of the coalition rows through the per-pixel player index
+        weight = rows.to(self.present.dtype).index_select(1, self._pixel_index).view(b, 1, height, width)
+        single = self._single_image(start, stop, offsets)
+        if single is not None:
+            present = self.present[single : single + 1]
+            absent = self.absent[single : single + 1] if self.absent.shape[0] > 1 else self.absent
+        else:
+            present = self.present.index_select(0, images)
+            absent = self.absent.index_select(0, images) if self.absent.shape[0] > 1 else self.absent
+        # lerp(a, p, w) is exact at w in {0, 1} (ATen evaluates p - (p - a)(1 - w) for w >= 0.5), so
+        # present pixels are exactly `present` and absent ones exactly `absent`; it is far faster on
+        # CPU than torch.where with a broadcast boolean mask.
+        masked = torch.lerp(absent.expand_as(present), present, weight)
+        logits = self.model(masked)
+        if logits.dim() != 2:
+            raise ValueError(f"the model must return logits of shape (batch, classes); got {tuple(logits.shape)}")
+        if not self._labels_checked:
+            check_labels(self.labels, self.num_images, num_classes=logits.shape[1], name="y")
+            if self.targets is not None:
+                check_labels(self.targets, self.num_images, num_classes=logits.shape[1], name="target")
+            self._labels_checked = True
+        labels = self.labels[single].expand(b) if single is not None else self.labels.index_select(0, images)
+        targets = None
+        if self.targets is not None:
+            targets = self.targets[single].expand(b) if single is not None else self.targets.index_select(0, images)
+        return self.value(logits, labels, targets)
+
+
+class InputGame(MaskedGame):
+    """Input game (Ren et al., NeurIPS 2021, §3): ``v(S)`` on ``x`` with absent players set to a baseline.
+
+    Args:
+        model: classifier taking pixel-space images in [0, 1] (normalization as its first layer).
+        x: images ``(B, C, H, W)`` in [0, 1].
+        y: class per image for the value (ground truth, or the adversarial prediction); ``None``
+            uses the model's prediction on ``x``.
+        grid: ``L`` or ``(L_h, L_w)`` grid of players (default 16, the reference); ignored when
+            ``player_map`` is given.
+        player_map: explicit ``(H, W)`` integer player ids ``0..n-1``.
+        value: a name in :data:`~lit_advgame.interactions.values.VALUE_NAMES` (default
+            ``"log_prob"``, the reference) or a callable ``fn(logits, labels)``.
+        baseline: ``"mean"`` (default, the model's Normalize mean), ``"zeros"``, ``"blur"``, a
+            per-channel mean or a tensor (see :mod:`~lit_advgame.interactions.baselines`).
+        target: target class per image for ``value="target_minus_true"``.
+        blur_sigma: Gaussian sigma in pixels for ``baseline="blur"``.
+        batch_size: masked inputs per forward pass (default 256).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        grid: GridSpec = DEFAULT_GRID,
+        player_map: torch.Tensor | None = None,
+        value: str | Callable[..., torch.Tensor] = "log_prob",
+        baseline: Baseline = "mean",
+        target: torch.Tensor | None = None,
+        blur_sigma: float = DEFAULT_BLUR_SIGMA,
+        batch_size: int | None = None,
+    ) -> None:
+        check_images(x, "x")
+        _, _, height, width = x.shape
+        pmap, n = resolve_player_map(height, width, grid=grid, player_map=player_map, device=x.device)
+        x = x.detach()
+        absent = make_baseline(baseline, x, model, blur_sigma=blur_sigma)
+        super().__init__(model, x, absent, y, pmap, n, value, target=target, batch_size=batch_size)
+
+
+class PerturbationGame(MaskedGame):
+    """Perturbation game (Wang et al., ICLR 2021, §3): ``v(S)`` on ``x + delta * M_S``.
+
+    Players are cells of the perturbation; an absent cell keeps the clean pixel of ``x``.
+    ``v(N)`` is the value at ``x + delta``, ``v(∅)`` at ``x``. Gradients w.r.t. ``delta`` flow
+    through :meth:`evaluate` with ``grad=True`` when ``delta`` requires grad.
+
+    Args are as for :class:`InputGame`, plus ``delta`` ``(B, C, H, W)`` (finite; ``x + delta``
+    is not clipped here), and the default value is ``"margin_fixed"`` (the IR reference code).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        delta: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        grid: GridSpec = DEFAULT_GRID,
+        player_map: torch.Tensor | None = None,
+        value: str | Callable[..., torch.Tensor] = "margin_fixed",
+        target: torch.Tensor | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        check_images(x, "x")
+        check_perturbation(delta, x)
+        _, _, height, width = x.shape
+        pmap, n = resolve_player_map(height, width, grid=grid, player_map=player_map, device=x.device)
+        x = x.detach()
+        super().__init__(model, x + delta, x, y, pmap, n, value, target=target, batch_size=batch_size)
+        self.delta = delta
+
+
+def check_perturbation(delta: torch.Tensor, x: torch.Tensor, name: str = "delta") -> None:
+    """Check ``delta`` is a finite floating tensor with the shape of ``x``."""
+    if not isinstance(delta, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor shaped like x {tuple(x.shape)}; got {type(delta).__name__}")
+    if delta.shape != x.shape:
+        raise ValueError(f"{name} must have the shape of x {tuple(x.shape)}; got {tuple(delta.shape)}")
+    if not delta.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor; got dtype {delta.dtype}")
+    if not bool(torch.isfinite(delta.detach()).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if delta.device != x.device:
+        raise ValueError(f"{name} is on {delta.device} but x is on {x.device}")
