@@ -81,3 +81,42 @@ def test_module_entry_point_help():
     assert out.returncode == 0, out.stderr
     for sub in ("fit", "validate", "test", "predict"):
         assert sub in out.stdout
+
+
+def test_fit_with_ddp_on_two_cpu_processes(tmp_path):
+    """DDP (gloo, 2 CPU processes) through the CLI: both ranks train, rank 0 writes logs and checkpoints."""
+    cmd = [sys.executable, "-m", "lit_advgame", "fit", "--config", str(CONFIGS / "standard_digits.yaml"), *FAST,
+           "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+           "--trainer.strategy", "ddp", "--trainer.deterministic", "false"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "world_size: 2" in (out.stdout + out.stderr) or "GLOBAL_RANK: 1" in (out.stdout + out.stderr)
+    ckpt = torch.load(tmp_path / "runs/standard_digits/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == 0 and ckpt["global_step"] == 5
+    scalars = read_scalars(tmp_path / "runs/standard_digits/version_0")
+    assert "val/acc" in scalars and "test/acc" in scalars
+
+
+@pytest.mark.parametrize("name", ["standard_mnist.yaml", "standard_cifar10.yaml", "standard_digits.yaml", "quickstart.yaml"])
+def test_every_config_parses(name, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(CONFIGS / name), "--print_config"])
+    assert exc.value.code == 0
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["class_path"].startswith("lit_advgame.")
+
+
+def test_mnist_config_runs_on_the_shared_test_set(tmp_path, monkeypatch, repo_root):
+    data = repo_root.parent / "shared" / "data" / "mnist-t10k"
+    if not data.is_dir():
+        pytest.skip("../shared/data/mnist-t10k not present")
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(CONFIGS / "standard_mnist.yaml"), *FAST, "--trainer.max_epochs", "1",
+          "--data.init_args.data_dir", str(data)])
+    scalars = read_scalars(tmp_path / "runs/standard_mnist/version_0")
+    assert "val/acc" in scalars and "test/acc" in scalars
+
+
+def test_cifar_config_without_data_fails_clearly(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="cifar"):
+        main(["fit", "--config", str(CONFIGS / "standard_cifar10.yaml"), *FAST, "--trainer.max_epochs", "1"])
