@@ -1,5 +1,6 @@
 """Training methods as LightningModules."""
 from lit_advgame.training.base import ClassifierModule
+from lit_advgame.training.smoothing import RandomizedSmoothing
 from lit_advgame.training.standard import StandardClassifier
 
-__all__ = ["ClassifierModule", "StandardClassifier"]
+__all__ = ["ClassifierModule", "RandomizedSmoothing", "StandardClassifier"]

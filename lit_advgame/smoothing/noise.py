@@ -1,0 +1,83 @@
+"""Gaussian noise of randomized smoothing, in pixel space, with per-example seeding.
+
+Cohen et al. (ICML 2019, Sec. 3) smooth a base classifier ``f`` with isotropic noise
+``ε ~ N(0, σ² I)`` added to the **[0, 1] pixel-space image**, i.e. *before* the model's in-model
+normalizer, so radii are certified in pixel coordinates. Noisy images are **not clamped** to
+[0, 1] (as in Cohen's ``train.py``/``core.py``; clamping would change the smoothing distribution
+and void the guarantee).
+
+Evaluation noise is drawn from a ``torch.Generator`` per example, seeded from
+``(seed, stream, dataset index)`` with NumPy's ``SeedSequence``, so that certification and
+noisy-accuracy results do not depend on batch order, batch composition or the number of
+devices. ``stream`` separates independent uses of the same example (validation, test, CERTIFY,
+PREDICT).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from lit_advgame.smoothing.statistics import check_sigma
+from lit_advgame.utils.checks import check_int
+
+STREAM_VALIDATION = 1
+STREAM_TEST = 2
+STREAM_CERTIFY = 3
+STREAM_PREDICT = 4
+
+
+def example_seed(seed: int, index: int, stream: int = 0) -> int:
+    """A 63-bit generator seed derived from ``(seed, stream, index)`` (all integers >= 0)."""
+    check_int(seed, "seed", minimum=0)
+    check_int(index, "index", minimum=0)
+    check_int(stream, "stream", minimum=0)
+    words = np.random.SeedSequence([seed, stream, index]).generate_state(2, dtype=np.uint32)
+    return int((int(words[0]) << 31) ^ int(words[1]))
+
+
+def example_generators(
+    seed: int, indices: Iterable[int], device: torch.device | str = "cpu", stream: int = 0
+) -> list[torch.Generator]:
+    """One ``torch.Generator`` on ``device`` per dataset index, seeded by :func:`example_seed`."""
+    device = torch.device(device)
+    generators = []
+    for index in indices:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(example_seed(seed, int(index), stream))
+        generators.append(generator)
+    return generators
+
+
+def check_generator(generator: torch.Generator, device: torch.device, name: str = "generator") -> None:
+    """Check ``generator`` is a ``torch.Generator`` on the device type of the data."""
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"{name} must be a torch.Generator; got {type(generator).__name__}")
+    if generator.device.type != device.type:
+        raise ValueError(
+            f"{name} lives on {generator.device} but the input is on {device}; create it with "
+            f"torch.Generator(device=x.device)"
+        )
+
+
+def add_gaussian_noise(x: torch.Tensor, sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``x + σ ε`` with ``ε ~ N(0, I)`` drawn from ``generator`` (the global RNG when ``None``); no clamp."""
+    check_sigma(sigma)
+    if generator is not None:
+        check_generator(generator, x.device)
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return x + float(sigma) * noise
+
+
+def add_per_example_noise(x: torch.Tensor, sigma: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """``x[i] + σ ε_i`` with ``ε_i`` drawn from ``generators[i]`` (one generator per example); no clamp."""
+    check_sigma(sigma)
+    if len(generators) != x.shape[0]:
+        raise ValueError(f"need one generator per example: got {len(generators)} for a batch of {x.shape[0]}")
+    noisy = torch.empty_like(x)
+    for i, generator in enumerate(generators):
+        check_generator(generator, x.device, f"generators[{i}]")
+        noise = torch.randn(x.shape[1:], generator=generator, device=x.device, dtype=x.dtype)
+        noisy[i] = x[i] + float(sigma) * noise
+    return noisy
