@@ -1,6 +1,7 @@
 """Training methods as LightningModules."""
+from lit_advgame.training.adversarial import AdversarialTraining
 from lit_advgame.training.base import ClassifierModule
 from lit_advgame.training.smoothing import RandomizedSmoothing
 from lit_advgame.training.standard import StandardClassifier
 
-__all__ = ["ClassifierModule", "RandomizedSmoothing", "StandardClassifier"]
+__all__ = ["AdversarialTraining", "ClassifierModule", "RandomizedSmoothing", "StandardClassifier"]

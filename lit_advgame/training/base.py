@@ -21,8 +21,12 @@ from lit_advgame.models import build_model
 from lit_advgame.utils.checks import check_choice
 
 
-def _default_optimizer(params: Any) -> torch.optim.Optimizer:
+def default_optimizer(params: Any) -> torch.optim.Optimizer:
+    """Adam(lr=1e-3): the default optimizer factory of every classifier module."""
     return torch.optim.Adam(params, lr=1e-3)
+
+
+_default_optimizer = default_optimizer  # backwards-compatible private alias
 
 
 class ClassifierModule(pl.LightningModule):
@@ -51,7 +55,7 @@ class ClassifierModule(pl.LightningModule):
         std: Sequence[float] | None = None,
         arch_kwargs: dict[str, Any] | None = None,
         weights: str | None = None,
-        optimizer: OptimizerCallable = _default_optimizer,
+        optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: str = "epoch",
         scheduler_monitor: str = "val/loss",

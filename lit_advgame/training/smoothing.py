@@ -49,7 +49,7 @@ from lit_advgame.smoothing.noise import (
 )
 from lit_advgame.smoothing.results import SmoothingRecords, format_radius
 from lit_advgame.smoothing.statistics import check_alpha, check_sigma
-from lit_advgame.training.base import ClassifierModule, _default_optimizer
+from lit_advgame.training.base import ClassifierModule, default_optimizer
 from lit_advgame.utils.checks import check_choice, check_int
 
 PREDICT_METHODS = ("certify", "predict")
@@ -107,7 +107,7 @@ class RandomizedSmoothing(ClassifierModule):
         std: Sequence[float] | None = None,
         arch_kwargs: dict[str, Any] | None = None,
         weights: str | None = None,
-        optimizer: OptimizerCallable = _default_optimizer,
+        optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: str = "epoch",
         scheduler_monitor: str = "val/loss",
