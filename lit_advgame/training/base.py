@@ -26,8 +26,6 @@ def default_optimizer(params: Any) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=1e-3)
 
 
-_default_optimizer = default_optimizer  # backwards-compatible private alias
-
 
 class ClassifierModule(pl.LightningModule):
     """Base LightningModule for a classifier on pixel-space images.

@@ -1,0 +1,116 @@
+"""The interface of ensemble diversity regularizers and the classification term they share.
+
+A regularizer is called on a clean training batch and returns the members' logits on it (with
+their graph, so the classification loss reuses that forward pass) and its weighted penalty.
+
+Loss scaling (``scaling``):
+
+* ``"reference"`` (default): the scaling of the TRS repository (``trainer.py``), so that its
+  published coefficients carry over: the classification term is the **sum** of the members'
+  batch-mean cross-entropies, similarities are averaged over pairs, TRS smoothness is
+  ``2·mean_b ||∇_x CE_mean||²`` of the gradient of the *batch-mean* CE (i.e. per-example
+  gradients divided by the batch size) averaged over members. The GAL and ADP baselines of the
+  TRS/DVERGE repositories also sum the members' CEs.
+* ``"mean"``: a normalized scaling that does not change with N or the batch size: the **mean**
+  of the members' cross-entropies, mean pairwise similarities, and smoothness
+  ``mean_b ||∇_x CE(f_i(x_b), y_b)||²`` of per-example gradients, averaged over members.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from lit_advgame.ensembles.model import EnsembleModel
+from lit_advgame.utils.checks import check_choice, check_int
+
+SCALINGS = ("reference", "mean")
+
+
+@dataclass
+class RegularizerOutput:
+    """What a regularizer returns for one clean batch.
+
+    Attributes:
+        member_logits: (N, B, K) members' logits on the (possibly noise-augmented) batch, with graph.
+        penalty: scalar, the weighted regularizer added to the classification loss.
+        terms: unweighted, detached scalars to log (e.g. ``{"sim": ..., "smooth": ...}``).
+        inputs: the inputs ``member_logits`` were computed on (differs from x only with input noise).
+    """
+
+    member_logits: torch.Tensor
+    penalty: torch.Tensor
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    inputs: torch.Tensor | None = None
+
+
+def member_cross_entropy(member_logits: torch.Tensor, y: torch.Tensor, scaling: str = "reference") -> torch.Tensor:
+    """Classification term: sum (``"reference"``) or mean (``"mean"``) of the members' batch-mean CEs.
+
+    Args:
+        member_logits: (N, B, K) logits.
+        y: (B,) labels.
+        scaling: ``"reference"`` or ``"mean"``.
+    """
+    check_choice(scaling, "scaling", SCALINGS)
+    num, batch = member_logits.shape[:2]
+    total = F.cross_entropy(member_logits.flatten(0, 1), y.repeat(num), reduction="sum") / batch
+    return total if scaling == "reference" else total / num
+
+
+class DiversityRegularizer:
+    """Base class: no diversity term (a plain ensemble trained on the members' cross-entropies).
+
+    Subclasses set :attr:`name`, :attr:`min_members` and override :meth:`__call__`.
+
+    Args:
+        num_members: ensemble size N (checked against :attr:`min_members`).
+        scaling: ``"reference"`` or ``"mean"`` (see the module docstring).
+    """
+
+    name = "none"
+    min_members = 1
+    #: logged terms (without the ``train/`` prefix) this regularizer produces
+    term_names: tuple[str, ...] = ()
+
+    def __init__(self, num_members: int, scaling: str = "reference") -> None:
+        check_int(num_members, "num_members", minimum=1)
+        if num_members < self.min_members:
+            raise ValueError(
+                f"the {self.name!r} regularizer compares members and needs num_members >= {self.min_members}; "
+                f"got num_members={num_members} (use regularizer='none' for a single model)"
+            )
+        check_choice(scaling, "scaling", SCALINGS)
+        self.num_members = num_members
+        self.scaling = scaling
+
+    def current_eps(self, epoch: int, max_epochs: int | None) -> float | None:
+        """The inner-attack radius at ``epoch`` (only regularizers with a radius schedule have one)."""
+        return None
+
+    def check_model(self, model: EnsembleModel) -> None:
+        if model.num_members != self.num_members:
+            raise ValueError(
+                f"the {self.name!r} regularizer was built for {self.num_members} members; "
+                f"the ensemble has {model.num_members}"
+            )
+
+    def __call__(
+        self,
+        model: EnsembleModel,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        epoch: int = 0,
+        max_epochs: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> RegularizerOutput:
+        """Members' logits on ``x`` and the penalty (here zero)."""
+        self.check_model(model)
+        member_logits = model.member_logits(x)
+        return RegularizerOutput(member_logits, member_logits.new_zeros(()), {}, x)
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({options})"

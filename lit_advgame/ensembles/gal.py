@@ -1,0 +1,95 @@
+"""GAL, the Gradient Alignment Loss (Kariyappa & Qureshi 2019, "Improving adversarial robustness of
+ensembles with diversity training", arXiv 1901.09981), as the TRS and DVERGE repositories implement it.
+
+The coherence of the members' loss gradients g_i = ∇_x CE(f_i(x), y) is a smooth maximum of their
+pairwise *signed* cosine similarities (``trs_ensembles.md`` §2.1):
+
+    L_coh = mean_b log( Σ_{i<j} exp(cos(g_i(x_b), g_j(x_b))) + 1e-20 ),
+
+differentiated through the gradients (double backprop). Total loss: classification + λ·L_coh,
+with λ = 0.5 in both repositories. The TRS repo (``GAL_Trainer``) sums the members' CEs (our
+``scaling="reference"``); DVERGE (``train_gal.py``) averages them (``scaling="mean"``), uses
+LeakyReLU(0.1) members (choose such an architecture) and adds Gaussian noise of std 0.045 with
+probability 0.5 to each training image (``input_noise_std=0.045``; our noisy images are clamped to
+[0, 1], DVERGE's are not). DVERGE's optional PGD term is our ``adversarial_training``.
+"""
+from __future__ import annotations
+
+import torch
+
+from lit_advgame.ensembles.base import DiversityRegularizer, RegularizerOutput
+from lit_advgame.ensembles.gradients import member_input_gradients, pairwise_cosine
+from lit_advgame.ensembles.model import EnsembleModel
+from lit_advgame.utils.checks import check_positive
+
+LOG_OFFSET = 1e-20
+
+
+def gal_coherence(grads: torch.Tensor, log_offset: float = LOG_OFFSET) -> torch.Tensor:
+    """mean_b log(Σ_{i<j} exp(cos(g_i, g_j)) + offset) for (N >= 2, B, D) gradients."""
+    cos = pairwise_cosine(grads)  # (P, B)
+    return torch.log(cos.exp().sum(dim=0) + log_offset).mean()
+
+
+def add_gaussian_noise(
+    x: torch.Tensor, std: float, prob: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Add N(0, std²) noise to each image with probability ``prob`` (DVERGE's ``AddGaussianNoise``),
+    clamped to [0, 1]."""
+    if std == 0 or prob == 0:
+        return x
+    device = generator.device if generator is not None else x.device
+    noise = torch.randn(x.shape, generator=generator, device=device).to(device=x.device, dtype=x.dtype)
+    apply = (torch.rand(x.shape[0], generator=generator, device=device) < prob).to(x.device)
+    noisy = (x + std * noise).clamp(0.0, 1.0)
+    return torch.where(apply.view(-1, *([1] * (x.dim() - 1))), noisy, x)
+
+
+class GALRegularizer(DiversityRegularizer):
+    """λ·L_coh of GAL.
+
+    Args:
+        num_members: N >= 2.
+        scaling: ``"reference"`` (sum of CEs, TRS repo) or ``"mean"`` (mean of CEs, DVERGE).
+        lambda_gal: λ (0.5 in both repositories).
+        input_noise_std: std of DVERGE's Gaussian input noise (0 = off, the TRS repo; DVERGE: 0.045).
+        input_noise_prob: probability that an image gets noise (0.5).
+    """
+
+    name = "gal"
+    min_members = 2
+    term_names = ("gal",)
+
+    def __init__(
+        self,
+        num_members: int,
+        scaling: str = "reference",
+        lambda_gal: float = 0.5,
+        input_noise_std: float = 0.0,
+        input_noise_prob: float = 0.5,
+    ) -> None:
+        super().__init__(num_members, scaling)
+        check_positive(lambda_gal, "lambda_gal", allow_zero=True)
+        check_positive(input_noise_std, "input_noise_std", allow_zero=True)
+        check_positive(input_noise_prob, "input_noise_prob", allow_zero=True)
+        if input_noise_prob > 1:
+            raise ValueError(f"input_noise_prob must be in [0, 1]; got {input_noise_prob}")
+        self.lambda_gal = float(lambda_gal)
+        self.input_noise_std = float(input_noise_std)
+        self.input_noise_prob = float(input_noise_prob)
+
+    def __call__(
+        self,
+        model: EnsembleModel,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        epoch: int = 0,
+        max_epochs: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> RegularizerOutput:
+        self.check_model(model)
+        x = add_gaussian_noise(x, self.input_noise_std, self.input_noise_prob, generator)
+        member_logits, grads = member_input_gradients(model, x, y, create_graph=True)
+        coherence = gal_coherence(grads)
+        return RegularizerOutput(member_logits, self.lambda_gal * coherence, {"gal": coherence.detach()}, x)
