@@ -14,7 +14,6 @@ both are instantiated, so configs never repeat them. The resolved config is save
 """
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import pytorch_lightning as pl
@@ -59,7 +58,7 @@ def build_cli(args: Any = None, run: bool = True) -> AdvGameCLI:
 
 def main(args: Any = None) -> None:
     """Console entry point of ``lit-advgame`` and ``python -m lit_advgame``."""
-    build_cli(args if args is not None else sys.argv[1:])
+    build_cli(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,13 +22,26 @@ def _fit(args: list[str]) -> None:
 
 def test_print_config_resolves_yaml(capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["fit", "--config", str(CONFIGS / "quickstart.yaml"), "--print_config"])
+        main(["fit", "--config", str(CONFIGS / "standard_digits.yaml"), "--print_config"])
     assert exc.value.code == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["model"]["class_path"] == "lit_advgame.training.StandardClassifier"
     assert cfg["data"]["class_path"] == "lit_advgame.data.DigitsDataModule"
     assert cfg["model"]["init_args"]["arch"] == "small_cnn"
     assert cfg["seed_everything"] == 0
+
+
+def test_quickstart_is_a_trs_ensemble_with_interaction_callbacks(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(CONFIGS / "quickstart.yaml"), "--print_config"])
+    assert exc.value.code == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["model"]["class_path"].endswith("Ensemble")
+    assert cfg["model"]["init_args"]["regularizer"] == "trs"
+    assert cfg["data"]["class_path"] == "lit_advgame.data.DigitsDataModule"
+    callbacks = {cb["class_path"].rsplit(".", 1)[-1] for cb in cfg["trainer"]["callbacks"]}
+    assert {"MultiOrderInteractionCallback", "DisentanglementCallback", "TransferabilityCallback",
+            "PerturbationInteractionCallback", "ModelCheckpoint"} <= callbacks
 
 
 def test_unknown_config_key_is_a_clear_error(capsys):

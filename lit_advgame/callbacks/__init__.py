@@ -1,0 +1,48 @@
+"""Validation callbacks that log game-theoretic interaction metrics to TensorBoard over epochs.
+
+* :class:`MultiOrderInteractionCallback` -- ``I^(m)`` on clean and adversarial probes (strength-controlled
+  attack), ``ΔI^(m)``, ``ΔJ^(m)`` and the normalized share per order (Ren et al., NeurIPS 2021).
+* :class:`DisentanglementCallback` -- ``D^(m)`` per order (Ren et al., Eq. 4).
+* :class:`TransferabilityCallback` -- the intra-ensemble transfer matrix (DVERGE protocol).
+* :class:`PerturbationInteractionCallback` -- ``E_ij[I_ij(δ)]`` of adversarial perturbations (Wang et al., ICLR 2021).
+
+All run at the end of validation epochs on a fixed, seeded probe set, on global rank 0 only, and log
+with the **epoch** as step (see :mod:`lit_advgame.callbacks.base`). In a config::
+
+    trainer:
+      callbacks+:
+        - class_path: lit_advgame.callbacks.MultiOrderInteractionCallback
+          init_args: {probe_size: 16, every_n_epochs: 1}
+
+The strength-controlled attack (stop at a fixed drop of the true-class logit) is
+:class:`StrengthControlledAttack`.
+"""
+from lit_advgame.callbacks.base import ProbeCallback, log_figures, log_scalars
+from lit_advgame.callbacks.disentanglement import DisentanglementCallback
+from lit_advgame.callbacks.game_settings import GameSettings
+from lit_advgame.callbacks.multi_order import MultiOrderInteractionCallback
+from lit_advgame.callbacks.perturbation import PerturbationInteractionCallback
+from lit_advgame.callbacks.probe_attack import AttackOutcome, ProbeAttack
+from lit_advgame.callbacks.probes import classifier_of, members_of
+from lit_advgame.callbacks.strength_attack import (
+    StrengthAttackResult,
+    StrengthControlledAttack,
+)
+from lit_advgame.callbacks.transferability import TransferabilityCallback
+
+__all__ = [
+    "AttackOutcome",
+    "DisentanglementCallback",
+    "GameSettings",
+    "MultiOrderInteractionCallback",
+    "PerturbationInteractionCallback",
+    "ProbeAttack",
+    "ProbeCallback",
+    "StrengthAttackResult",
+    "StrengthControlledAttack",
+    "TransferabilityCallback",
+    "classifier_of",
+    "log_figures",
+    "log_scalars",
+    "members_of",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from lit_advgame.evaluation.cli import main
+
+sys.exit(main())

@@ -1,0 +1,76 @@
+"""Command line of the transfer evaluation.
+
+    python -m lit_advgame.evaluation RUN [RUN ...] --targets T [T ...] --output DIR [options]
+
+``RUN`` is an attack run folder written by ``lit-advgame predict`` with an ``AdversarialWriter``
+(or a merged ``adversarial.pt``); targets are classifier files, Lightning checkpoints of
+lit_advgame classifiers, or JSON dicts such as ``'{"arch": "lenet", "weights": "w.pt"}'``.
+Writes ``report.{json,csv,md}``, ``utility_vs_interaction.png`` and TensorBoard events to ``DIR``
+and prints the Markdown tables.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+from lit_advgame.evaluation.transfer import INTERACTION_DEFAULTS, SUBSETS, evaluate_transfer
+
+
+def parse_spec(text: str) -> Any:
+    """A target given on the command line: a path, or a JSON object for a dict spec."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise argparse.ArgumentTypeError(f"invalid JSON model spec {text!r}: {err}") from None
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lit_advgame.evaluation", description="Transfer evaluation of saved adversarial examples."
+    )
+    parser.add_argument("runs", nargs="+", help="attack run folders (or merged adversarial.pt files)")
+    parser.add_argument("--targets", nargs="+", required=True, type=parse_spec, help="target model specs")
+    parser.add_argument("--output", required=True, help="output folder of the report")
+    parser.add_argument("--labels", nargs="+", default=None, help="row labels (default: each run's name)")
+    parser.add_argument("--subset", choices=SUBSETS, default="source_correct", help="examples evaluated")
+    parser.add_argument("--no-loo", action="store_true", help="skip the leave-one-out step selection")
+    parser.add_argument("--no-interaction", action="store_true", help="skip the interaction measurement")
+    parser.add_argument("--interaction-grid", type=int, default=INTERACTION_DEFAULTS["grid"])
+    parser.add_argument("--interaction-form", choices=("single", "coalition"), default=INTERACTION_DEFAULTS["form"])
+    parser.add_argument("--interaction-samples", type=int, default=INTERACTION_DEFAULTS["num_samples"])
+    parser.add_argument("--interaction-max-images", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--no-tensorboard", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    interaction = None if args.no_interaction else {
+        "grid": args.interaction_grid,
+        "form": args.interaction_form,
+        "num_samples": args.interaction_samples,
+        "max_images": args.interaction_max_images,
+    }
+    try:
+        report = evaluate_transfer(
+            args.runs, args.targets, labels=args.labels, subset=args.subset, loo=not args.no_loo,
+            interaction=interaction, batch_size=args.batch_size, device=args.device, output_dir=args.output,
+            tensorboard=not args.no_tensorboard,
+        )
+    except (FileNotFoundError, ValueError, TypeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(report.markdown())
+    print(f"written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

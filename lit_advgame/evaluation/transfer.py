@@ -1,0 +1,304 @@
+r"""Transfer evaluation of saved adversarial examples on a list of target models (IR paper, Sections 3-5).
+
+For every attack run (a row: one source model or ensemble and one attack) and every target model:
+
+* **success** -- the fraction of examples the target misclassifies, ``max_{k≠y} z_k − z_y > 0``, at
+  the last step and, when per-step records exist, at the step chosen by leave-one-out over images
+  (Appendix K, :mod:`.loo`; O(N·T) per target);
+* **transfer utility** (Section 3.2) -- the mean change of the target's margin,
+  ``[max_{y'≠y} h_{y'}(x+δ) − h_y(x+δ)] − [max_{y'≠y} h_{y'}(x) − h_y(x)]``;
+* the target's clean accuracy;
+
+and per row, on the source model(s):
+
+* **white-box success** -- the fraction misclassified by the source itself;
+* **interaction** -- the average interaction inside each perturbation ``E_ij[I_ij(δ)]``
+  (Eq. 4 / 39) with ``v(S)`` the source's margin at ``x + δ_S``, measured with
+  :func:`lit_advgame.interactions.perturbation_interaction_estimate` (by default the paper's form:
+  single players, ``margin_max``, the 1/(n−1) factor) on a fixed grid for all rows, seeded.
+
+Examples are those the source classifies correctly (``subset="source_correct"``, the paper's
+protocol: its 1000 images are correctly classified by all sources), or ``"all"``, or
+``"both_correct"`` (source and that target). Rates are averaged with torchmetrics ``MeanMetric``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+from torchmetrics.aggregation import MeanMetric
+
+from lit_advgame.evaluation.loo import loo_success_rate
+from lit_advgame.evaluation.scores import batched_margins, candidate_margins
+from lit_advgame.predict.models import LoadedModel, ModelSpec, load_classifiers
+from lit_advgame.predict.shards import AdversarialSet, load_adversarial
+from lit_advgame.utils.checks import check_choice, check_int
+
+SUBSETS = ("source_correct", "all", "both_correct")
+INTERACTION_DEFAULTS: dict[str, Any] = {
+    "grid": 16,
+    "form": "single",
+    "num_samples": 64,
+    "group_size": 32,
+    "value": "margin_max",
+    "scale": "paper",
+    "seed": 0,
+    "max_images": None,
+}
+
+
+def _mean(values: torch.Tensor) -> float:
+    """Mean through torchmetrics (NaN for no values)."""
+    if values.numel() == 0:
+        return float("nan")
+    metric = MeanMetric(nan_strategy="error")
+    metric.update(values.double())
+    return float(metric.compute())
+
+
+def _stderr(values: torch.Tensor) -> float:
+    n = values.numel()
+    return float(values.double().std(correction=1) / math.sqrt(n)) if n > 1 else float("nan")
+
+
+@dataclass
+class TargetResult:
+    """One (row, target) cell of the transfer evaluation."""
+
+    num_images: int
+    success: float
+    success_loo: float
+    utility: float
+    utility_stderr: float
+    clean_accuracy: float
+    step_success: list[float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class RowResult:
+    """One attack run (source × attack) evaluated on every target."""
+
+    name: str
+    source: str
+    method: str
+    num_images: int
+    whitebox_success: float
+    interaction: float
+    interaction_stderr: float
+    targets: dict[str, TargetResult] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k not in ("targets", "meta")}
+        out["targets"] = {k: v.to_dict() for k, v in self.targets.items()}
+        out["attack"] = self.meta.get("attack")
+        out["overrides"] = self.meta.get("overrides")
+        out["config"] = self.meta.get("config")
+        return out
+
+
+def _source_and_method(adv: AdversarialSet, label: str | None) -> tuple[str, str, str]:
+    names = adv.meta.get("source_names") or []
+    source = "+".join(names) if names else "?"
+    name = label or adv.meta.get("name") or f"{source}/{adv.meta.get('attack', '?')}"
+    method = name[len(source) + 1 :] if name.startswith(source + "/") else name
+    return name, source, method
+
+
+class _ModelCache:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.models: dict[str, nn.Module] = {}
+
+    def get(self, specs: Sequence[Mapping[str, Any]], input_shape: Sequence[int]) -> nn.Module:
+        key = json.dumps(list(specs), sort_keys=True, default=str)
+        if key not in self.models:
+            loaded = load_classifiers(list(specs), "source models", input_shape=input_shape)
+            models = [m.model for m in loaded]
+            if len(models) == 1:
+                model = models[0]
+            else:
+                from lit_advgame.attacks import EnsembleLogits
+
+                model = EnsembleLogits(models).eval()
+            self.models[key] = model.to(self.device)
+        return self.models[key]
+
+
+def measure_interaction(
+    model: nn.Module,
+    adv: AdversarialSet,
+    options: Mapping[str, Any],
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> tuple[float, float, torch.Tensor]:
+    """Average interaction inside each perturbation δ = x_adv − x on ``model``: (mean, stderr over images, per image)."""
+    from lit_advgame.interactions import perturbation_interaction_estimate
+
+    opts = {**INTERACTION_DEFAULTS, **dict(options)}
+    unknown = sorted(set(opts) - set(INTERACTION_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown interaction option(s) {unknown}; allowed: {', '.join(INTERACTION_DEFAULTS)}")
+    grid = min(int(opts["grid"]), *adv.x.shape[-2:])
+    n = len(adv) if opts["max_images"] is None else min(len(adv), int(opts["max_images"]))
+    generator = torch.Generator(device=device).manual_seed(int(opts["seed"]))
+    per_image = []
+    chunk = max(1, 8 * batch_size // (2 * int(opts["num_samples"]) + 2))  # images per engine call
+    for start in range(0, n, chunk):
+        x = adv.x[start : min(start + chunk, n)].to(device)
+        x_adv = adv.x_adv[start : min(start + chunk, n)].to(device)
+        y = adv.label[start : min(start + chunk, n)].to(device)
+        result = perturbation_interaction_estimate(
+            model, x, x_adv - x, y, grid=grid, form=opts["form"], num_samples=int(opts["num_samples"]),
+            group_size=int(opts["group_size"]), value=opts["value"], generator=generator,
+            batch_size=batch_size, scale=opts["scale"],
+        )
+        per_image.append(result.per_image.double().cpu())
+    values = torch.cat(per_image) if per_image else torch.zeros(0, dtype=torch.float64)
+    return _mean(values), _stderr(values), values
+
+
+def _step_success(adv: AdversarialSet, target: LoadedModel, model: nn.Module, batch_size: int, device) -> torch.Tensor | None:
+    names = adv.step_score_names
+    if "step_scores" in adv.records and target.name in names:
+        return adv.records["step_scores"][:, :, names.index(target.name)].float() > 0
+    scores = candidate_margins(model, adv, batch_size, device)
+    return None if scores is None else scores > 0
+
+
+def evaluate_row(
+    adv: AdversarialSet,
+    targets: Sequence[LoadedModel],
+    *,
+    label: str | None = None,
+    subset: str = "source_correct",
+    loo: bool = True,
+    interaction: Mapping[str, Any] | None = None,
+    source_model: nn.Module | None = None,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> RowResult:
+    """Evaluate one attack run on every target (see the module docstring)."""
+    name, source, method = _source_and_method(adv, label)
+    if "source_margin_clean" in adv.records:
+        source_ok = adv.records["source_margin_clean"] < 0
+        fooled_source = adv.records["source_margin_adv"] > 0
+    elif source_model is not None:
+        source_ok = batched_margins(source_model, adv.x, adv.label, batch_size, device) < 0
+        fooled_source = batched_margins(source_model, adv.x_adv, adv.label, batch_size, device) > 0
+    else:
+        raise ValueError(f"{name}: the records hold no source margins and no source model was given")
+    row_mask = torch.ones_like(source_ok) if subset == "all" else source_ok
+    row = RowResult(
+        name=name, source=source, method=method, num_images=int(row_mask.sum()),
+        whitebox_success=_mean(fooled_source[row_mask].float()), interaction=float("nan"),
+        interaction_stderr=float("nan"), meta=dict(adv.meta),
+    )
+    if interaction is not None and source_model is not None and row.num_images > 0:
+        row.interaction, row.interaction_stderr, _ = measure_interaction(
+            source_model, adv.subset(row_mask), interaction, batch_size, device
+        )
+    for target in targets:
+        model = target.model
+        clean = batched_margins(model, adv.x, adv.label, batch_size, device)
+        fooled = batched_margins(model, adv.x_adv, adv.label, batch_size, device)
+        mask = row_mask & (clean < 0) if subset == "both_correct" else row_mask
+        steps = _step_success(adv, target, model, batch_size, device) if loo else None
+        cell = TargetResult(
+            num_images=int(mask.sum()),
+            success=_mean((fooled[mask] > 0).float()),
+            success_loo=loo_success_rate(steps[mask]) if steps is not None and mask.any() else float("nan"),
+            utility=_mean((fooled - clean)[mask]),
+            utility_stderr=_stderr((fooled - clean)[mask]),
+            clean_accuracy=_mean((clean < 0).float()),
+            step_success=None if steps is None or not mask.any() else steps[mask].float().mean(0).tolist(),
+        )
+        row.targets[target.name] = cell
+    return row
+
+
+def evaluate_transfer(
+    adversarial: str | os.PathLike | AdversarialSet | Sequence[str | os.PathLike | AdversarialSet],
+    targets: ModelSpec | Sequence[ModelSpec],
+    *,
+    labels: Sequence[str] | None = None,
+    subset: str = "source_correct",
+    loo: bool = True,
+    interaction: Mapping[str, Any] | bool | None = True,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    output_dir: str | os.PathLike | None = None,
+    tensorboard: bool = True,
+    title: str = "Transfer success rates (%)",
+) -> "TransferReport":
+    """Evaluate saved adversarial examples (run folders, merged files or :class:`AdversarialSet`) on ``targets``.
+
+    Args:
+        adversarial: one run or a list of runs (rows of the report).
+        targets: target model specs (paths or dicts, see :mod:`lit_advgame.predict.models`).
+        labels: row labels (default: each run's ``name``).
+        subset: ``"source_correct"`` (default), ``"all"`` or ``"both_correct"``.
+        loo: compute LOO-selected success where per-step records exist.
+        interaction: ``True`` for :data:`INTERACTION_DEFAULTS`, a dict of overrides, or ``False``/``None``
+            to skip (it needs the source checkpoints named in each run's metadata).
+        batch_size, device: evaluation batch size and device (default: CUDA if available).
+        output_dir: if given, write ``report.json``, ``report.csv``, ``report.md``, the figure
+            ``utility_vs_interaction.png`` and (with ``tensorboard``) TensorBoard events there.
+    """
+    from lit_advgame.evaluation.report import TransferReport
+
+    check_choice(subset, "subset", SUBSETS)
+    check_int(batch_size, "batch_size", minimum=1)
+    runs = list(adversarial) if isinstance(adversarial, (list, tuple)) else [adversarial]
+    if not runs:
+        raise ValueError("adversarial must name at least one attack run")
+    if labels is not None and len(labels) != len(runs):
+        raise ValueError(f"got {len(labels)} labels for {len(runs)} attack runs")
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    sets = [r if isinstance(r, AdversarialSet) else load_adversarial(r) for r in runs]
+    shape = tuple(sets[0].x.shape[1:])
+    for s in sets[1:]:
+        if tuple(s.x.shape[1:]) != shape:
+            raise ValueError(f"attack runs hold images of different shapes: {shape} vs {tuple(s.x.shape[1:])}")
+    loaded = load_classifiers(targets, "target models", input_shape=shape)
+    for target in loaded:
+        target.model.to(device)
+    options = None
+    if interaction is True:
+        options = {}
+    elif isinstance(interaction, Mapping):
+        options = dict(interaction)
+    elif interaction not in (False, None):
+        raise TypeError(f"interaction must be True, False/None or a dict of options; got {interaction!r}")
+    cache = _ModelCache(device)
+    rows = []
+    for i, adv in enumerate(sets):
+        source_model = None
+        specs = adv.meta.get("sources")
+        if specs and (options is not None or "source_margin_clean" not in adv.records):
+            source_model = cache.get(specs, shape)
+        rows.append(
+            evaluate_row(
+                adv, loaded, label=None if labels is None else labels[i], subset=subset, loo=loo,
+                interaction=options, source_model=source_model, batch_size=batch_size, device=device,
+            )
+        )
+    settings = {
+        "subset": subset,
+        "loo": loo,
+        "interaction": None if options is None else {**INTERACTION_DEFAULTS, **options},
+        "success": "target margin max_{k!=y} z_k - z_y > 0",
+    }
+    report = TransferReport(rows=rows, targets=[t.name for t in loaded], settings=settings, title=title)
+    if output_dir is not None:
+        report.save(output_dir, tensorboard=tensorboard)
+    return report

@@ -1,0 +1,54 @@
+"""Transfer attacks at scale with ``trainer.predict`` (IR paper, Wang et al., ICLR 2021, Sections 4-5).
+
+* :class:`AttackModule` -- a LightningModule whose ``predict_step`` attacks a batch with an attack
+  preset on source model(s) loaded from local checkpoints (CPU, one GPU or DDP);
+* :class:`AdversarialWriter` -- a ``BasePredictionWriter`` saving atomic, resumable shards and merging
+  them by dataset index (each example exactly once, also under DDP);
+* :func:`load_adversarial` -- read a run's examples back; :func:`load_classifier` -- load a model
+  spec (classifier file, Lightning checkpoint or ``{"arch", "weights"}`` dict).
+
+    lit-advgame predict --config configs/attack_quickstart.yaml
+"""
+from lit_advgame.predict.attack_module import RECORD_MODES, AttackModule, batch_seed
+from lit_advgame.predict.models import (
+    CLASSIFIER_FORMAT,
+    LoadedModel,
+    export_classifier,
+    load_classifier,
+    load_classifiers,
+    margins,
+)
+from lit_advgame.predict.shards import (
+    MERGED_NAME,
+    AdversarialSet,
+    dedupe_sort,
+    finished_indices,
+    list_shards,
+    load_adversarial,
+    merge_directory,
+    shard_name,
+    write_shard,
+)
+from lit_advgame.predict.writer import AdversarialWriter
+
+__all__ = [
+    "AdversarialSet",
+    "AdversarialWriter",
+    "AttackModule",
+    "CLASSIFIER_FORMAT",
+    "LoadedModel",
+    "MERGED_NAME",
+    "RECORD_MODES",
+    "batch_seed",
+    "dedupe_sort",
+    "export_classifier",
+    "finished_indices",
+    "list_shards",
+    "load_adversarial",
+    "load_classifier",
+    "load_classifiers",
+    "margins",
+    "merge_directory",
+    "shard_name",
+    "write_shard",
+]

@@ -1,0 +1,290 @@
+"""``AttackModule``: transfer attacks with ``trainer.predict`` (CPU, one GPU or DDP).
+
+    lit-advgame predict --config configs/attack_quickstart.yaml
+
+``predict_step`` attacks each batch of the DataModule's predict split with a named attack preset
+(:func:`lit_advgame.attacks.build_attack`: PGD, PGD+IR, MI, VR, SGM, HybridIR, ...) on one source
+model or an ensemble (mean logits), and returns per-example records (see
+:mod:`lit_advgame.predict.shards`) that :class:`~lit_advgame.predict.writer.AdversarialWriter`
+saves as shards.
+
+Seeding. The attack's random streams (random start, VR noise, IR's sampled coalitions) are seeded
+per *batch* with ``derive_seed(seed, "batch:<first dataset index>")``: the attack API seeds a
+whole batch from one base seed, so per-example seeds are not available. Results are therefore
+independent of the world size, the rank order and restarts, for a fixed ``batch_size``.
+
+DDP. With ``trainer.use_distributed_sampler: false`` (the attack configs' setting) every rank
+iterates over the same batches as a single process and attacks batch ``b`` only if
+``b % world_size == rank`` (the others return at once; loading a batch costs far less than
+attacking it), so a DDP run writes exactly the examples, bit for bit, of a one-process run. With
+Lightning's default distributed sampler each rank attacks the batches it is given; every example
+is still attacked once, but the batches, and hence the random streams, depend on the world size.
+
+Resuming. The writer tells the module which dataset indices are already saved
+(:meth:`set_finished`); a batch whose examples are all saved is skipped without attacking.
+
+LOO records (``record``): ``"uint8"`` keeps the image after each of the T updates as uint8
+(``candidates``, the official code's 8-bit PNGs without the files); ``"scores"`` keeps only the
+margin ``max_{k≠y} z_k − z_y`` of each ``score_models`` target after each update (``step_scores``,
+(B, T, K) floats), computed on the fly through the attack's per-step callback. Candidate t is the
+image after t updates, t = 1..T (candidate T is the final ``x_adv``); the official code stores the
+states before each update (0..T−1) instead.
+
+Predict runs under ``torch.inference_mode()`` by default; the attack needs gradients, so configs set
+``trainer.inference_mode: false`` and this module refuses to run otherwise.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping, Sequence
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_warn
+from torch import nn
+from torch.utils.data import DistributedSampler
+
+from lit_advgame.attacks import attack_from_config, preset_config
+from lit_advgame.attacks.presets import canonical_name, resolve_auto
+from lit_advgame.attacks.seeding import derive_seed
+from lit_advgame.predict.models import ModelSpec, describe, load_classifiers, margins
+from lit_advgame.utils.checks import check_choice, check_int
+
+RECORD_MODES = ("none", "uint8", "scores")
+#: attack options set by the module itself, not by ``overrides``
+RESERVED_OPTIONS = ("seed", "record_iterates", "record_format")
+INFERENCE_MODE_MESSAGE = (
+    "AttackModule needs gradients but predict is running under torch.inference_mode(); "
+    "set `trainer.inference_mode: false` in the config (or Trainer(inference_mode=False))"
+)
+
+
+def batch_seed(seed: int, first_index: int) -> int:
+    """The attack seed of a batch whose first dataset index is ``first_index``."""
+    return derive_seed(int(seed), f"batch:{int(first_index)}")
+
+
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """round(255·x) as uint8 (8-bit image files)."""
+    return torch.round(images.clamp(0.0, 1.0) * 255.0).to(torch.uint8)
+
+
+def _json_safe(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+class AttackModule(pl.LightningModule):
+    """Attack the predict split with a preset attack on one or several source models.
+
+    Args:
+        source: a model spec or a list of them (an ensemble, attacked through its mean logits):
+            paths of classifier files (``checkpoints/*.pt``), Lightning ``.ckpt`` files of
+            lit_advgame classifiers, or dicts ``{"arch": ..., "weights": ...}``
+            (see :mod:`lit_advgame.predict.models`).
+        attack: preset name (``pgd``, ``pgd+ir``, ``mi``, ``mi+ir``, ``vr``, ``vr+ir``, ``sgm``,
+            ``sgm+ir``, ``ti``, ``ti+ir``, ``di``, ``hybridir``).
+        overrides: preset options to change (e.g. ``{steps: 20, ir_grid: 8, eps: "16/255"}``);
+            ``seed``/``record_iterates``/``record_format`` are set by the module.
+        seed: base seed (>= 0); each batch's attack seed is derived from it and the batch's first
+            dataset index.
+        record: ``"none"``, ``"uint8"`` (per-step images) or ``"scores"`` (per-step target margins).
+        score_models: target model specs scored at every step when ``record="scores"``.
+        quantize: round ``x_adv`` (and the per-step candidates scored) to 8 bits, like image files;
+            ``x_adv`` is then stored losslessly as uint8.
+        name: label of this run in reports (default ``"<sources>/<preset>"``).
+        num_classes, input_shape, mean, std: linked from the DataModule by the CLI; checked
+            against the checkpoints and used for dict specs without stored normalization.
+    """
+
+    def __init__(
+        self,
+        source: str | dict[str, Any] | list[str | dict[str, Any]],
+        attack: str = "pgd",
+        overrides: dict[str, Any] | None = None,
+        seed: int = 0,
+        record: str = "none",
+        score_models: list[str | dict[str, Any]] | None = None,
+        quantize: bool = False,
+        name: str | None = None,
+        num_classes: int | None = None,
+        input_shape: Sequence[int] | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        check_int(seed, "seed", minimum=0)
+        check_choice(record, "record", RECORD_MODES)
+        if not isinstance(quantize, bool):
+            raise TypeError(f"quantize must be a bool; got {quantize!r}")
+        overrides = dict(overrides or {})
+        reserved = sorted(set(overrides) & set(RESERVED_OPTIONS))
+        if reserved:
+            raise ValueError(
+                f"overrides may not set {reserved}: the seed comes from AttackModule(seed=...) and the "
+                f"per-step records from AttackModule(record=...)"
+            )
+        if record == "scores" and not score_models:
+            raise ValueError("record='scores' needs score_models (the target model specs scored at every step)")
+        if score_models and record != "scores":
+            raise ValueError(f"score_models are only used with record='scores'; got record={record!r}")
+        self.preset = canonical_name(attack)
+        config = preset_config(self.preset, **overrides)  # validates option names and values early
+        self.save_hyperparameters()
+
+        shape = None if input_shape is None else tuple(int(s) for s in input_shape)
+        data = {"num_classes": num_classes, "input_shape": shape, "mean": mean, "std": std}
+        loaded = load_classifiers(source, "source models", **data)
+        self.source_models = nn.ModuleList([m.model for m in loaded])
+        self.source_info = describe(loaded)
+        self.source_names = [m.name for m in loaded]
+        scorers = load_classifiers(score_models, "score models", **data) if record == "scores" else []
+        self.score_models = nn.ModuleList([m.model for m in scorers])
+        self.score_info = describe(scorers)
+        self.score_names = [m.name for m in scorers]
+        self.attack_config = resolve_auto(config, list(self.source_models))
+        attack_from_config(self.attack_config, list(self.source_models))  # fail now on bad option values
+        self.seed = seed
+        self.record = record
+        self.quantize = quantize
+        self.run_name = name or f"{'+'.join(self.source_names)}/{self.preset}"
+        self._finished: set[int] = set()
+        self._distributed_sampler = False
+
+    # ------------------------------------------------------------------ bookkeeping
+    def run_metadata(self) -> dict[str, Any]:
+        """JSON-able description of this attack run (written next to the shards, checked on resume)."""
+        return _json_safe(
+            {
+                "name": self.run_name,
+                "sources": self.source_info,
+                "source_names": self.source_names,
+                "attack": self.preset,
+                "overrides": dict(self.hparams.get("overrides") or {}),
+                "config": self.attack_config,
+                "steps": int(self.attack_config["steps"]),
+                "seed": self.seed,
+                "seeding": "per batch: derive_seed(seed, 'batch:<first dataset index>')",
+                "record": self.record,
+                "quantize": self.quantize,
+                "score_models": self.score_names,
+                "score_model_specs": self.score_info,
+            }
+        )
+
+    def set_finished(self, indices: set[int] | Sequence[int]) -> None:
+        """Dataset indices already saved: batches made only of them are skipped."""
+        self._finished = {int(i) for i in indices}
+
+    def build_attack(self, first_index: int):
+        """The :class:`~lit_advgame.attacks.Attack` of a batch starting at dataset index ``first_index``."""
+        config = {
+            **self.attack_config,
+            "seed": batch_seed(self.seed, first_index),
+            "record_iterates": self.record == "uint8",
+            "record_format": "uint8",
+        }
+        return attack_from_config(config, list(self.source_models))
+
+    # ------------------------------------------------------------------ the attack
+    @torch.no_grad()
+    def _source_logits(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(images) for m in self.source_models]).mean(dim=0)
+
+    @torch.no_grad()
+    def _scores(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.quantize:
+            images = quantize(images).float() / 255.0
+        return torch.stack([margins(m(images), labels) for m in self.score_models], dim=1)
+
+    def attack_batch(self, x: torch.Tensor, y: torch.Tensor, indices: Sequence[int] | torch.Tensor) -> dict[str, torch.Tensor]:
+        """Attack one batch; ``indices`` are the examples' dataset indices. Returns the shard records."""
+        indices = torch.as_tensor(indices, dtype=torch.int64).flatten()
+        if indices.numel() != x.shape[0]:
+            raise ValueError(f"got {indices.numel()} dataset indices for a batch of {x.shape[0]} images")
+        y = y.long()
+        attack = self.build_attack(int(indices[0]))
+        step_scores: list[torch.Tensor] = []
+
+        def score_step(t: int, x_t: torch.Tensor) -> None:
+            if t > 0:  # x_t is the image after t updates; t = 0 is the start
+                step_scores.append(self._scores(x_t, y))
+
+        with torch.inference_mode(False), torch.enable_grad():
+            result = attack.run(x, y, callback=score_step if self.record == "scores" else None)
+        x_adv = result.x_adv
+        x_adv_q = quantize(x_adv)
+        if self.quantize:
+            x_adv = x_adv_q.float() / 255.0
+        records: dict[str, torch.Tensor] = {
+            "index": indices.to(x.device),
+            "label": y,
+            "x": x.detach().float(),
+            "x_adv": x_adv_q if self.quantize else x_adv.float(),
+            "source_margin_clean": margins(self._source_logits(x), y),
+            "source_margin_adv": margins(self._source_logits(x_adv), y),
+        }
+        for key, values in result.losses.items():
+            records[f"loss/{key}"] = values.transpose(0, 1).float()
+        if self.record == "scores":
+            step_scores.append(self._scores(x_adv, y))
+            records["step_scores"] = torch.stack(step_scores, dim=1).float()
+        elif self.record == "uint8":
+            assert result.iterates is not None
+            after_updates = torch.cat([result.iterates[1:], x_adv_q.cpu().unsqueeze(0)])  # (T, B, C, H, W)
+            records["candidates"] = after_updates.transpose(0, 1).contiguous()
+        return records
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._source_logits(x)
+
+    def on_predict_start(self) -> None:
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(INFERENCE_MODE_MESSAGE)
+        loaders = self.trainer.predict_dataloaders
+        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+        if len(loaders) != 1:
+            raise ValueError(f"AttackModule takes one predict dataloader; got {len(loaders)}")
+        loader = loaders[0]
+        sampler = getattr(getattr(loader, "batch_sampler", None), "sampler", None) or getattr(loader, "sampler", None)
+        self._distributed_sampler = isinstance(sampler, DistributedSampler)
+        if self.trainer.world_size > 1 and self._distributed_sampler:
+            rank_zero_warn(
+                "AttackModule under a distributed sampler: every example is attacked once, but the batches and "
+                "hence the attack's random streams depend on the world size. Set `trainer.use_distributed_sampler: "
+                "false` to attack exactly the batches of a one-process run."
+            )
+
+    def owns_batch(self, batch_idx: int) -> bool:
+        """Whether this rank attacks batch ``batch_idx`` (always, unless DDP without a distributed sampler)."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world == 1 or self._distributed_sampler:
+            return True
+        return batch_idx % world == self.trainer.global_rank
+
+    def _batch_indices(self, batch_idx: int, size: int) -> list[int]:
+        loaders = self.trainer.predict_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        seen = getattr(getattr(loader, "batch_sampler", None), "seen_batch_indices", None)
+        if not seen or batch_idx >= len(seen):
+            raise RuntimeError(
+                "AttackModule could not find the dataset indices of the batch (Lightning tracks them for "
+                "DataLoaders with a batch sampler); use a torch DataLoader as predict dataloader"
+            )
+        indices = [int(i) for i in seen[batch_idx]]
+        if len(indices) != size:
+            raise RuntimeError(f"batch {batch_idx} has {size} images but {len(indices)} tracked dataset indices")
+        return indices
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(INFERENCE_MODE_MESSAGE)
+        if not isinstance(batch, (list, tuple)) or len(batch) < 2:
+            raise TypeError("AttackModule needs batches of (images, labels)")
+        x, y = batch[0], batch[1]
+        if not self.owns_batch(batch_idx):
+            return {"skipped": "other rank"}
+        indices = self._batch_indices(batch_idx, len(y))
+        if self._finished and all(i in self._finished for i in indices):
+            return {"skipped": "finished"}
+        return self.attack_batch(x, y, indices)

@@ -1,0 +1,244 @@
+"""Shard files of adversarial examples: naming, atomic writing, scanning, merging and loading.
+
+A *shard* holds the results of one attacked batch: a dict ``{"records": {name: tensor}, "rank": r}``
+where every record tensor has the batch on its first dimension. Records written by
+:class:`~lit_advgame.predict.attack_module.AttackModule`:
+
+* ``index`` (int64): dataset indices (into the DataModule's predict split); ``label`` (int64);
+* ``x`` (float32): the clean images; ``x_adv``: the adversarial images, float32, or uint8 holding
+  round(255·x) when the attack quantized them (lossless then);
+* ``source_margin_clean`` / ``source_margin_adv``: ``max_{k≠y} z_k − z_y`` of the source (ensemble)
+  logits (> 0 ⇔ misclassified: white-box success);
+* ``loss/<name>`` (B, T): the attack's per-step objective, classification loss and interaction;
+* optional ``candidates`` (B, T, C, H, W) uint8: the image after each of the T updates (for LOO);
+* optional ``step_scores`` (B, T, K): the margin of each of K score models after each update.
+
+Shards are named by the first and last dataset index of their batch
+(``shard_000000064_000000127.pt``), written atomically (temporary file, then rename), so a shard
+that exists is complete. The merged file (``adversarial.pt`` by default) holds the same records
+for all examples, sorted by index and de-duplicated, plus the run's ``meta`` dict.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+
+from lit_advgame.utils.io import atomic_torch_save
+
+SHARD_PATTERN = re.compile(r"^shard_(\d+)_(\d+)\.pt$")
+MERGED_NAME = "adversarial.pt"
+META_NAME = "meta.json"
+REQUIRED_RECORDS = ("index", "label", "x", "x_adv")
+
+
+def shard_name(indices: Sequence[int]) -> str:
+    """``shard_<first>_<last>.pt`` for a batch's dataset indices (in batch order)."""
+    if len(indices) == 0:
+        raise ValueError("a shard needs at least one example")
+    return f"shard_{int(indices[0]):09d}_{int(indices[-1]):09d}.pt"
+
+
+def list_shards(directory: str | os.PathLike) -> list[Path]:
+    """Complete shard files in ``directory``, sorted by name (temporary files are ignored)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if SHARD_PATTERN.match(p.name) and p.is_file())
+
+
+def _check_records(records: Mapping[str, torch.Tensor], source: str) -> int:
+    missing = [k for k in REQUIRED_RECORDS if k not in records]
+    if missing:
+        raise ValueError(f"{source}: records lack {missing}; found {sorted(records)}")
+    size = int(records["index"].shape[0])
+    bad = [k for k, v in records.items() if not isinstance(v, torch.Tensor) or v.dim() == 0 or v.shape[0] != size]
+    if bad:
+        raise ValueError(f"{source}: records {bad} do not have the {size} examples of 'index' on their first dimension")
+    return size
+
+
+def write_shard(directory: str | os.PathLike, records: Mapping[str, torch.Tensor], rank: int = 0) -> Path:
+    """Atomically write one batch's records as a shard; returns its path."""
+    _check_records(records, "shard")
+    records = {k: v.detach().cpu().contiguous() for k, v in records.items()}
+    path = Path(directory) / shard_name(records["index"].tolist())
+    return atomic_torch_save({"records": records, "rank": int(rank)}, path)
+
+
+def read_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a shard or merged file (``weights_only=True``, memory-mapped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"adversarial-example file not found: {str(path)!r}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001 - corrupt files fail in many ways
+        raise ValueError(f"could not read {str(path)!r} (corrupt or not an adversarial-example file): {err}") from err
+    if not isinstance(obj, dict) or not isinstance(obj.get("records"), dict):
+        raise ValueError(f"{str(path)!r} is not an adversarial-example file (no 'records' dict)")
+    _check_records(obj["records"], str(path))
+    return obj
+
+
+def concat_records(parts: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Concatenate records along the example dimension (all parts must have the same keys)."""
+    parts = list(parts)
+    if not parts:
+        return {}
+    keys = set(parts[0])
+    for i, part in enumerate(parts[1:], start=1):
+        if set(part) != keys:
+            raise ValueError(
+                f"records of part {i} have keys {sorted(part)} but part 0 has {sorted(keys)}; "
+                f"were they written by different attack configurations?"
+            )
+    return {k: torch.cat([torch.as_tensor(p[k]) for p in parts]) for k in sorted(keys)}
+
+
+def dedupe_sort(records: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Sort records by ``index`` keeping the *first* occurrence of each index."""
+    if not records:
+        return {}
+    index = records["index"]
+    # stable sort by index: among duplicates the earliest position comes first
+    order = torch.sort(index, stable=True).indices
+    sorted_index = index[order]
+    keep = torch.ones_like(sorted_index, dtype=torch.bool)
+    keep[1:] = sorted_index[1:] != sorted_index[:-1]
+    order = order[keep]
+    return {k: v[order] for k, v in records.items()}
+
+
+def finished_indices(directory: str | os.PathLike, merged_name: str = MERGED_NAME) -> set[int]:
+    """Dataset indices already attacked: those in the merged file and in every complete shard."""
+    directory = Path(directory)
+    done: set[int] = set()
+    paths = list_shards(directory)
+    merged = directory / merged_name
+    if merged.is_file():
+        paths.insert(0, merged)
+    for path in paths:
+        done.update(read_file(path)["records"]["index"].tolist())
+    return done
+
+
+def merge_directory(
+    directory: str | os.PathLike,
+    meta: Mapping[str, Any] | None = None,
+    merged_name: str = MERGED_NAME,
+    keep_shards: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Merge the merged file (if any) and all shards into ``merged_name``, sorted by index and
+    de-duplicated (first occurrence wins: the merged file, then shards by name); delete the shards
+    unless ``keep_shards``. The merged file is written atomically before any shard is removed, so an
+    interruption at any point loses nothing. Returns the merged records."""
+    directory = Path(directory)
+    shards = list_shards(directory)
+    merged_path = directory / merged_name
+    parts = []
+    if merged_path.is_file():
+        old = read_file(merged_path)
+        parts.append(old["records"])
+        meta = meta if meta is not None else old.get("meta")
+    parts += [read_file(p)["records"] for p in shards]
+    records = dedupe_sort(concat_records(parts))  # copies: no view of the memory-mapped inputs remains
+    atomic_torch_save({"records": records, "meta": dict(meta or {})}, merged_path)
+    if not keep_shards:
+        for path in shards:
+            path.unlink(missing_ok=True)
+    return records
+
+
+@dataclass
+class AdversarialSet:
+    """Adversarial examples of one attack run, sorted by dataset index.
+
+    Attributes:
+        index, label: (N,) int64.
+        x, x_adv: (N, C, H, W) float32 in [0, 1].
+        meta: the run's metadata (sources, attack configuration, seed, record mode, score models).
+        records: every record as stored (e.g. ``source_margin_adv``, ``loss/interaction``,
+            ``candidates`` (uint8), ``step_scores``).
+    """
+
+    index: torch.Tensor
+    label: torch.Tensor
+    x: torch.Tensor
+    x_adv: torch.Tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+    records: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name") or "adversarial")
+
+    @property
+    def num_steps(self) -> int | None:
+        for key in ("step_scores", "candidates"):
+            if key in self.records:
+                return int(self.records[key].shape[1])
+        return self.meta.get("steps")
+
+    def candidates(self, start: int = 0, stop: int | None = None) -> torch.Tensor | None:
+        """Per-step images (N', T, C, H, W) float in [0, 1] for examples ``start:stop`` (``None`` if not recorded)."""
+        if "candidates" not in self.records:
+            return None
+        return self.records["candidates"][start:stop].float().div_(255.0)
+
+    @property
+    def step_score_names(self) -> list[str]:
+        return list(self.meta.get("score_models") or [])
+
+    def subset(self, mask: torch.Tensor) -> "AdversarialSet":
+        """The examples where ``mask`` (N,) is True."""
+        return AdversarialSet(
+            self.index[mask], self.label[mask], self.x[mask], self.x_adv[mask], dict(self.meta),
+            {k: v[mask] for k, v in self.records.items()},
+        )
+
+
+def _from_records(records: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> AdversarialSet:
+    x_adv = records["x_adv"]
+    x_adv = x_adv.float().div(255.0) if x_adv.dtype == torch.uint8 else x_adv.float()
+    return AdversarialSet(
+        index=records["index"].long(),
+        label=records["label"].long(),
+        x=records["x"].float(),
+        x_adv=x_adv,
+        meta=dict(meta),
+        records=dict(records),
+    )
+
+
+def load_adversarial(path: str | os.PathLike, merged_name: str = MERGED_NAME) -> AdversarialSet:
+    """Load the adversarial examples of a run: a merged file, or an output folder (its merged file
+    plus any shards not merged yet, de-duplicated; the metadata from ``meta.json`` if present)."""
+    import json
+
+    path = Path(path)
+    if path.is_file():
+        obj = read_file(path)
+        return _from_records(obj["records"], obj.get("meta") or {})
+    if not path.is_dir():
+        raise FileNotFoundError(f"no adversarial examples at {str(path)!r} (give an output folder or a merged file)")
+    merged = path / merged_name
+    parts, meta = [], {}
+    if merged.is_file():
+        obj = read_file(merged)
+        parts.append(obj["records"])
+        meta = obj.get("meta") or {}
+    parts += [read_file(p)["records"] for p in list_shards(path)]
+    if not parts:
+        raise FileNotFoundError(f"{str(path)!r} holds no adversarial examples ({merged_name} or shard_*.pt)")
+    if (path / META_NAME).is_file():
+        meta = json.loads((path / META_NAME).read_text())
+    records = dedupe_sort(concat_records(parts))
+    return _from_records(records, meta)

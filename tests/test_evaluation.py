@@ -1,0 +1,202 @@
+"""Transfer evaluation: O(N·T) leave-one-out against brute force, the success / utility / white-box
+numbers against direct computation, the interaction measurement, the report files, TensorBoard, CLI."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lit_advgame.evaluation import (
+    evaluate_transfer,
+    loo_best_steps,
+    loo_best_steps_across_targets,
+    loo_success,
+    loo_success_rate,
+    measure_interaction,
+    pearson,
+)
+from lit_advgame.evaluation.cli import main as evaluation_main
+from lit_advgame.models import build_model
+from lit_advgame.predict import AdversarialSet, export_classifier, load_classifier, margins
+from lit_advgame.utils.io import atomic_torch_save
+from tests.tb_utils import read_scalars
+
+
+# ----------------------------------------------------------------------------- LOO
+def brute_force_loo(success: torch.Tensor) -> tuple[list[int], list[bool]]:
+    """The official O(N²·T) loops: for each i, the success rate of each step on the other images."""
+    n, steps = success.shape
+    best, hits = [], []
+    for i in range(n):
+        rates = []
+        for t in range(steps):
+            others = [float(success[j, t]) for j in range(n) if j != i]
+            rates.append(sum(others) / len(others) if others else 0.0)
+        t_star = max(range(steps), key=lambda t: (rates[t], -t))  # first maximal step
+        best.append(t_star)
+        hits.append(bool(success[i, t_star]))
+    return best, hits
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_loo_equals_brute_force_on_random_scores(seed):
+    g = torch.Generator().manual_seed(seed)
+    n = [1, 2, 7, 25, 40, 13][seed]
+    steps = [5, 1, 9, 12, 30, 4][seed]
+    scores = torch.randn(n, steps, generator=g) + torch.linspace(-1, 1, steps)  # success grows with t
+    if seed % 2:
+        scores = scores.round()  # many exact ties between steps
+    success = scores > 0
+    best, hits = brute_force_loo(success)
+    assert loo_best_steps(success).tolist() == best
+    assert loo_success(success).tolist() == hits
+    assert loo_success_rate(success) == pytest.approx(sum(hits) / n)
+    assert loo_best_steps(success.float()).tolist() == best  # 0/1 floats too
+
+
+def test_loo_picks_the_first_of_tied_steps_and_uses_the_other_images():
+    success = torch.tensor([[0, 1, 1], [1, 0, 1], [0, 1, 0]], dtype=torch.bool)
+    # others' counts per step: image 0 (1, 1, 1) -> the first step; image 1 (0, 2, 1); image 2 (1, 1, 2)
+    assert loo_best_steps(success).tolist() == [0, 1, 2]
+    assert loo_success(success).tolist() == [False, False, False]  # each image fails where the others succeed
+    assert loo_success(success[:, [2, 1, 0]]).tolist() == [True, False, False]
+
+
+def test_loo_across_targets_equals_brute_force():
+    g = torch.Generator().manual_seed(1)
+    success = torch.rand(3, 6, 5, generator=g) > 0.5
+    expected = torch.zeros(3, 6, dtype=torch.long)
+    for k in range(3):
+        for i in range(6):
+            counts = [sum(int(success[kk, i, t]) for kk in range(3) if kk != k) for t in range(5)]
+            expected[k, i] = max(range(5), key=lambda t: (counts[t], -t))
+    assert torch.equal(loo_best_steps_across_targets(success), expected)
+
+
+def test_loo_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"\(N, T\)"):
+        loo_best_steps(torch.zeros(4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="0/1"):
+        loo_best_steps(torch.rand(3, 4))
+    with pytest.raises(TypeError):
+        loo_best_steps([[1, 0]])
+
+
+# ----------------------------------------------------------------------------- evaluation
+@pytest.fixture
+def setup(tmp_path):
+    """Two random target models saved as files, one source model, and a synthetic attack run."""
+    torch.manual_seed(0)
+    paths = {}
+    for name, arch in (("t_lenet", "lenet"), ("t_mlp", "mlp"), ("src", "small_cnn")):
+        model = build_model(arch, 10, 1, 16, mean=[0.3], std=[0.3])
+        paths[name] = tmp_path / f"{name}.pt"
+        export_classifier(model, paths[name], arch=arch, num_classes=10, input_shape=(1, 16, 16))
+    g = torch.Generator().manual_seed(5)
+    n, steps = 30, 6
+    x = torch.rand(n, 1, 16, 16, generator=g)
+    x_adv = (x + 0.2 * torch.randn(n, 1, 16, 16, generator=g)).clamp(0, 1)
+    label = torch.randint(0, 10, (n,), generator=g)
+    records = {
+        "index": torch.arange(n), "label": label, "x": x, "x_adv": x_adv,
+        "source_margin_clean": torch.randn(n, generator=g) - 0.5,
+        "source_margin_adv": torch.randn(n, generator=g),
+        "step_scores": torch.randn(n, steps, 1, generator=g),
+    }
+    meta = {"name": "src/pgd", "source_names": ["src"], "sources": [{"path": str(paths["src"]), "name": "src"}],
+            "attack": "pgd", "score_models": ["t_lenet"]}
+    run = tmp_path / "run"
+    run.mkdir()
+    atomic_torch_save({"records": records, "meta": meta}, run / "adversarial.pt")
+    return paths, AdversarialSet(torch.arange(n), label, x, x_adv, meta, records), run
+
+
+@pytest.mark.parametrize("subset", ["source_correct", "all", "both_correct"])
+def test_report_numbers_equal_direct_computation(setup, subset):
+    paths, adv, _ = setup
+    report = evaluate_transfer(adv, [str(paths["t_lenet"]), str(paths["t_mlp"])], subset=subset,
+                               interaction=False, device="cpu")
+    row = report.rows[0]
+    assert report.targets == ["t_lenet", "t_mlp"] and row.source == "src" and row.method == "pgd"
+    source_ok = adv.records["source_margin_clean"] < 0
+    rows = torch.ones_like(source_ok) if subset == "all" else source_ok
+    assert row.whitebox_success == pytest.approx(float((adv.records["source_margin_adv"][rows] > 0).float().mean()))
+    for k, name in enumerate(report.targets):
+        model = load_classifier(str(paths[name])).model
+        with torch.no_grad():
+            clean, fooled = margins(model(adv.x), adv.label), margins(model(adv.x_adv), adv.label)
+        mask = rows & (clean < 0) if subset == "both_correct" else rows
+        cell = row.targets[name]
+        assert cell.num_images == int(mask.sum())
+        if cell.num_images == 0:
+            assert math.isnan(cell.success)
+            continue
+        assert cell.success == pytest.approx(float((fooled[mask] > 0).float().mean()))
+        assert cell.utility == pytest.approx(float((fooled - clean)[mask].mean()), abs=1e-6)
+        assert cell.clean_accuracy == pytest.approx(float((clean < 0).float().mean()))
+        if name == "t_lenet":  # per-step scores recorded for this target: LOO on them
+            _, hits = brute_force_loo(adv.records["step_scores"][mask, :, 0] > 0)
+            assert cell.success_loo == pytest.approx(sum(hits) / len(hits))
+            assert len(cell.step_success) == 6
+        else:  # nothing recorded per step
+            assert math.isnan(cell.success_loo) and cell.step_success is None
+
+
+def test_interaction_is_zero_for_zero_perturbations_and_linear_two_class_models():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(5, 1, 8, 8, generator=g)
+    y = torch.randint(0, 2, (5,), generator=g)
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))  # v(S) is linear in δ_S: no interaction
+    adv = AdversarialSet(torch.arange(5), y, x, (x + 0.1 * torch.randn(5, 1, 8, 8, generator=g)).clamp(0, 1))
+    mean, _, per_image = measure_interaction(linear, adv, {"grid": 4})
+    assert per_image.abs().max() < 1e-5 and abs(mean) < 1e-5
+    cnn = build_model("small_cnn", 10, 1, 8)
+    unperturbed = AdversarialSet(torch.arange(5), y, x, x.clone())
+    assert measure_interaction(cnn, unperturbed, {"grid": 4})[2].abs().max() < 1e-6
+    with pytest.raises(ValueError, match="unknown interaction option"):
+        measure_interaction(cnn, unperturbed, {"grids": 4})
+
+
+def test_report_files_tensorboard_and_table_shape(setup, tmp_path):
+    paths, _, run = setup
+    out = tmp_path / "report"
+    report = evaluate_transfer([run, run], [str(paths["t_lenet"]), str(paths["t_mlp"])], labels=["src/pgd", "src/pgd+ir"],
+                               interaction={"grid": 4, "num_samples": 8}, device="cpu", output_dir=out)
+    for name in ("report.json", "report.csv", "report.md", "utility_vs_interaction.png"):
+        assert (out / name).is_file(), name
+    data = json.loads((out / "report.json").read_text())
+    assert [r["name"] for r in data["rows"]] == ["src/pgd", "src/pgd+ir"]
+    assert data["rows"][0]["interaction"] == data["rows"][1]["interaction"]  # same run, seeded measurement
+    assert len((out / "report.csv").read_text().strip().splitlines()) == 1 + 2 * 2
+    table = report.markdown_table("success_loo").splitlines()
+    assert table[0] == "| Source | Method | white-box | t_lenet | t_mlp | interaction |"
+    assert table[2].startswith("| src | pgd |") and table[3].startswith("|  | pgd+ir |")  # grouped by source
+    assert "–" in table[2].split("|")[5]  # no LOO for t_mlp (nothing recorded per step)
+    scalars = read_scalars(out / "tensorboard")
+    assert "transfer/src/pgd/t_lenet/success_loo" in scalars and "source/src/pgd/interaction" in scalars
+    assert "transfer_step/src/pgd/t_lenet/success" in scalars
+
+
+def test_pearson_matches_numpy():
+    xs, ys = [0.1, 0.4, 0.2, 0.9], [3.0, 1.0, 2.5, -1.0]
+    assert pearson(xs, ys) == pytest.approx(np.corrcoef(xs, ys)[0, 1])
+    assert math.isnan(pearson([1.0, 2.0], [1.0, 2.0]))
+
+
+def test_cli_writes_the_report_and_fails_clearly(setup, tmp_path, capsys):
+    paths, _, run = setup
+    out = tmp_path / "cli"
+    code = evaluation_main([str(run), "--targets", str(paths["t_lenet"]), "--output", str(out), "--no-interaction",
+                            "--device", "cpu", "--no-tensorboard"])
+    assert code == 0 and (out / "report.md").is_file()
+    assert "| Source | Method |" in capsys.readouterr().out
+    code = evaluation_main([str(run), "--targets", str(tmp_path / "nope.pt"), "--output", str(out)])
+    assert code == 2 and "nope.pt" in capsys.readouterr().err
+    code = evaluation_main([str(tmp_path / "no_run"), "--targets", str(paths["t_lenet"]), "--output", str(out)])
+    assert code == 2 and "no adversarial examples" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown subset"):
+        evaluate_transfer(run, [str(paths["t_lenet"])], subset="every")
