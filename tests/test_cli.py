@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from lit_advgame.cli import main
+from lit_advgame.cli import build_cli, main
 from tests.conftest import CONFIGS
 from tests.tb_utils import read_scalars
 
@@ -133,3 +133,15 @@ def test_cifar_config_without_data_fails_clearly(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="cifar"):
         main(["fit", "--config", str(CONFIGS / "standard_cifar10.yaml"), *FAST, "--trainer.max_epochs", "1"])
+
+
+def test_num_threads_option_sets_torch_threads():
+    before = torch.get_num_threads()
+    try:
+        cli = build_cli(["--num_threads", "1", "--config", str(CONFIGS / "standard_digits.yaml")], run=False)
+        assert torch.get_num_threads() == 1
+        assert cli.config["num_threads"] == 1
+        with pytest.raises(ValueError, match="num_threads"):
+            build_cli(["--num_threads", "0", "--config", str(CONFIGS / "standard_digits.yaml")], run=False)
+    finally:
+        torch.set_num_threads(before)
