@@ -90,9 +90,9 @@ def _step_calls(one: list[tuple[int, bool]], two: list[tuple[int, bool]]) -> lis
     return rest
 
 
-def replay(model: nn.Module, calls: list[tuple[int, bool]], shape, device) -> None:
-    """The forward calls of one step on ready-made inputs, then one backward over all graphs."""
-    inputs = {b: torch.rand(b, *shape, device=device) for b in {b for b, _ in calls}}
+def replay(model: nn.Module, calls: list[tuple[int, bool]], pool: torch.Tensor) -> None:
+    """The forward calls of one step on ready-made inputs (rows of ``pool``, cycled), then one backward."""
+    inputs = {b: pool.repeat((b + len(pool) - 1) // len(pool), 1, 1, 1)[:b] for b in {b for b, _ in calls}}
     outputs, leaves = [], []
     for batch, grad in calls:
         if grad:
@@ -129,9 +129,18 @@ def main() -> None:
     for p in model.parameters():
         p.requires_grad_(False)
     shape = (args.channels, args.size, args.size)
-    x = torch.rand(args.batch_size, *shape, device=device)
-    y = torch.randint(0, 10, (args.batch_size,), device=device)
-    ir_options = dict(ir_grid=min(args.ir_grid, args.size), ir_samples=args.ir_samples, ir_group_size=args.ir_group_size)
+    if args.size == 16 and args.channels == 1:  # digits: real test images
+        from lit_advgame.data import DigitsDataModule
+
+        x, y = DigitsDataModule().probe_set(min(args.batch_size, 270), "test", seed=0)
+        x, y = x.repeat((args.batch_size + 269) // 270, 1, 1, 1)[: args.batch_size], y.repeat(
+            (args.batch_size + 269) // 270)[: args.batch_size]
+        x, y = x.to(device), y.to(device)
+    else:
+        x = torch.rand(args.batch_size, *shape, device=device)
+        y = torch.randint(0, 10, (args.batch_size,), device=device)
+    ir_options = {"ir_grid": min(args.ir_grid, args.size), "ir_samples": args.ir_samples,
+                  "ir_group_size": args.ir_group_size}
     attacks = {
         "pgd": lambda steps: build_attack("pgd", model, steps=steps, seed=0),
         "pgd+ir": lambda steps: build_attack("pgd+ir", model, steps=steps, seed=0, random_start=True, **ir_options),
@@ -165,10 +174,10 @@ def main() -> None:
         attack(x, y)
     for _ in range(args.repeats):
         for name, attack in built.items():
-            wall, cpu = timed(lambda: attack(x, y))
+            wall, cpu = timed(lambda attack=attack: attack(x, y))
             times[name].append((wall / args.steps, cpu / args.steps))
         for key, name in (("replay_pgd", "pgd"), ("replay_ir", "pgd+ir")):
-            wall, cpu = timed(lambda: replay(model, calls[name], shape, device))
+            wall, cpu = timed(lambda name=name: replay(model, calls[name], x))
             times[key].append((wall, cpu))
     med = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in times.items()}
     print("\n1. IR step vs PGD step (median per step; wall / CPU time)")
@@ -185,9 +194,11 @@ def main() -> None:
     print(f"\n2. images per second, {args.steps} steps (batched: {args.batch_size} images; loop: "
           f"{args.loop_images} images one at a time)")
     for name, attack in built.items():
-        batched = statistics.median(timed(lambda: attack(x, y))[0] for _ in range(max(1, args.repeats // 2)))
+        batched = statistics.median(
+            timed(lambda attack=attack: attack(x, y))[0] for _ in range(max(1, args.repeats // 2))
+        )
         n = min(args.loop_images, args.batch_size)
-        loop = timed(lambda: [attack(x[i : i + 1], y[i : i + 1]) for i in range(n)])[0]
+        loop = timed(lambda attack=attack, n=n: [attack(x[i : i + 1], y[i : i + 1]) for i in range(n)])[0]
         print(f"  {name:7s} batched {args.batch_size / batched:9.1f} img/s   loop {n / loop:8.1f} img/s   "
               f"speed-up x{(args.batch_size / batched) / (n / loop):.1f}")
 

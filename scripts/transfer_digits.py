@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -37,7 +36,7 @@ import torch
 
 from lit_advgame.data import DigitsDataModule
 from lit_advgame.evaluation import evaluate_transfer
-from lit_advgame.predict import AdversarialWriter, AttackModule, load_adversarial
+from lit_advgame.predict import AdversarialWriter, AttackModule
 from lit_advgame.utils.io import atomic_write, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,8 +77,8 @@ def run_attack(out: Path, source: str, preset: str, overrides: dict, name: str, 
 
 def sweep_table(report, args) -> str:
     lines = [
-        "| source | loss | λ | white-box | mean LOO transfer | mean last-step transfer | interaction |",
-        "|---|---|---|---|---|---|---|",
+        "| source | loss | λ | white-box | mean LOO transfer | mean last-step transfer | interaction | ‖δ‖₂ |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in report.rows:
         meta = row.meta.get("config", {})
@@ -88,7 +87,8 @@ def sweep_table(report, args) -> str:
         lam = meta.get("ir_lambda") or 0.0
         lines.append(
             f"| {row.source} | {meta.get('loss')} | {lam:g} | {100 * row.whitebox_success:.1f} | "
-            f"{100 * sum(loo) / len(loo):.1f} | {100 * sum(last) / len(last):.1f} | {row.interaction:.3g} |"
+            f"{100 * sum(loo) / len(loo):.1f} | {100 * sum(last) / len(last):.1f} | {row.interaction:.3g} | "
+            f"{row.perturbation_l2:.2f} |"
         )
     return "\n".join(lines)
 
@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--ir-grid", type=int, default=8)
     parser.add_argument("--ir-samples", type=int, default=8)
     parser.add_argument("--ir-group-size", type=int, default=8)
-    parser.add_argument("--lambdas", nargs="+", type=float, default=[0.0, 0.01, 0.1, 1.0, 10.0])
+    parser.add_argument("--lambdas", nargs="+", type=float, default=[0.0, 0.001, 0.01, 0.1, 1.0, 10.0])
     parser.add_argument("--sweep-sources", nargs="+", default=["small_cnn", "resnet8"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)

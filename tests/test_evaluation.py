@@ -21,7 +21,12 @@ from lit_advgame.evaluation import (
 )
 from lit_advgame.evaluation.cli import main as evaluation_main
 from lit_advgame.models import build_model
-from lit_advgame.predict import AdversarialSet, export_classifier, load_classifier, margins
+from lit_advgame.predict import (
+    AdversarialSet,
+    export_classifier,
+    load_classifier,
+    margins,
+)
 from lit_advgame.utils.io import atomic_torch_save
 from tests.tb_utils import read_scalars
 
@@ -125,6 +130,9 @@ def test_report_numbers_equal_direct_computation(setup, subset):
     source_ok = adv.records["source_margin_clean"] < 0
     rows = torch.ones_like(source_ok) if subset == "all" else source_ok
     assert row.whitebox_success == pytest.approx(float((adv.records["source_margin_adv"][rows] > 0).float().mean()))
+    delta = (adv.x_adv - adv.x)[rows].flatten(1)
+    assert row.perturbation_l2 == pytest.approx(float(delta.norm(dim=1).mean()), rel=1e-5)
+    assert row.perturbation_linf == pytest.approx(float(delta.abs().amax(dim=1).mean()), rel=1e-5)
     for k, name in enumerate(report.targets):
         model = load_classifier(str(paths[name])).model
         with torch.no_grad():
@@ -173,7 +181,7 @@ def test_report_files_tensorboard_and_table_shape(setup, tmp_path):
     assert data["rows"][0]["interaction"] == data["rows"][1]["interaction"]  # same run, seeded measurement
     assert len((out / "report.csv").read_text().strip().splitlines()) == 1 + 2 * 2
     table = report.markdown_table("success_loo").splitlines()
-    assert table[0] == "| Source | Method | white-box | t_lenet | t_mlp | interaction |"
+    assert table[0] == "| Source | Method | white-box | t_lenet | t_mlp | interaction | ‖δ‖₂ |"
     assert table[2].startswith("| src | pgd |") and table[3].startswith("|  | pgd+ir |")  # grouped by source
     assert "–" in table[2].split("|")[5]  # no LOO for t_mlp (nothing recorded per step)
     scalars = read_scalars(out / "tensorboard")

@@ -165,7 +165,7 @@ def test_killed_run_resumes_without_loss_or_duplicates_and_ddp_matches_one_proce
     cmd = [sys.executable, "-m", "lit_advgame", "predict", "--config", str(write_config(tmp_path, ddp)),
            "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    run = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    run = subprocess.run(cmd, check=False, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     shards = [torch.load(p, weights_only=True) for p in list_shards(ddp)]
     assert sorted(s["rank"] for s in shards) == [0, 0, 0, 1, 1]  # batches dealt round-robin to the ranks

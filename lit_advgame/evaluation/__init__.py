@@ -9,7 +9,12 @@
     python -m lit_advgame.evaluation runs/attacks/quickstart --targets checkpoints/digits_lenet.pt \\
         --output runs/transfer/quickstart
 """
-from lit_advgame.evaluation.loo import loo_best_steps, loo_best_steps_across_targets, loo_success, loo_success_rate
+from lit_advgame.evaluation.loo import (
+    loo_best_steps,
+    loo_best_steps_across_targets,
+    loo_success,
+    loo_success_rate,
+)
 from lit_advgame.evaluation.report import TransferReport, pearson
 from lit_advgame.evaluation.scores import batched_margins, candidate_margins
 from lit_advgame.evaluation.transfer import (

@@ -13,9 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from lit_advgame.evaluation.transfer import INTERACTION_DEFAULTS, SUBSETS, evaluate_transfer
+from lit_advgame.evaluation.transfer import (
+    INTERACTION_DEFAULTS,
+    SUBSETS,
+    evaluate_transfer,
+)
 
 
 def parse_spec(text: str) -> Any:

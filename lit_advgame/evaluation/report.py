@@ -16,7 +16,7 @@ from lit_advgame.utils.io import atomic_write, atomic_write_text
 
 CSV_COLUMNS = (
     "name", "source", "method", "target", "num_images", "whitebox_success", "interaction", "interaction_stderr",
-    "success", "success_loo", "utility", "utility_stderr", "target_clean_accuracy",
+    "perturbation_l2", "perturbation_linf", "success", "success_loo", "utility", "utility_stderr", "target_clean_accuracy",
 )
 METRICS = {
     "success_loo": "LOO-selected success rate (%)",
@@ -95,16 +95,16 @@ class TransferReport:
                 cell = row.targets[target]
                 writer.writerow([
                     row.name, row.source, row.method, target, cell.num_images, row.whitebox_success, row.interaction,
-                    row.interaction_stderr, cell.success, cell.success_loo, cell.utility, cell.utility_stderr,
+                    row.interaction_stderr, row.perturbation_l2, row.perturbation_linf, cell.success, cell.success_loo, cell.utility, cell.utility_stderr,
                     cell.clean_accuracy,
                 ])
         return buffer.getvalue()
 
     def markdown_table(self, metric: str = "success_loo", with_se: bool = True) -> str:
-        """Rows grouped by source (Table 1's layout): Source | Method | white-box | targets... | interaction."""
+        """Rows grouped by source (Table 1's layout): Source | Method | white-box | targets... | interaction | ‖δ‖₂."""
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
-        head = ["Source", "Method", "white-box", *self.targets, "interaction"]
+        head = ["Source", "Method", "white-box", *self.targets, "interaction", "‖δ‖₂"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         previous = None
         for row in self.rows:
@@ -116,6 +116,7 @@ class TransferReport:
                 else:
                     cells.append(_pct(getattr(cell, metric), cell.num_images, with_se))
             cells.append(_num(row.interaction, row.interaction_stderr if with_se else None, 3, "g"))
+            cells.append(_num(row.perturbation_l2, None, 2))
             lines.append("| " + " | ".join(cells) + " |")
             previous = row.source
         return "\n".join(lines)
@@ -126,7 +127,7 @@ class TransferReport:
         parts.append(
             f"Examples: `{self.settings.get('subset')}`; success = the target's margin max_(k≠y) z_k − z_y > 0; "
             "cells are mean ± standard error (binomial for rates, over images for utility and interaction); "
-            "white-box = success on the source itself."
+            "white-box = success on the source itself; ‖δ‖₂ = mean L2 norm of the perturbations."
         )
         if interaction:
             parts.append(

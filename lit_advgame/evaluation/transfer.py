@@ -12,6 +12,8 @@ For every attack run (a row: one source model or ensemble and one attack) and ev
 and per row, on the source model(s):
 
 * **white-box success** -- the fraction misclassified by the source itself;
+* the mean L2 and L∞ norms of the perturbations (interactions are only comparable between
+  perturbations of similar magnitude, Section 3.1);
 * **interaction** -- the average interaction inside each perturbation ``E_ij[I_ij(δ)]``
   (Eq. 4 / 39) with ``v(S)`` the source's margin at ``x + δ_S``, measured with
   :func:`lit_advgame.interactions.perturbation_interaction_estimate` (by default the paper's form:
@@ -26,9 +28,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -39,6 +41,9 @@ from lit_advgame.evaluation.scores import batched_margins, candidate_margins
 from lit_advgame.predict.models import LoadedModel, ModelSpec, load_classifiers
 from lit_advgame.predict.shards import AdversarialSet, load_adversarial
 from lit_advgame.utils.checks import check_choice, check_int
+
+if TYPE_CHECKING:
+    from lit_advgame.evaluation.report import TransferReport
 
 SUBSETS = ("source_correct", "all", "both_correct")
 INTERACTION_DEFAULTS: dict[str, Any] = {
@@ -94,6 +99,8 @@ class RowResult:
     whitebox_success: float
     interaction: float
     interaction_stderr: float
+    perturbation_l2: float = float("nan")
+    perturbation_linf: float = float("nan")
     targets: dict[str, TargetResult] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -203,6 +210,9 @@ def evaluate_row(
         whitebox_success=_mean(fooled_source[row_mask].float()), interaction=float("nan"),
         interaction_stderr=float("nan"), meta=dict(adv.meta),
     )
+    delta = (adv.x_adv - adv.x)[row_mask].flatten(1)  # magnitudes matter when comparing interactions (Sec. 3.1)
+    row.perturbation_l2 = _mean(delta.norm(dim=1))
+    row.perturbation_linf = _mean(delta.abs().amax(dim=1)) if delta.shape[1] else float("nan")
     if interaction is not None and source_model is not None and row.num_images > 0:
         row.interaction, row.interaction_stderr, _ = measure_interaction(
             source_model, adv.subset(row_mask), interaction, batch_size, device
@@ -239,7 +249,7 @@ def evaluate_transfer(
     output_dir: str | os.PathLike | None = None,
     tensorboard: bool = True,
     title: str = "Transfer success rates (%)",
-) -> "TransferReport":
+) -> TransferReport:
     """Evaluate saved adversarial examples (run folders, merged files or :class:`AdversarialSet`) on ``targets``.
 
     Args:

@@ -32,13 +32,13 @@ from lit_advgame.predict.shards import (
 from lit_advgame.predict.writer import AdversarialWriter
 
 __all__ = [
+    "CLASSIFIER_FORMAT",
+    "MERGED_NAME",
+    "RECORD_MODES",
     "AdversarialSet",
     "AdversarialWriter",
     "AttackModule",
-    "CLASSIFIER_FORMAT",
     "LoadedModel",
-    "MERGED_NAME",
-    "RECORD_MODES",
     "batch_seed",
     "dedupe_sort",
     "export_classifier",

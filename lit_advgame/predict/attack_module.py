@@ -36,7 +36,8 @@ Predict runs under ``torch.inference_mode()`` by default; the attack needs gradi
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -47,7 +48,7 @@ from torch.utils.data import DistributedSampler
 from lit_advgame.attacks import attack_from_config, preset_config
 from lit_advgame.attacks.presets import canonical_name, resolve_auto
 from lit_advgame.attacks.seeding import derive_seed
-from lit_advgame.predict.models import ModelSpec, describe, load_classifiers, margins
+from lit_advgame.predict.models import describe, load_classifiers, margins
 from lit_advgame.utils.checks import check_choice, check_int
 
 RECORD_MODES = ("none", "uint8", "scores")

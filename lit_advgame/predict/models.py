@@ -21,14 +21,20 @@ eval mode, with frozen parameters.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from lit_advgame.models import build_model, build_net, load_weights_into_net, read_checkpoint
+from lit_advgame.models import (
+    build_model,
+    build_net,
+    load_weights_into_net,
+    read_checkpoint,
+)
 from lit_advgame.models.normalize import NormalizedModel
 from lit_advgame.models.registry import resolve_normalization
 

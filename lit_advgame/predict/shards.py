@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -77,10 +78,11 @@ def read_file(path: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"adversarial-example file not found: {str(path)!r}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # noqa: BLE001 - corrupt files fail in many ways
+    except Exception as err:
         raise ValueError(f"could not read {str(path)!r} (corrupt or not an adversarial-example file): {err}") from err
     if not isinstance(obj, dict) or not isinstance(obj.get("records"), dict):
-        raise ValueError(f"{str(path)!r} is not an adversarial-example file (no 'records' dict)")
+        # the file's content is wrong, not an argument's type: ValueError
+        raise ValueError(f"{str(path)!r} is not an adversarial-example file (no 'records' dict)")  # noqa: TRY004
     _check_records(obj["records"], str(path))
     return obj
 
@@ -197,7 +199,7 @@ class AdversarialSet:
     def step_score_names(self) -> list[str]:
         return list(self.meta.get("score_models") or [])
 
-    def subset(self, mask: torch.Tensor) -> "AdversarialSet":
+    def subset(self, mask: torch.Tensor) -> AdversarialSet:
         """The examples where ``mask`` (N,) is True."""
         return AdversarialSet(
             self.index[mask], self.label[mask], self.x[mask], self.x_adv[mask], dict(self.meta),

@@ -16,14 +16,22 @@ Use it with :class:`~lit_advgame.predict.attack_module.AttackModule` in ``traine
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 
-from lit_advgame.predict.shards import MERGED_NAME, META_NAME, finished_indices, list_shards, merge_directory, write_shard
+from lit_advgame.predict.shards import (
+    MERGED_NAME,
+    META_NAME,
+    finished_indices,
+    list_shards,
+    merge_directory,
+    write_shard,
+)
 from lit_advgame.utils.io import atomic_write_text
 
 #: DataModule hyper-parameters that may change between a run and its resumption
