@@ -7,15 +7,24 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+def current_umask() -> int:
+    """The process's file-creation mask (read without changing it for longer than one call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
     """Call ``write(fh)`` on a temporary file next to ``path``, then atomically rename it to ``path``.
 
-    An interrupted write never leaves a partial ``path`` behind.
+    An interrupted write never leaves a partial ``path`` behind. The file gets the permissions of any
+    file the user creates (``0o666`` less the umask), not :func:`tempfile.mkstemp`'s private ``0o600``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())
         with os.fdopen(fd, mode) as fh:
             write(fh)
             fh.flush()
