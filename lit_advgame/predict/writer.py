@@ -68,13 +68,13 @@ def _data_description(trainer: pl.Trainer) -> dict[str, Any]:
     return {"class": f"{type(datamodule).__module__}.{type(datamodule).__qualname__}", "hparams": hparams}
 
 
-def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+def meta_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     keys = sorted(set(old) | set(new))
     out = []
     for key in keys:
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
+            out += meta_differences(a, b, f"{prefix}{key}.")
         elif a != b:
             out.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return out
@@ -198,7 +198,7 @@ class AdversarialWriter(BasePredictionWriter):
             )
         if meta_path.is_file():
             old = read_meta(meta_path)
-            diff = _differences(old, self.meta)
+            diff = meta_differences(old, self.meta)
             if diff:
                 raise ValueError(
                     f"{str(self.output_dir)!r} holds a run of a different attack ({'; '.join(diff[:6])}); "
