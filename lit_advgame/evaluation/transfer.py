@@ -114,9 +114,14 @@ class RowResult:
         return out
 
 
+#: run metadata that does not change the adversarial examples (ignored when runs share a label)
+LABEL_NEUTRAL_META = ("name", "record", "score_models", "score_model_specs")
+
+
 def check_labels_unambiguous(sets: Sequence[AdversarialSet], labels: Sequence[str | None], names: Sequence[str]) -> None:
     """Runs that share a row label must be the same run: the same dataset indices and the same
-    settings (metadata other than the name); otherwise their numbers would be mixed in one row."""
+    settings (metadata other than the name and what is recorded per step, :data:`LABEL_NEUTRAL_META`);
+    otherwise their numbers would be mixed under one label."""
     first: dict[str, int] = {}
     for i, adv in enumerate(sets):
         label = _source_and_method(adv, labels[i])[0]
@@ -128,7 +133,7 @@ def check_labels_unambiguous(sets: Sequence[AdversarialSet], labels: Sequence[st
         diff = []
         if len(other) != len(adv) or not torch.equal(other.index, adv.index):
             diff.append(f"examples: {len(other)} -> {len(adv)}")
-        strip = lambda meta: {k: v for k, v in meta.items() if k != "name"}  # noqa: E731
+        strip = lambda meta: {k: v for k, v in meta.items() if k not in LABEL_NEUTRAL_META}  # noqa: E731
         diff += meta_differences(strip(other.meta), strip(adv.meta))
         if diff:
             raise ValueError(

@@ -54,6 +54,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 from torch.utils.data import DistributedSampler
+from typing_extensions import override
 
 from lit_advgame.attacks import attack_from_config, preset_config
 from lit_advgame.attacks.presets import canonical_name, resolve_auto
@@ -300,9 +301,11 @@ class AttackModule(pl.LightningModule):
         return records
 
     # ------------------------------------------------------------------ Lightning hooks
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._source_logits(x)
 
+    @override
     def on_predict_start(self) -> None:
         if torch.is_inference_mode_enabled():
             raise RuntimeError(INFERENCE_MODE_MESSAGE)
@@ -322,6 +325,7 @@ class AttackModule(pl.LightningModule):
                 "false` to attack exactly the batches of a one-process run."
             )
 
+    @override
     def teardown(self, stage: str) -> None:
         if stage != "predict":
             return
@@ -353,6 +357,7 @@ class AttackModule(pl.LightningModule):
             raise RuntimeError(f"batch {batch_idx} has {size} images but {len(indices)} tracked dataset indices")
         return indices
 
+    @override
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         if torch.is_inference_mode_enabled():
             raise RuntimeError(INFERENCE_MODE_MESSAGE)

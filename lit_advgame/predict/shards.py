@@ -22,7 +22,7 @@ Shards are named by the first and last dataset index of their batch
 that exists is complete; a shard whose content does not match its name, or a file that cannot be read
 (truncated, corrupt), is reported by name with what to do: delete it and rerun, which re-attacks its
 batch. The merged file (``adversarial.pt`` by default) holds the same records
-for all examples, sorted by index and de-duplicated, plus the run's ``meta`` dict.
+for all examples, sorted by index and de-duplicated (see :func:`dedupe_sort`), plus the run's ``meta`` dict.
 """
 from __future__ import annotations
 
@@ -190,7 +190,8 @@ def merge_directory(
     keep_shards: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Merge the merged file (if any) and all shards into ``merged_name``, sorted by index and
-    de-duplicated (first occurrence wins: the merged file, then shards by name); delete the shards
+    de-duplicated (:func:`dedupe_sort`: the record from the longest batch wins, then the first
+    occurrence: the merged file, then shards by name); delete the shards
     unless ``keep_shards``. The merged file is written atomically before any shard is removed, so an
     interruption at any point loses nothing. Returns the merged records."""
     directory = Path(directory)

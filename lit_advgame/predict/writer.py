@@ -17,7 +17,8 @@ Use it with :class:`~lit_advgame.predict.attack_module.AttackModule` in ``traine
   short shard deleted (see :class:`~lit_advgame.predict.attack_module.AttackModule`);
 * at the end, all ranks meet at a barrier and rank 0 checks that every dataset index the run
   served is saved (the run fails listing the missing ones otherwise), then merges the merged file and all shards into
-  ``adversarial.pt``, sorted by dataset index, each index once (first occurrence wins), then
+  ``adversarial.pt``, sorted by dataset index, each index once (the record from the longest batch
+  wins, then the first occurrence; see :func:`~lit_advgame.predict.shards.dedupe_sort`), then
   deletes the shards (``keep_shards`` keeps them) and writes ``summary.json`` (and logs it to the
   trainer's logger, if any). When the attack fooled its own source model on fewer than
   ``min_whitebox_success`` of the clean-correct examples, a warning gives the measured rate with
@@ -39,6 +40,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.utilities import rank_zero_warn
+from typing_extensions import override
 
 from lit_advgame.predict.lock import OutputLock
 from lit_advgame.predict.shards import (
@@ -159,6 +161,7 @@ class AdversarialWriter(BasePredictionWriter):
     def merged_path(self) -> Path:
         return self.output_dir / self.merged_name
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if stage != "predict":
@@ -213,6 +216,7 @@ class AdversarialWriter(BasePredictionWriter):
         self.merged = None
         self.summary = None
 
+    @override
     def write_on_batch_end(
         self,
         trainer: pl.Trainer,
@@ -292,6 +296,7 @@ class AdversarialWriter(BasePredictionWriter):
             f"{loss!r}, IR lambda {lam!r}, {int(config.get('steps', 0))} steps). {hint}"
         )
 
+    @override
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_predict_epoch_end(trainer, pl_module)
         served = self._served_indices(trainer, pl_module)
@@ -317,8 +322,10 @@ class AdversarialWriter(BasePredictionWriter):
             raise RuntimeError(message)
         trainer.strategy.barrier("adversarial_writer_merged")
 
+    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.lock.release()
 
+    @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self.lock.release()
