@@ -260,3 +260,34 @@ def test_cli_predict_is_refused_while_another_run_holds_the_folder(tmp_path, mon
     lock.release()
     main(["predict", "--config", str(write_config(tmp_path, out)), "--data.init_args.predict_limit", "8"])
     assert load_adversarial(out).meta["attack"] == "pgd+ir"
+
+
+def test_a_lock_held_by_another_process_is_refused_and_taken_over_once_that_process_is_killed(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from lit_advgame.predict import OutputLock; "
+         f"OutputLock({str(tmp_path)!r}).acquire(); print('locked', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputLockedError, match=rf"locked by another predict run \(pid {holder.pid} on host"):
+            OutputLock(tmp_path).acquire()
+    finally:
+        holder.kill()  # SIGKILL: the run cannot clean up; its lock file stays behind
+        holder.wait()
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == holder.pid
+    lock = OutputLock(tmp_path)
+    warning = lock.acquire()
+    assert warning is not None and f"pid {holder.pid}" in warning and "killed or crashed" in warning
+    lock.release()
+
+
+def test_records_written_before_batch_records_existed_still_merge(tmp_path):
+    legacy = {"index": torch.arange(4), "label": torch.zeros(4, dtype=torch.long), "x": torch.zeros(4, 1, 2, 2),
+              "x_adv": torch.zeros(4, 1, 2, 2)}
+    write_shard(tmp_path, legacy)
+    write_shard(tmp_path, {k: v + 4 if k == "index" else v for k, v in legacy.items()}
+                | {"batch_first": torch.full((4,), 4), "batch_len": torch.full((4,), 4)})
+    merged = load_adversarial(tmp_path)
+    assert merged.index.tolist() == list(range(8)) and "batch_len" not in merged.records

@@ -121,11 +121,17 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+BATCH_RECORDS = ("batch_first", "batch_len")
+
+
 def concat_records(parts: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Concatenate records along the example dimension (all parts must have the same keys)."""
+    """Concatenate records along the example dimension (all parts must have the same keys; the batch
+    records ``batch_first``/``batch_len`` are dropped when some part, written before they existed, lacks them)."""
     parts = list(parts)
     if not parts:
         return {}
+    if any(not set(BATCH_RECORDS) <= set(p) for p in parts):
+        parts = [{k: v for k, v in p.items() if k not in BATCH_RECORDS} for p in parts]
     keys = set(parts[0])
     for i, part in enumerate(parts[1:], start=1):
         if set(part) != keys:
