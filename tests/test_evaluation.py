@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -208,3 +210,64 @@ def test_cli_writes_the_report_and_fails_clearly(setup, tmp_path, capsys):
     assert code == 2 and "no adversarial examples" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown subset"):
         evaluate_transfer(run, [str(paths["t_lenet"])], subset="every")
+
+
+def test_runs_of_different_sizes_or_settings_under_one_label_are_refused(setup, tmp_path, capsys):
+    paths, adv, run = setup
+    target = [str(paths["t_lenet"])]
+    other = tmp_path / "other_seed"
+    other.mkdir()
+    atomic_torch_save({"records": adv.records, "meta": {**adv.meta, "seed": 1}}, other / "adversarial.pt")
+    with pytest.raises(ValueError, match=r"both labelled 'src/pgd' but differ \(seed: None -> 1\).*labels"):
+        evaluate_transfer([run, other], target, interaction=False, device="cpu")
+    smaller = adv.subset(torch.arange(len(adv)) < 20)
+    with pytest.raises(ValueError, match=r"both labelled 'src/pgd' but differ \(examples: 30 -> 20\)"):
+        evaluate_transfer([adv, smaller], target, interaction=False, device="cpu")
+    with pytest.raises(ValueError, match="both labelled 'x'"):
+        evaluate_transfer([adv, smaller], target, labels=["x", "x"], interaction=False, device="cpu")
+    code = evaluation_main([str(run), str(other), "--targets", *target, "--output", str(tmp_path / "cli"),
+                            "--no-interaction", "--device", "cpu", "--no-tensorboard"])
+    assert code == 2 and "both labelled 'src/pgd'" in capsys.readouterr().err
+    # distinct labels, or the same run twice under one label, are fine
+    report = evaluate_transfer([run, other], target, labels=["seed0", "seed1"], interaction=False, device="cpu")
+    assert [r.name for r in report.rows] == ["seed0", "seed1"]
+    assert len(evaluate_transfer([run, run], target, interaction=False, device="cpu").rows) == 2
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".ckpt"])
+def test_truncated_target_or_source_checkpoints_give_one_clear_line(setup, tmp_path, capsys, suffix):
+    paths, _, run = setup
+    model = load_classifier(str(paths["t_lenet"])).model
+    good = tmp_path / f"good{suffix}"
+    if suffix == ".pt":
+        good.write_bytes(paths["t_lenet"].read_bytes())
+    else:
+        torch.save({"hyper_parameters": {"arch": "lenet", "num_classes": 10, "input_shape": (1, 16, 16)},
+                    "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, good)
+    truncated = tmp_path / f"truncated{suffix}"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    code = evaluation_main([str(run), "--targets", str(truncated), "--output", str(tmp_path / "out"),
+                            "--no-interaction", "--device", "cpu", "--no-tensorboard"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"truncated{suffix}" in err and "corrupt" in err
+    with pytest.raises(ValueError, match=rf"truncated\{suffix}.*corrupt"):  # a source model of a predict run
+        from lit_advgame.predict import AttackModule
+
+        AttackModule(str(truncated), "pgd")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_report_files_follow_the_umask(setup, tmp_path, umask):
+    paths, _, run = setup
+    out = tmp_path / "report"
+    old = os.umask(umask)
+    try:
+        evaluate_transfer(run, [str(paths["t_lenet"])], interaction=False, device="cpu", output_dir=out)
+    finally:
+        os.umask(old)
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"report.json", "report.csv", "report.md"}
+    assert any(p.name.startswith("events.out.tfevents") for p in files)
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path

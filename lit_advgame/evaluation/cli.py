@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("runs", nargs="+", help="attack run folders (or merged adversarial.pt files)")
     parser.add_argument("--targets", nargs="+", required=True, type=parse_spec, help="target model specs")
     parser.add_argument("--output", required=True, help="output folder of the report")
-    parser.add_argument("--labels", nargs="+", default=None, help="row labels (default: each run's name)")
+    parser.add_argument("--labels", nargs="+", default=None,
+                        help="row labels (default: each run's name); runs sharing a label must be the same run "
+                        "(same examples and settings), runs of different sizes or settings under one label are refused")
     parser.add_argument("--subset", choices=SUBSETS, default="source_correct", help="examples evaluated")
     parser.add_argument("--no-loo", action="store_true", help="skip the leave-one-out step selection")
     parser.add_argument("--no-interaction", action="store_true", help="skip the interaction measurement")

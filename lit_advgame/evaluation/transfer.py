@@ -40,6 +40,7 @@ from lit_advgame.evaluation.loo import loo_success_rate
 from lit_advgame.evaluation.scores import batched_margins, candidate_margins
 from lit_advgame.predict.models import LoadedModel, ModelSpec, load_classifiers
 from lit_advgame.predict.shards import AdversarialSet, load_adversarial
+from lit_advgame.predict.writer import meta_differences
 from lit_advgame.utils.checks import check_choice, check_int
 
 if TYPE_CHECKING:
@@ -111,6 +112,34 @@ class RowResult:
         out["overrides"] = self.meta.get("overrides")
         out["config"] = self.meta.get("config")
         return out
+
+
+#: run metadata that does not change the adversarial examples (ignored when runs share a label)
+LABEL_NEUTRAL_META = ("name", "record", "score_models", "score_model_specs")
+
+
+def check_labels_unambiguous(sets: Sequence[AdversarialSet], labels: Sequence[str | None], names: Sequence[str]) -> None:
+    """Runs that share a row label must be the same run: the same dataset indices and the same
+    settings (metadata other than the name and what is recorded per step, :data:`LABEL_NEUTRAL_META`);
+    otherwise their numbers would be mixed under one label."""
+    first: dict[str, int] = {}
+    for i, adv in enumerate(sets):
+        label = _source_and_method(adv, labels[i])[0]
+        if label not in first:
+            first[label] = i
+            continue
+        j = first[label]
+        other = sets[j]
+        diff = []
+        if len(other) != len(adv) or not torch.equal(other.index, adv.index):
+            diff.append(f"examples: {len(other)} -> {len(adv)}")
+        strip = lambda meta: {k: v for k, v in meta.items() if k not in LABEL_NEUTRAL_META}  # noqa: E731
+        diff += meta_differences(strip(other.meta), strip(adv.meta))
+        if diff:
+            raise ValueError(
+                f"attack runs {names[j]} and {names[i]} are both labelled {label!r} but differ ({'; '.join(diff[:6])}); "
+                f"give each run its own label (labels=... / --labels) or evaluate them separately"
+            )
 
 
 def _source_and_method(adv: AdversarialSet, label: str | None) -> tuple[str, str, str]:
@@ -255,7 +284,9 @@ def evaluate_transfer(
     Args:
         adversarial: one run or a list of runs (rows of the report).
         targets: target model specs (paths or dicts, see :mod:`lit_advgame.predict.models`).
-        labels: row labels (default: each run's ``name``).
+        labels: row labels (default: each run's ``name``). Runs that share a label must be the same
+            run (same examples and settings); runs of different sizes or settings under one label
+            are refused.
         subset: ``"source_correct"`` (default), ``"all"`` or ``"both_correct"``.
         loo: compute LOO-selected success where per-step records exist.
         interaction: ``True`` for :data:`INTERACTION_DEFAULTS`, a dict of overrides, or ``False``/``None``
@@ -275,6 +306,8 @@ def evaluate_transfer(
         raise ValueError(f"got {len(labels)} labels for {len(runs)} attack runs")
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     sets = [r if isinstance(r, AdversarialSet) else load_adversarial(r) for r in runs]
+    names = [f"#{i} ({str(r)!r})" if not isinstance(r, AdversarialSet) else f"#{i}" for i, r in enumerate(runs)]
+    check_labels_unambiguous(sets, list(labels) if labels is not None else [None] * len(sets), names)
     shape = tuple(sets[0].x.shape[1:])
     for s in sets[1:]:
         if tuple(s.x.shape[1:]) != shape:

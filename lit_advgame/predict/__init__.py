@@ -4,12 +4,14 @@
   preset on source model(s) loaded from local checkpoints (CPU, one GPU or DDP);
 * :class:`AdversarialWriter` -- a ``BasePredictionWriter`` saving atomic, resumable shards and merging
   them by dataset index (each example exactly once, also under DDP);
+* :class:`OutputLock` -- the lock that keeps a second run out of a folder being written;
 * :func:`load_adversarial` -- read a run's examples back; :func:`load_classifier` -- load a model
   spec (classifier file, Lightning checkpoint or ``{"arch", "weights"}`` dict).
 
     lit-advgame predict --config configs/attack_quickstart.yaml
 """
 from lit_advgame.predict.attack_module import RECORD_MODES, AttackModule, batch_seed
+from lit_advgame.predict.lock import OutputLock, OutputLockedError
 from lit_advgame.predict.models import (
     CLASSIFIER_FORMAT,
     LoadedModel,
@@ -26,6 +28,8 @@ from lit_advgame.predict.shards import (
     list_shards,
     load_adversarial,
     merge_directory,
+    read_meta,
+    saved_batches,
     shard_name,
     write_shard,
 )
@@ -39,6 +43,8 @@ __all__ = [
     "AdversarialWriter",
     "AttackModule",
     "LoadedModel",
+    "OutputLock",
+    "OutputLockedError",
     "batch_seed",
     "dedupe_sort",
     "export_classifier",
@@ -49,6 +55,8 @@ __all__ = [
     "load_classifiers",
     "margins",
     "merge_directory",
+    "read_meta",
+    "saved_batches",
     "shard_name",
     "write_shard",
 ]

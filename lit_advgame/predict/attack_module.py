@@ -20,8 +20,17 @@ attacking it), so a DDP run writes exactly the examples, bit for bit, of a one-p
 Lightning's default distributed sampler each rank attacks the batches it is given; every example
 is still attacked once, but the batches, and hence the random streams, depend on the world size.
 
-Resuming. The writer tells the module which dataset indices are already saved
-(:meth:`set_finished`); a batch whose examples are all saved is skipped without attacking.
+Resuming. The writer tells the module which dataset indices are already saved and in which batch
+(:meth:`set_finished`); a batch whose examples are all saved, from this same batch, is skipped
+without attacking. A batch that an earlier run with a smaller ``predict_limit`` cut short (e.g.
+indices 32-39 of a 40-example run with batch size 32) is *not* finished for a run whose limit
+extends it: it is re-attacked as the whole batch (32-63, with a logged line saying so) and its
+records replace the short batch's, so extending a run gives, bit for bit, the examples of a
+one-shot run with the larger limit.
+
+Checks. The data's ``mean``/``std`` (linked from the DataModule by the CLI) must equal the
+normalization stored in every source and score checkpoint; an empty predict split or batch is an
+error.
 
 LOO records (``record``): ``"uint8"`` keeps the image after each of the T updates as uint8
 (``candidates``, the official code's 8-bit PNGs without the files); ``"scores"`` keeps only the
@@ -36,7 +45,8 @@ Predict runs under ``torch.inference_mode()`` by default; the attack needs gradi
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -44,12 +54,15 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 from torch.utils.data import DistributedSampler
+from typing_extensions import override
 
 from lit_advgame.attacks import attack_from_config, preset_config
 from lit_advgame.attacks.presets import canonical_name, resolve_auto
 from lit_advgame.attacks.seeding import derive_seed
 from lit_advgame.predict.models import describe, load_classifiers, margins
 from lit_advgame.utils.checks import check_choice, check_int
+
+log = logging.getLogger(__name__)
 
 RECORD_MODES = ("none", "uint8", "scores")
 #: attack options set by the module itself, not by ``overrides``
@@ -74,6 +87,30 @@ def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def _check_normalization(what: str, model: nn.Module, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
+    """The data's mean/std must equal the normalization a loaded model applies (its first layer)."""
+    normalize = getattr(model, "normalize", None)
+    for name, data_value in (("mean", mean), ("std", std)):
+        stored = getattr(normalize, name, None)
+        if data_value is None or not isinstance(stored, torch.Tensor):
+            continue
+        stored_list = [float(v) for v in stored.flatten().tolist()]
+        data_list = [float(v) for v in data_value]
+        if len(data_list) == 1 and len(stored_list) > 1:
+            data_list = data_list * len(stored_list)
+        if len(stored_list) == 1 and len(data_list) > 1:
+            stored_list = stored_list * len(data_list)
+        same = len(stored_list) == len(data_list) and all(
+            abs(a - b) <= 1e-6 + 1e-5 * abs(b) for a, b in zip(stored_list, data_list)
+        )
+        if not same:
+            raise ValueError(
+                f"{what} normalizes inputs with {name}={stored_list} but the data's {name} is {data_list}; the model was "
+                f"trained on differently normalized data: use a checkpoint trained on this data, or set the DataModule's "
+                f"mean/std to the checkpoint's"
+            )
+
+
 class AttackModule(pl.LightningModule):
     """Attack the predict split with a preset attack on one or several source models.
 
@@ -94,7 +131,9 @@ class AttackModule(pl.LightningModule):
             ``x_adv`` is then stored losslessly as uint8.
         name: label of this run in reports (default ``"<sources>/<preset>"``).
         num_classes, input_shape, mean, std: linked from the DataModule by the CLI; checked
-            against the checkpoints and used for dict specs without stored normalization.
+            against the checkpoints (a checkpoint trained with another normalization than the
+            data's ``mean``/``std`` is an error naming both) and used for dict specs without
+            stored normalization.
     """
 
     def __init__(
@@ -139,6 +178,9 @@ class AttackModule(pl.LightningModule):
         self.source_info = describe(loaded)
         self.source_names = [m.name for m in loaded]
         scorers = load_classifiers(score_models, "score models", **data) if record == "scores" else []
+        for what, models in (("source model", loaded), ("score model", scorers)):
+            for m in models:
+                _check_normalization(f"{what} {m.name!r}", m.model, mean, std)
         self.score_models = nn.ModuleList([m.model for m in scorers])
         self.score_info = describe(scorers)
         self.score_names = [m.name for m in scorers]
@@ -148,8 +190,11 @@ class AttackModule(pl.LightningModule):
         self.record = record
         self.quantize = quantize
         self.run_name = name or f"{'+'.join(self.source_names)}/{self.preset}"
-        self._finished: set[int] = set()
+        self._finished: dict[int, tuple[int, int] | None] = {}
         self._distributed_sampler = False
+        self._predict_started = False
+        #: dataset indices of every batch the predict loop served to this rank (for the writer's completeness check)
+        self.seen_indices: set[int] = set()
 
     # ------------------------------------------------------------------ bookkeeping
     def run_metadata(self) -> dict[str, Any]:
@@ -172,9 +217,25 @@ class AttackModule(pl.LightningModule):
             }
         )
 
-    def set_finished(self, indices: set[int] | Sequence[int]) -> None:
-        """Dataset indices already saved: batches made only of them are skipped."""
-        self._finished = {int(i) for i in indices}
+    def set_finished(self, indices: Mapping[int, tuple[int, int] | None] | set[int] | Sequence[int]) -> None:
+        """Dataset indices already saved, each with the ``(batch_first, batch_len)`` of the batch it was
+        attacked in (see :func:`~lit_advgame.predict.shards.saved_batches`; ``None`` or a plain set of
+        indices: batch unknown). A batch is skipped when all its examples are saved from a batch
+        with the same first index and at least its length."""
+        if isinstance(indices, Mapping):
+            self._finished = {int(i): None if b is None else (int(b[0]), int(b[1])) for i, b in indices.items()}
+        else:
+            self._finished = {int(i): None for i in indices}
+
+    def batch_finished(self, indices: Sequence[int]) -> bool:
+        """Whether the batch of dataset ``indices`` is saved already (see :meth:`set_finished`)."""
+        for i in indices:
+            if i not in self._finished:
+                return False
+            batch = self._finished[i]
+            if batch is not None and (batch[0] != indices[0] or batch[1] < len(indices)):
+                return False
+        return True
 
     def build_attack(self, first_index: int):
         """The :class:`~lit_advgame.attacks.Attack` of a batch starting at dataset index ``first_index``."""
@@ -200,6 +261,8 @@ class AttackModule(pl.LightningModule):
     def attack_batch(self, x: torch.Tensor, y: torch.Tensor, indices: Sequence[int] | torch.Tensor) -> dict[str, torch.Tensor]:
         """Attack one batch; ``indices`` are the examples' dataset indices. Returns the shard records."""
         indices = torch.as_tensor(indices, dtype=torch.int64).flatten()
+        if x.shape[0] == 0:
+            raise ValueError("AttackModule got an empty batch (0 images); the predict dataloader must not yield empty batches")
         if indices.numel() != x.shape[0]:
             raise ValueError(f"got {indices.numel()} dataset indices for a batch of {x.shape[0]} images")
         y = y.long()
@@ -223,6 +286,8 @@ class AttackModule(pl.LightningModule):
             "x_adv": x_adv_q if self.quantize else x_adv.float(),
             "source_margin_clean": margins(self._source_logits(x), y),
             "source_margin_adv": margins(self._source_logits(x_adv), y),
+            "batch_first": torch.full_like(indices, int(indices[0])).to(x.device),
+            "batch_len": torch.full_like(indices, indices.numel()).to(x.device),
         }
         for key, values in result.losses.items():
             records[f"loss/{key}"] = values.transpose(0, 1).float()
@@ -236,12 +301,16 @@ class AttackModule(pl.LightningModule):
         return records
 
     # ------------------------------------------------------------------ Lightning hooks
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._source_logits(x)
 
+    @override
     def on_predict_start(self) -> None:
         if torch.is_inference_mode_enabled():
             raise RuntimeError(INFERENCE_MODE_MESSAGE)
+        self._predict_started = True
+        self.seen_indices = set()
         loaders = self.trainer.predict_dataloaders
         loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
         if len(loaders) != 1:
@@ -254,6 +323,17 @@ class AttackModule(pl.LightningModule):
                 "AttackModule under a distributed sampler: every example is attacked once, but the batches and "
                 "hence the attack's random streams depend on the world size. Set `trainer.use_distributed_sampler: "
                 "false` to attack exactly the batches of a one-process run."
+            )
+
+    @override
+    def teardown(self, stage: str) -> None:
+        if stage != "predict":
+            return
+        started, self._predict_started = self._predict_started, False
+        if not started:  # Lightning skips the predict loop silently when there is no batch
+            raise ValueError(
+                "AttackModule: the predict dataloader served no batch (the predict split is empty, or "
+                "trainer.limit_predict_batches is 0); check the DataModule's predict_split/predict_limit"
             )
 
     def owns_batch(self, batch_idx: int) -> bool:
@@ -277,15 +357,26 @@ class AttackModule(pl.LightningModule):
             raise RuntimeError(f"batch {batch_idx} has {size} images but {len(indices)} tracked dataset indices")
         return indices
 
+    @override
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         if torch.is_inference_mode_enabled():
             raise RuntimeError(INFERENCE_MODE_MESSAGE)
         if not isinstance(batch, (list, tuple)) or len(batch) < 2:
             raise TypeError("AttackModule needs batches of (images, labels)")
         x, y = batch[0], batch[1]
+        if len(y) == 0:
+            raise ValueError(f"AttackModule got an empty batch (batch {batch_idx}: 0 images) from the predict dataloader")
+        indices = self._batch_indices(batch_idx, len(y))
+        self.seen_indices.update(indices)
         if not self.owns_batch(batch_idx):
             return {"skipped": "other rank"}
-        indices = self._batch_indices(batch_idx, len(y))
-        if self._finished and all(i in self._finished for i in indices):
+        if self.batch_finished(indices):
             return {"skipped": "finished"}
+        cut_short = sorted(i for i in indices if (self._finished.get(i) or (0, len(indices)))[1] < len(indices))
+        if cut_short:
+            log.warning(
+                f"AttackModule: dataset indices {cut_short[0]}-{cut_short[-1]} were attacked by an earlier run in a batch "
+                f"cut short by its predict_limit; re-attacking them as part of the whole batch {indices[0]}-{indices[-1]} "
+                f"(their saved records are replaced), so the results equal a one-shot run"
+            )
         return self.attack_batch(x, y, indices)

@@ -11,15 +11,22 @@ where every record tensor has the batch on its first dimension. Records written 
   logits (> 0 ⇔ misclassified: white-box success);
 * ``loss/<name>`` (B, T): the attack's per-step objective, classification loss and interaction;
 * optional ``candidates`` (B, T, C, H, W) uint8: the image after each of the T updates (for LOO);
-* optional ``step_scores`` (B, T, K): the margin of each of K score models after each update.
+* optional ``step_scores`` (B, T, K): the margin of each of K score models after each update;
+* ``batch_first`` / ``batch_len`` (int64): the first dataset index and the number of examples of the
+  batch the example was attacked in (the attack's random streams depend on both). A batch cut short
+  by ``predict_limit`` (``batch_len`` < the batch size) is re-attacked whole by a run with a larger
+  limit, and when several records of one index exist, the one from the longest batch wins.
 
 Shards are named by the first and last dataset index of their batch
 (``shard_000000064_000000127.pt``), written atomically (temporary file, then rename), so a shard
-that exists is complete. The merged file (``adversarial.pt`` by default) holds the same records
-for all examples, sorted by index and de-duplicated, plus the run's ``meta`` dict.
+that exists is complete; a shard whose content does not match its name, or a file that cannot be read
+(truncated, corrupt), is reported by name with what to do: delete it and rerun, which re-attacks its
+batch. The merged file (``adversarial.pt`` by default) holds the same records
+for all examples, sorted by index and de-duplicated (see :func:`dedupe_sort`), plus the run's ``meta`` dict.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,6 +42,7 @@ SHARD_PATTERN = re.compile(r"^shard_(\d+)_(\d+)\.pt$")
 MERGED_NAME = "adversarial.pt"
 META_NAME = "meta.json"
 REQUIRED_RECORDS = ("index", "label", "x", "x_adv")
+RERUN_HINT = "delete it and rerun predict with the same config: the run resumes and re-attacks what is missing"
 
 
 def shard_name(indices: Sequence[int]) -> str:
@@ -78,20 +86,52 @@ def read_file(path: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"adversarial-example file not found: {str(path)!r}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:
-        raise ValueError(f"could not read {str(path)!r} (corrupt or not an adversarial-example file): {err}") from err
+    except Exception as err:  # noqa: BLE001 - truncated files fail in many ways inside torch.load
+        raise ValueError(
+            f"could not read {str(path)!r} (truncated, corrupt or not an adversarial-example file: "
+            f"{type(err).__name__}: {err}); {RERUN_HINT}"
+        ) from err
     if not isinstance(obj, dict) or not isinstance(obj.get("records"), dict):
         # the file's content is wrong, not an argument's type: ValueError
-        raise ValueError(f"{str(path)!r} is not an adversarial-example file (no 'records' dict)")  # noqa: TRY004
+        raise ValueError(f"{str(path)!r} is not an adversarial-example file (no 'records' dict); {RERUN_HINT}")  # noqa: TRY004
     _check_records(obj["records"], str(path))
+    match = SHARD_PATTERN.match(path.name)
+    index = obj["records"]["index"]
+    if match and (index.numel() == 0 or (int(index[0]), int(index[-1])) != (int(match[1]), int(match[2]))):
+        found = f"{int(index[0])}..{int(index[-1])}" if index.numel() else "nothing"
+        raise ValueError(
+            f"shard {str(path)!r} is named for dataset indices {int(match[1])}..{int(match[2])} but holds {found} "
+            f"(renamed or copied by hand?); {RERUN_HINT}"
+        )
     return obj
 
 
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a run's ``meta.json``; a truncated or corrupt file is reported by name with what to do."""
+    path = Path(path)
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{str(path)!r} (the run's description) is truncated or corrupt ({err}); delete it and rerun predict with "
+            f"the same config: it is written again and the saved shards are kept"
+        ) from err
+    if not isinstance(meta, dict):
+        raise ValueError(f"{str(path)!r} is not a run description (a JSON object); delete it and rerun predict")  # noqa: TRY004
+    return meta
+
+
+BATCH_RECORDS = ("batch_first", "batch_len")
+
+
 def concat_records(parts: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Concatenate records along the example dimension (all parts must have the same keys)."""
+    """Concatenate records along the example dimension (all parts must have the same keys; the batch
+    records ``batch_first``/``batch_len`` are dropped when some part, written before they existed, lacks them)."""
     parts = list(parts)
     if not parts:
         return {}
+    if any(not set(BATCH_RECORDS) <= set(p) for p in parts):
+        parts = [{k: v for k, v in p.items() if k not in BATCH_RECORDS} for p in parts]
     keys = set(parts[0])
     for i, part in enumerate(parts[1:], start=1):
         if set(part) != keys:
@@ -103,12 +143,16 @@ def concat_records(parts: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, tor
 
 
 def dedupe_sort(records: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Sort records by ``index`` keeping the *first* occurrence of each index."""
+    """Sort records by ``index`` keeping one record per index: the one attacked in the longest batch
+    (``batch_len``, when recorded; a batch cut short by an earlier run's ``predict_limit`` loses
+    against the whole batch), among equals the *first* occurrence."""
     if not records:
         return {}
     index = records["index"]
-    # stable sort by index: among duplicates the earliest position comes first
-    order = torch.sort(index, stable=True).indices
+    order = torch.arange(index.numel())
+    if "batch_len" in records:  # stable sorts: by batch length (longest first), then by index
+        order = torch.sort(-records["batch_len"].long(), stable=True).indices
+    order = order[torch.sort(index[order], stable=True).indices]
     sorted_index = index[order]
     keep = torch.ones_like(sorted_index, dtype=torch.bool)
     keep[1:] = sorted_index[1:] != sorted_index[:-1]
@@ -118,15 +162,31 @@ def dedupe_sort(records: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def finished_indices(directory: str | os.PathLike, merged_name: str = MERGED_NAME) -> set[int]:
     """Dataset indices already attacked: those in the merged file and in every complete shard."""
+    return set(saved_batches(directory, merged_name))
+
+
+def saved_batches(directory: str | os.PathLike, merged_name: str = MERGED_NAME) -> dict[int, tuple[int, int] | None]:
+    """For every dataset index saved in ``directory`` (merged file and shards), the batch it was
+    attacked in: ``(batch_first, batch_len)`` of the longest such batch, or ``None`` for records
+    written without them."""
     directory = Path(directory)
-    done: set[int] = set()
+    saved: dict[int, tuple[int, int] | None] = {}
     paths = list_shards(directory)
     merged = directory / merged_name
     if merged.is_file():
         paths.insert(0, merged)
     for path in paths:
-        done.update(read_file(path)["records"]["index"].tolist())
-    return done
+        records = read_file(path)["records"]
+        index = records["index"].tolist()
+        if "batch_first" in records and "batch_len" in records:
+            batches = zip(records["batch_first"].tolist(), records["batch_len"].tolist())
+        else:
+            batches = (None for _ in index)
+        for i, batch in zip(index, batches):
+            old = saved.get(i)
+            if i not in saved or (batch is not None and (old is None or batch[1] > old[1])):
+                saved[i] = None if batch is None else (int(batch[0]), int(batch[1]))
+    return saved
 
 
 def merge_directory(
@@ -136,7 +196,8 @@ def merge_directory(
     keep_shards: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Merge the merged file (if any) and all shards into ``merged_name``, sorted by index and
-    de-duplicated (first occurrence wins: the merged file, then shards by name); delete the shards
+    de-duplicated (:func:`dedupe_sort`: the record from the longest batch wins, then the first
+    occurrence: the merged file, then shards by name); delete the shards
     unless ``keep_shards``. The merged file is written atomically before any shard is removed, so an
     interruption at any point loses nothing. Returns the merged records."""
     directory = Path(directory)
@@ -223,8 +284,6 @@ def _from_records(records: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) 
 def load_adversarial(path: str | os.PathLike, merged_name: str = MERGED_NAME) -> AdversarialSet:
     """Load the adversarial examples of a run: a merged file, or an output folder (its merged file
     plus any shards not merged yet, de-duplicated; the metadata from ``meta.json`` if present)."""
-    import json
-
     path = Path(path)
     if path.is_file():
         obj = read_file(path)
@@ -241,6 +300,6 @@ def load_adversarial(path: str | os.PathLike, merged_name: str = MERGED_NAME) ->
     if not parts:
         raise FileNotFoundError(f"{str(path)!r} holds no adversarial examples ({merged_name} or shard_*.pt)")
     if (path / META_NAME).is_file():
-        meta = json.loads((path / META_NAME).read_text())
+        meta = read_meta(path / META_NAME)
     records = dedupe_sort(concat_records(parts))
     return _from_records(records, meta)

@@ -2,20 +2,36 @@
 
 Use it with :class:`~lit_advgame.predict.attack_module.AttackModule` in ``trainer.callbacks``:
 
+* at set-up the run takes the lock ``<output_dir>/.lock`` (:mod:`lit_advgame.predict.lock`; once per
+  run, on global rank 0 under DDP) and keeps it until it ends: a second run started on the same
+  folder meanwhile is refused with a message naming the running one; a stale lock left by a killed
+  run on this host is taken over with a warning; one from another host is reported (delete it if
+  that run is gone);
 * after every batch, the rank that attacked it writes ``shard_<first>_<last>.pt`` (its records,
   see :mod:`lit_advgame.predict.shards`) atomically: a temporary file, then a rename;
 * at set-up every rank reads which dataset indices are already saved (shards and the merged file)
   and hands them to the module, which skips batches made only of them, so a restarted run
   attacks only what is missing; ``meta.json`` (the attack run's description) is written on the
-  first run and compared on every later one, so a folder never mixes two different attacks;
-* at the end, all ranks meet at a barrier and rank 0 merges the merged file and all shards into
-  ``adversarial.pt``, sorted by dataset index, each index once (first occurrence wins), then
+  first run and compared on every later one, so a folder never mixes two different attacks; a
+  batch that an earlier run's smaller ``predict_limit`` cut short is re-attacked whole and its
+  short shard deleted (see :class:`~lit_advgame.predict.attack_module.AttackModule`);
+* at the end, all ranks meet at a barrier and rank 0 checks that every dataset index the run
+  served is saved (the run fails listing the missing ones otherwise), then merges the merged file and all shards into
+  ``adversarial.pt``, sorted by dataset index, each index once (the record from the longest batch
+  wins, then the first occurrence; see :func:`~lit_advgame.predict.shards.dedupe_sort`), then
   deletes the shards (``keep_shards`` keeps them) and writes ``summary.json`` (and logs it to the
-  trainer's logger, if any).
+  trainer's logger, if any). When the attack fooled its own source model on fewer than
+  ``min_whitebox_success`` of the clean-correct examples, a warning gives the measured rate with
+  the attack's loss and IR λ and suggests the margin loss or a smaller λ (the paper's λ, "auto":
+  1 for ResNets, 2 otherwise, can overwhelm the classification loss on small confident models).
+
+A shard or ``meta.json`` that cannot be read (truncated, or a shard whose content does not match
+its name) is reported by name: delete it and rerun, which resumes and re-attacks what is missing.
 """
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,15 +39,21 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
+from pytorch_lightning.utilities import rank_zero_warn
+from typing_extensions import override
 
+from lit_advgame.predict.lock import OutputLock
 from lit_advgame.predict.shards import (
     MERGED_NAME,
     META_NAME,
-    finished_indices,
+    SHARD_PATTERN,
     list_shards,
     merge_directory,
+    read_meta,
+    saved_batches,
     write_shard,
 )
+from lit_advgame.utils.checks import check_positive
 from lit_advgame.utils.io import atomic_write_text
 
 #: DataModule hyper-parameters that may change between a run and its resumption
@@ -48,16 +70,30 @@ def _data_description(trainer: pl.Trainer) -> dict[str, Any]:
     return {"class": f"{type(datamodule).__module__}.{type(datamodule).__qualname__}", "hparams": hparams}
 
 
-def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+def meta_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     keys = sorted(set(old) | set(new))
     out = []
     for key in keys:
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
+            out += meta_differences(a, b, f"{prefix}{key}.")
         elif a != b:
             out.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return out
+
+
+def format_ranges(indices: Sequence[int], limit: int = 20) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2, 5, 7-8"`` (at most ``limit`` ranges, then a count)."""
+    ranges: list[list[int]] = []
+    for i in sorted(indices):
+        if ranges and i == ranges[-1][1] + 1:
+            ranges[-1][1] = i
+        else:
+            ranges.append([i, i])
+    parts = [f"{a}" if a == b else f"{a}-{b}" for a, b in ranges[:limit]]
+    if len(ranges) > limit:
+        parts.append(f"... ({len(ranges) - limit} more ranges)")
+    return ", ".join(parts)
 
 
 def summarize(records: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -87,6 +123,8 @@ class AdversarialWriter(BasePredictionWriter):
         resume: continue a run found in ``output_dir`` (same attack); with ``False`` a folder that
             already holds results is an error.
         merged_name: file name of the merged results.
+        min_whitebox_success: warn at the end of the run when the attack fooled its own source
+            model(s) on fewer than this fraction of the clean-correct examples (0 disables the warning).
     """
 
     def __init__(
@@ -96,8 +134,12 @@ class AdversarialWriter(BasePredictionWriter):
         keep_shards: bool = False,
         resume: bool = True,
         merged_name: str = MERGED_NAME,
+        min_whitebox_success: float = 0.5,
     ) -> None:
         super().__init__(write_interval="batch")
+        check_positive(min_whitebox_success, "min_whitebox_success", allow_zero=True)
+        if min_whitebox_success > 1:
+            raise ValueError(f"min_whitebox_success must be in [0, 1]; got {min_whitebox_success!r}")
         if not isinstance(merged_name, str) or not merged_name.endswith(".pt") or "/" in merged_name:
             raise ValueError(f"merged_name must be a plain file name ending in .pt; got {merged_name!r}")
         if merged_name.startswith("shard_"):
@@ -107,6 +149,8 @@ class AdversarialWriter(BasePredictionWriter):
         self.keep_shards = bool(keep_shards)
         self.resume = bool(resume)
         self.merged_name = merged_name
+        self.min_whitebox_success = float(min_whitebox_success)
+        self.lock = OutputLock(self.output_dir)
         self.meta: dict[str, Any] = {}
         self.finished: set[int] = set()
         self.shards_written = 0
@@ -117,6 +161,7 @@ class AdversarialWriter(BasePredictionWriter):
     def merged_path(self) -> Path:
         return self.output_dir / self.merged_name
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if stage != "predict":
@@ -127,6 +172,25 @@ class AdversarialWriter(BasePredictionWriter):
             )
         self.meta = {**pl_module.run_metadata(), "data": _data_description(trainer)}
         self.meta = json.loads(json.dumps(self.meta, default=str))
+        error = None
+        if trainer.is_global_zero:  # one lock per run: the other ranks belong to the same run
+            try:
+                warning = self.lock.acquire()
+            except OSError as err:  # OutputLockedError, or the folder cannot be created/locked
+                error = f"{type(err).__name__}: {err}"
+            else:
+                if warning:
+                    rank_zero_warn(warning)
+        error = trainer.strategy.broadcast(error, src=0)
+        if error is not None:
+            raise RuntimeError(error)
+        try:
+            self._setup_folder(trainer, pl_module)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _setup_folder(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         meta_path = self.output_dir / META_NAME
         has_results = self.merged_path.is_file() or bool(list_shards(self.output_dir))
@@ -136,8 +200,8 @@ class AdversarialWriter(BasePredictionWriter):
                 f"output_dir, or set resume=true to complete that run"
             )
         if meta_path.is_file():
-            old = json.loads(meta_path.read_text())
-            diff = _differences(old, self.meta)
+            old = read_meta(meta_path)
+            diff = meta_differences(old, self.meta)
             if diff:
                 raise ValueError(
                     f"{str(self.output_dir)!r} holds a run of a different attack ({'; '.join(diff[:6])}); "
@@ -145,12 +209,14 @@ class AdversarialWriter(BasePredictionWriter):
                 )
         elif trainer.is_global_zero:
             atomic_write_text(meta_path, json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
-        self.finished = finished_indices(self.output_dir, self.merged_name)
-        pl_module.set_finished(self.finished)
+        saved = saved_batches(self.output_dir, self.merged_name)
+        self.finished = set(saved)
+        pl_module.set_finished(saved)
         self.shards_written = 0
         self.merged = None
         self.summary = None
 
+    @override
     def write_on_batch_end(
         self,
         trainer: pl.Trainer,
@@ -171,18 +237,95 @@ class AdversarialWriter(BasePredictionWriter):
                 f"batch {batch_idx}: the module's dataset indices {index[:4]}... differ from Lightning's "
                 f"{list(batch_indices)[:4]}..."
             )
-        write_shard(self.output_dir, prediction, rank=trainer.global_rank)
+        path = write_shard(self.output_dir, prediction, rank=trainer.global_rank)
         self.shards_written += 1
+        self._remove_cut_short_shards(path, index)
 
+    def _remove_cut_short_shards(self, written, index: list[int]) -> None:
+        """Delete shards of the same first index but fewer examples: a batch an earlier run's smaller
+        ``predict_limit`` cut short, superseded by the whole batch just written (merging prefers the
+        longest batch anyway; this keeps the folder unambiguous)."""
+        for path in list_shards(self.output_dir):
+            match = SHARD_PATTERN.match(path.name)
+            if path != written and match and int(match[1]) == index[0] and int(match[2]) < index[-1]:
+                path.unlink(missing_ok=True)
+
+    def _served_indices(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> set[int]:
+        """Dataset indices the predict loop served to any rank (a sum over ranks of 0/1 masks)."""
+        seen = sorted(getattr(pl_module, "seen_indices", set()))
+        loaders = trainer.predict_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        try:
+            size = len(loader.dataset)
+        except (AttributeError, TypeError):
+            size = 0
+        size = max(size, seen[-1] + 1 if seen else 0)
+        mask = torch.zeros(size, device=pl_module.device)
+        if seen:
+            mask[torch.tensor(seen, device=pl_module.device)] = 1.0
+        if trainer.world_size > 1:
+            mask = trainer.strategy.reduce(mask, reduce_op="sum")
+        return set(torch.nonzero(mask > 0).flatten().tolist())
+
+    def _check_complete(self, served: set[int]) -> None:
+        missing = sorted(served - set(saved_batches(self.output_dir, self.merged_name)))
+        if missing:
+            raise RuntimeError(
+                f"predict run incomplete: {len(missing)} of the {len(served)} dataset indices of the predict split are not "
+                f"saved in {str(self.output_dir)!r}: {format_ranges(missing)}. Were shards deleted or written elsewhere "
+                f"during the run? Rerun predict with the same config: it resumes and attacks the missing batches"
+            )
+
+    def _warn_low_success(self) -> None:
+        summary = self.summary or {}
+        rate = summary.get("whitebox_success_on_clean_correct", float("nan"))
+        if math.isnan(rate):
+            rate = summary.get("whitebox_success", float("nan"))
+        if math.isnan(rate) or rate >= self.min_whitebox_success:
+            return
+        config = self.meta.get("config") or {}
+        lam, loss = config.get("ir_lambda"), config.get("loss")
+        if lam:
+            hint = (f"On small confident models the IR penalty can overwhelm the classification loss: try the margin "
+                    f"loss (overrides: {{loss: margin}}) or a smaller IR lambda (overrides: {{ir_lambda: {float(lam) / 4:g}}}).")
+        else:
+            hint = "Try the margin loss (overrides: {loss: margin}), more steps or a larger eps."
+        rank_zero_warn(
+            f"the attack fooled its own source model(s) on only {rate:.2f} of the clean-correct examples "
+            f"(below min_whitebox_success={self.min_whitebox_success:g}; attack {self.meta.get('attack')!r}, loss "
+            f"{loss!r}, IR lambda {lam!r}, {int(config.get('steps', 0))} steps). {hint}"
+        )
+
+    @override
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_predict_epoch_end(trainer, pl_module)
-        if not self.merge:
-            return
+        served = self._served_indices(trainer, pl_module)
         trainer.strategy.barrier("adversarial_writer_merge")
+        error = None
         if trainer.is_global_zero:
-            self.merged = merge_directory(self.output_dir, self.meta, self.merged_name, self.keep_shards)
-            self.summary = summarize(self.merged)
-            atomic_write_text(self.output_dir / "summary.json", json.dumps(self.summary, indent=2) + "\n")
-            if trainer.logger is not None:
-                trainer.logger.log_metrics({f"attack/{k}": v for k, v in self.summary.items()}, step=0)
+            try:
+                self._check_complete(served)
+                if self.merge:
+                    self.merged = merge_directory(self.output_dir, self.meta, self.merged_name, self.keep_shards)
+                    self.summary = summarize(self.merged)
+                    atomic_write_text(self.output_dir / "summary.json", json.dumps(self.summary, indent=2) + "\n")
+                    if trainer.logger is not None:
+                        trainer.logger.log_metrics({f"attack/{k}": v for k, v in self.summary.items()}, step=0)
+                    if self.min_whitebox_success > 0:
+                        self._warn_low_success()
+            except Exception as err:  # noqa: BLE001 - re-raised on every rank below
+                error = err
+        message = trainer.strategy.broadcast(None if error is None else f"{type(error).__name__}: {error}", src=0)
+        if error is not None:
+            raise error
+        if message is not None:
+            raise RuntimeError(message)
         trainer.strategy.barrier("adversarial_writer_merged")
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.lock.release()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.lock.release()
