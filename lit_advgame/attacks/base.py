@@ -46,8 +46,9 @@ from lit_advgame.utils.checks import (
 
 SCALINGS = ("none", "sqrt_dim")
 RECORD_FORMATS = ("delta", "uint8")
-#: units of ``eps``/``step_size``: pixel units (images in [0, 1]) or 0–255 intensity levels
-UNITS = {"pixel": 1.0, "1/255": 1.0 / 255.0}
+#: units of ``eps``/``step_size`` and their size in pixel units (the value is divided by it):
+#: pixel units (images in [0, 1]) or 0–255 intensity levels
+UNITS = {"pixel": 1, "1/255": 255}
 
 
 def radius_bound(norm: str, numel: int | None) -> float | None:
@@ -63,15 +64,23 @@ def radius_bound(norm: str, numel: int | None) -> float | None:
     return None
 
 
-def check_radius(value: float, name: str, norm: str, numel: int | None, *, given: str | None = None) -> None:
-    """Raise when the pixel-space radius ``value`` exceeds :func:`radius_bound` (see the module docstring)."""
-    bound = radius_bound(norm, numel)
+def check_radius(
+    value: float, name: str, norm: str, numel: int | None, *, given: str | None = None, sqrt_dim: bool = False
+) -> None:
+    """Raise when the pixel-space radius ``value`` exceeds :func:`radius_bound` (see the module docstring).
+
+    With ``sqrt_dim`` (L2, ``value`` to be multiplied by √n) the bound on ``value`` itself is 1.
+    """
+    bound = 1.0 if sqrt_dim else radius_bound(norm, numel)
     if bound is None or value <= bound * (1 + 1e-12):
         return
     given = repr(value) if given is None else given
-    where = "1, the L∞ diameter of pixel space [0, 1]" if norm == "linf" else (
-        f"√n = {bound:.6g}, the L2 diameter of pixel space [0, 1]^n for images of n = {numel} values"
-    )
+    if sqrt_dim:
+        where = "1: it is multiplied by √n (sqrt_dim scaling) and the L2 diameter of pixel space [0, 1]^n is √n"
+    elif norm == "linf":
+        where = "1, the L∞ diameter of pixel space [0, 1]"
+    else:
+        where = f"√n = {bound:.6g}, the L2 diameter of pixel space [0, 1]^n for images of n = {numel} values"
     raise ValueError(
         f"{name} = {given} ({norm}) is larger than {where}. {name} is in pixel units (images in [0, 1]): "
         f"for 16 intensity levels write {name}: '16/255' (a fraction), or give eps and step_size in 0–255 "
@@ -212,8 +221,8 @@ class Attack:
         check_choice(record_format, "record_format", RECORD_FORMATS)
 
         self.unit = unit
-        self.eps = float(eps) * UNITS[unit]
-        self.step_size = float(step_size) * UNITS[unit]
+        self.eps = float(eps) / UNITS[unit]  # division: eps=16 in "1/255" is exactly the float 16/255
+        self.step_size = float(step_size) / UNITS[unit]
         self._given = {"eps": given_eps, "step_size": given_step}
         self.steps = steps
         self.loss = loss
@@ -238,10 +247,7 @@ class Attack:
         for name, value, scaling in (("eps", self.eps, self.eps_scaling), ("step_size", self.step_size,
                                                                           self.step_scaling)):
             given = repr(self._given[name]) + ("" if self.unit == "pixel" else f" × 1/255 = {value:.6g}")
-            if scaling == "sqrt_dim":  # ε·√n <= √n  <=>  ε <= 1
-                check_radius(value, name, "linf", None, given=given)
-            else:
-                check_radius(value, name, self.norm.name, numel, given=given)
+            check_radius(value, name, self.norm.name, numel, given=given, sqrt_dim=scaling == "sqrt_dim")
 
     # ----------------------------------------------------------------------------------------
     @property
