@@ -165,7 +165,8 @@ def _check_no_ignored_options(config: dict[str, Any], keys: Sequence[str], prese
         reasons = "; ".join(f"{key}: {why}" for key, why in ignored.items())
         raise ValueError(
             f"option(s) {sorted(ignored)} have no effect in attack {preset!r} ({reasons}); switch the component on "
-            f"(e.g. ir_lambda=1 or an IR preset such as 'pgd+ir') or drop them. Options this attack uses: {', '.join(used)}"
+            f"(e.g. ir_lambda=1 or an IR preset such as 'pgd+ir') or drop them. "
+            f"Options this attack uses: {', '.join(used)}"
         )
 
 

@@ -22,5 +22,8 @@ TORCHVISION_DENSE_LAYER_TYPES: tuple[type, ...] = (_DenseLayer,)
 
 
 def is_skip_block(module: object) -> bool:
-    """True for torchvision ResNet/DenseNet blocks and modules whose ``is_skip_block`` (instance or class attribute) is ``True``."""
+    """True for torchvision ResNet/DenseNet blocks and modules whose ``is_skip_block`` is ``True``.
+
+    The attribute is looked up on the instance, then on its class (an instance attribute wins).
+    """
     return isinstance(module, TORCHVISION_SKIP_BLOCK_TYPES) or getattr(module, "is_skip_block", False) is True

@@ -79,7 +79,8 @@ def test_an_identity_named_sc_is_an_identity_skip(batch):
 @pytest.mark.parametrize(
     "make, size, expected",
     [
-        (lambda: models.CifarResNet(8), 16, {"layer1.0": "identity", "layer2.0": "projection", "layer3.0": "projection"}),
+        (lambda: models.CifarResNet(8), 16,
+         {"layer1.0": "identity", "layer2.0": "projection", "layer3.0": "projection"}),
         (lambda: models.CifarResNet(8, shortcut="A"), 16,  # parameter-free zero-pad shortcut: still not an identity
          {"layer1.0": "identity", "layer2.0": "projection", "layer3.0": "projection"}),
         (lambda: models.PreActResNet18(width=4), 16,
