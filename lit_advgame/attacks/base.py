@@ -11,6 +11,11 @@ Every image has its own objective (losses are summed over the batch, not average
 attack equals attacking each image alone, up to the random streams. Randomness comes from one
 base seed (``seed``, or drawn from ``generator``) split into independent streams per component
 (:mod:`.seeding`), so adding e.g. MI with μ = 0 changes nothing in the random numbers of the rest.
+
+Units: ε and α are in pixel units (images in [0, 1]). An L∞ ε or α above 1 (the L∞ diameter of
+the pixel cube) and an L2 ε or α above √n (its L2 diameter, n = C·H·W of one image) is an error,
+since such a value almost always means intensity levels (``eps: 16`` for 16/255): write the
+fraction (``"16/255"``) or pass ``unit="1/255"`` to give ε and α in 0–255 intensity levels.
 """
 from __future__ import annotations
 
@@ -29,10 +34,58 @@ from lit_advgame.attacks.model_mode import eval_mode
 from lit_advgame.attacks.norms import Norm, build_norm
 from lit_advgame.attacks.seeding import draw_base_seed, make_generator
 from lit_advgame.attacks.transforms.base import Transform
-from lit_advgame.utils.checks import check_choice, check_images, check_int, check_labels, check_positive
+from lit_advgame.utils.checks import (
+    as_model_dtype,
+    check_choice,
+    check_images,
+    check_int,
+    check_labels,
+    check_positive,
+    parse_fraction,
+)
 
 SCALINGS = ("none", "sqrt_dim")
 RECORD_FORMATS = ("delta", "uint8")
+#: units of ``eps``/``step_size`` and their size in pixel units (the value is divided by it):
+#: pixel units (images in [0, 1]) or 0–255 intensity levels
+UNITS = {"pixel": 1, "1/255": 255}
+
+
+def radius_bound(norm: str, numel: int | None) -> float | None:
+    """The largest meaningful ε/α: the diameter of the pixel cube [0, 1]^n in ``norm``.
+
+    1 for L∞, √n for L2 (n = C·H·W of one image; ``None`` while n is unknown), ``None`` for
+    other norms (no check).
+    """
+    if norm == "linf":
+        return 1.0
+    if norm == "l2" and numel is not None:
+        return math.sqrt(numel)
+    return None
+
+
+def check_radius(
+    value: float, name: str, norm: str, numel: int | None, *, given: str | None = None, sqrt_dim: bool = False
+) -> None:
+    """Raise when the pixel-space radius ``value`` exceeds :func:`radius_bound` (see the module docstring).
+
+    With ``sqrt_dim`` (L2, ``value`` to be multiplied by √n) the bound on ``value`` itself is 1.
+    """
+    bound = 1.0 if sqrt_dim else radius_bound(norm, numel)
+    if bound is None or value <= bound * (1 + 1e-12):
+        return
+    given = repr(value) if given is None else given
+    if sqrt_dim:
+        where = "1: it is multiplied by √n (sqrt_dim scaling) and the L2 diameter of pixel space [0, 1]^n is √n"
+    elif norm == "linf":
+        where = "1, the L∞ diameter of pixel space [0, 1]"
+    else:
+        where = f"√n = {bound:.6g}, the L2 diameter of pixel space [0, 1]^n for images of n = {numel} values"
+    raise ValueError(
+        f"{name} = {given} ({norm}) is larger than {where}. {name} is in pixel units (images in [0, 1]): "
+        f"for 16 intensity levels write {name}: '16/255' (a fraction), or give eps and step_size in 0–255 "
+        "levels with unit='1/255'"
+    )
 
 
 @dataclass
@@ -81,9 +134,10 @@ class Attack:
         model: source classifier taking [0, 1] images (e.g. a ``NormalizedModel``), or a list of
             them (attacked through the mean of their logits).
         norm: ``"linf"`` or ``"l2"`` (or a :class:`~lit_advgame.attacks.norms.Norm`).
-        eps: radius ε >= 0 (paper: 16/255 for L∞; 16/255·√n for L2, i.e. ``eps=16/255,
-            eps_scaling="sqrt_dim"``).
-        step_size: step α > 0 (paper: 2/255; the official L2 code uses 2.0).
+        eps: radius ε >= 0 in pixel units, a number or a fraction string such as ``"16/255"``
+            (paper: 16/255 for L∞; 16/255·√n for L2, i.e. ``eps=16/255, eps_scaling="sqrt_dim"``).
+            At most 1 for L∞ and √n for L2 (the diameter of the pixel cube, see the module docstring).
+        step_size: step α > 0, same units and bounds (paper: 2/255; the official L2 code uses 2.0).
         steps: number of updates T >= 1 (paper: 100).
         loss: ``"ce"`` or ``"margin"`` (:mod:`.losses`), summed over images and VR copies.
         targeted: attack towards ``target`` (given to ``__call__``) instead of away from ``y``.
@@ -94,12 +148,21 @@ class Attack:
         loss_terms: :class:`~lit_advgame.attacks.loss_term.LossTerm` objects (the IR term).
         eps_scaling, step_scaling: ``"none"``, or ``"sqrt_dim"`` to multiply ε (resp. α) by √n,
             n = C·H·W of one image, at call time (L2 only).
+        unit: ``"pixel"`` (default: ε and α in pixel units, images in [0, 1]) or ``"1/255"``
+            (ε and α in 0–255 intensity levels, e.g. ``eps=16, step_size=2``; divided by 255).
         l2_init: L2 random start, ``"image"`` (official) or ``"ball"`` (:class:`~.norms.L2Norm`).
         seed: base seed; every call with the same seed and input gives the same output.
         generator: instead of ``seed``, draw each call's base seed from this generator.
             With neither, the base seed is drawn from torch's global generator.
         record_iterates: keep the per-step candidates in :attr:`AttackResult.iterates`.
         record_format: ``"delta"`` or ``"uint8"`` (see :class:`AttackResult`).
+
+    The resolved pixel-space radius and step are the attributes :attr:`resolved_eps` and
+    :attr:`resolved_step_size` (with ``"sqrt_dim"`` scaling they are ``None`` until the first call,
+    then the values of the latest call). Images of another floating dtype than the model (e.g.
+    float64 images for a float32 model) are cast to the model's dtype: the attack runs in it and
+    returns ``x_adv`` in it. The model(s) must be ``nn.Module`` objects (a plain function gets a
+    ``TypeError``); an empty batch (B = 0) is a ``ValueError``.
 
     The model is put in eval mode during the attack (each module's mode is restored after), the
     attack runs with gradients enabled even inside ``torch.no_grad()``/``torch.inference_mode()``
@@ -123,6 +186,7 @@ class Attack:
         eps_scaling: str = "none",
         step_scaling: str = "none",
         l2_init: str = "image",
+        unit: str = "pixel",
         seed: int | None = None,
         generator: torch.Generator | None = None,
         record_iterates: bool = False,
@@ -131,6 +195,9 @@ class Attack:
         self.models = as_model_list(model)
         self.model = combine(self.models)
         self.norm = build_norm(norm, **({"init": l2_init} if str(norm).lower() in ("l2", "2") else {}))
+        check_choice(unit, "unit", tuple(UNITS))
+        given_eps, given_step = eps, step_size
+        eps, step_size = parse_fraction(eps, "eps"), parse_fraction(step_size, "step_size")
         check_positive(eps, "eps", allow_zero=True)
         check_positive(step_size, "step_size")
         check_int(steps, "steps", minimum=1)
@@ -153,8 +220,10 @@ class Attack:
             raise TypeError(f"record_iterates must be a bool; got {record_iterates!r}")
         check_choice(record_format, "record_format", RECORD_FORMATS)
 
-        self.eps = float(eps)
-        self.step_size = float(step_size)
+        self.unit = unit
+        self.eps = float(eps) / UNITS[unit]  # division: eps=16 in "1/255" is exactly the float 16/255
+        self.step_size = float(step_size) / UNITS[unit]
+        self._given = {"eps": given_eps, "step_size": given_step}
         self.steps = steps
         self.loss = loss
         self.targeted = targeted
@@ -169,6 +238,16 @@ class Attack:
         self.record_format = record_format
         for part in [*self.transforms, *self.loss_terms]:
             part.check_model(self.models)
+        # L∞ radii (and √n-scaled L2 ones) can be checked now; unscaled L2 ones at call time
+        self._check_radii(None)
+        self.resolved_eps: float | None = None if eps_scaling == "sqrt_dim" else self.eps
+        self.resolved_step_size: float | None = None if step_scaling == "sqrt_dim" else self.step_size
+
+    def _check_radii(self, numel: int | None) -> None:
+        for name, value, scaling in (("eps", self.eps, self.eps_scaling), ("step_size", self.step_size,
+                                                                          self.step_scaling)):
+            given = repr(self._given[name]) + ("" if self.unit == "pixel" else f" × 1/255 = {value:.6g}")
+            check_radius(value, name, self.norm.name, numel, given=given, sqrt_dim=scaling == "sqrt_dim")
 
     # ----------------------------------------------------------------------------------------
     @property
@@ -178,7 +257,7 @@ class Attack:
         return not any(term.prefers_zero_start for term in self.loss_terms)
 
     def effective_eps(self, x: torch.Tensor) -> float:
-        """ε for images shaped like ``x`` (×√(C·H·W) with ``eps_scaling="sqrt_dim"``)."""
+        """ε in pixel units for images shaped like ``x`` (×√(C·H·W) with ``eps_scaling="sqrt_dim"``)."""
         return self.eps * math.sqrt(x[0].numel()) if self.eps_scaling == "sqrt_dim" else self.eps
 
     def effective_step_size(self, x: torch.Tensor) -> float:
@@ -201,7 +280,7 @@ class Attack:
         """Run the attack.
 
         Args:
-            x: clean images (B, C, H, W) in [0, 1].
+            x: clean images (B, C, H, W) in [0, 1], B >= 1 (cast to the model's dtype).
             y: true labels (B,).
             target: target labels (B,), required iff ``targeted``.
             record_iterates: override the constructor's ``record_iterates``.
@@ -215,7 +294,7 @@ class Attack:
             stack.enter_context(torch.inference_mode(False))
             stack.enter_context(torch.enable_grad())
             stack.enter_context(eval_mode(self.models))
-            x = x.detach().clone()
+            x = as_model_dtype(x.detach(), self.models).clone()
             y = y.detach().to(x.device).clone()
             labels = y
             if self.targeted:
@@ -230,9 +309,8 @@ class Attack:
 
     # ----------------------------------------------------------------------------------------
     def _check_inputs(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> None:
-        check_images(x, "x")
-        if x.shape[0] == 0:
-            raise ValueError("x must contain at least one image; got an empty batch")
+        check_images(x, "x", allow_empty=False)
+        self._check_radii(x[0].numel())
         check_labels(y, x.shape[0], None, "y")
         if self.targeted and target is None:
             raise ValueError("a targeted attack needs target labels: call attack(x, y, target)")
@@ -260,6 +338,7 @@ class Attack:
         base_seed = self._base_seed()
         self._start_components(x, base_seed)
         eps, alpha = self.effective_eps(x), self.effective_step_size(x)
+        self.resolved_eps, self.resolved_step_size = eps, alpha
         if self.uses_random_start:
             delta = self.norm.random_init(x, eps, make_generator(base_seed, "random_start", x.device))
         else:

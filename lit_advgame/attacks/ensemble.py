@@ -7,6 +7,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from lit_advgame.utils.checks import check_module
+
 
 class EnsembleLogits(nn.Module):
     """Average the logits of several classifiers that take the same pixel-space input."""
@@ -26,15 +28,19 @@ class EnsembleLogits(nn.Module):
 
 
 def as_model_list(model: nn.Module | Sequence[nn.Module]) -> list[nn.Module]:
-    """Normalise ``model`` (one module or a list of modules) to a non-empty list, with clear errors."""
+    """Normalise ``model`` (one module or a list of modules) to a non-empty list, with clear errors.
+
+    A plain function (or any other non-module) gets a ``TypeError`` saying an ``nn.Module`` is expected.
+    """
+    if callable(model) and not isinstance(model, nn.Module):
+        check_module(model, "model")
     models = [model] if isinstance(model, nn.Module) else model
     if not isinstance(models, (list, tuple)) or len(models) == 0:
         raise TypeError(
             f"model must be a torch.nn.Module or a non-empty list of modules; got {type(model).__name__}"
         )
     for i, m in enumerate(models):
-        if not isinstance(m, nn.Module):
-            raise TypeError(f"model[{i}] must be a torch.nn.Module; got {type(m).__name__}")
+        check_module(m, f"model[{i}]")
     return list(models)
 
 

@@ -14,13 +14,26 @@ VR K = 20 copies of σ = 15/255 (VR+IR: K = 5 and 50 steps, paper App. M.1), SGM
 ResNets and 0.5 for DenseNets (``"auto"``, SGM paper), TI kernel 15 (TI paper), DI p = 0.5 with
 resize rate 1.1 (DI paper / TransferAttack). For HybridIR the paper gives no VR setting; we use
 K = 5 (as VR+IR) with 100 steps.
+
+Units and the L2 radius: ``eps``/``step_size`` are in pixel units (images in [0, 1]); strings such
+as ``"16/255"`` are read as fractions, and ``unit: "1/255"`` gives both in 0–255 intensity levels.
+An L∞ value above 1 (L2: above √n) is an error (see :mod:`.base`). The paper's √n scaling of the L2
+radius belongs to the L2 *default* only: ``norm="l2"`` without ``eps`` attacks with ε = 16/255·√n
+(``eps_scaling="sqrt_dim"``), while a given ``eps`` is the L2 radius as given (``eps_scaling``
+defaults to ``"none"`` then; pass ``eps_scaling="sqrt_dim"`` explicitly to scale it). The resolved
+radius is logged once per distinct configuration and kept as ``attack.resolved_eps``.
+
+Options must have an effect: options of a component that is off (e.g. ``ir_grid`` on ``"pgd"``,
+whose IR is off because ``ir_lambda`` is unset; ``vr_sigma`` without ``vr_copies``; ``di_mode``
+without ``di_prob``; ``ti_nsig`` without ``ti_kernel_size``; ``l2_init`` with the L∞ norm) are
+errors naming the option, the preset and the options the configuration uses.
 """
 from __future__ import annotations
 
 import re
-from fractions import Fraction
 from typing import Any, Sequence
 
+from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
 from lit_advgame.attacks.base import Attack
@@ -34,6 +47,7 @@ from lit_advgame.attacks.transforms import (
     VarianceReduction,
 )
 from lit_advgame.attacks.transforms.skip_gradient import is_skip_block
+from lit_advgame.utils.checks import parse_fraction
 
 #: every configuration key and its base value (``None`` = component off / norm default)
 DEFAULTS: dict[str, Any] = {
@@ -47,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "eps_scaling": None,
     "step_scaling": None,
     "l2_init": "image",
+    "unit": "pixel",
     "seed": None,
     "record_iterates": False,
     "record_format": "delta",
@@ -70,10 +85,19 @@ DEFAULTS: dict[str, Any] = {
     "ir_batch_size": None,
 }
 
-#: defaults that depend on the norm (filled in where the configuration leaves ``None``)
+#: defaults that depend on the norm (filled in where the configuration leaves ``None``); the L2
+#: ``eps_scaling="sqrt_dim"`` goes with the default ε only (a given ``eps`` is used as given)
 NORM_DEFAULTS: dict[str, dict[str, Any]] = {
     "linf": {"eps": 16 / 255, "step_size": 2 / 255, "eps_scaling": "none", "step_scaling": "none"},
     "l2": {"eps": 16 / 255, "step_size": 2.0, "eps_scaling": "sqrt_dim", "step_scaling": "none"},
+}
+
+#: the key that switches a component on (``None`` = off) and the options only that component uses
+COMPONENT_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "IR": ("ir_lambda", ("ir_grid", "ir_form", "ir_samples", "ir_group_size", "ir_value", "ir_scale", "ir_batch_size")),
+    "VR": ("vr_copies", ("vr_sigma", "vr_reduction")),
+    "DI": ("di_prob", ("di_resize_rate", "di_mode")),
+    "TI": ("ti_kernel_size", ("ti_nsig",)),
 }
 
 _MI = {"momentum": 1.0}
@@ -95,6 +119,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "hybridir": {**_MI, "vr_copies": 5, **_SGM, **_IR},
 }
 
+_SCALED = {"eps_scaling": "eps", "step_scaling": "step_size"}
 _ALIASES = {"ir": "pgd+ir", "hybrid": "hybridir", "hybrid+ir": "hybridir"}
 _NUMBER_KEYS = ("eps", "step_size", "vr_sigma", "di_prob", "di_resize_rate", "ti_nsig", "momentum")
 
@@ -117,31 +142,57 @@ def canonical_name(preset: str) -> str:
 
 def _parse_number(value: Any, key: str) -> Any:
     """Accept YAML strings such as ``"16/255"`` for numeric keys."""
-    if isinstance(value, str) and key in _NUMBER_KEYS:
-        try:
-            return float(Fraction(value.replace(" ", "")))
-        except (ValueError, ZeroDivisionError):
-            raise ValueError(f"{key} must be a number or a fraction such as '16/255'; got {value!r}") from None
-    return value
+    return parse_fraction(value, key) if key in _NUMBER_KEYS else value
+
+
+def _ignored_options(config: dict[str, Any], keys: Sequence[str]) -> dict[str, str]:
+    """Of ``keys``, those ``config`` ignores, each with the reason (its component is off)."""
+    ignored = {}
+    for component, (switch, options) in COMPONENT_OPTIONS.items():
+        if config.get(switch) is None:
+            for key in options:
+                if key in keys:
+                    ignored[key] = f"{component} is off ({switch} is not set)"
+    if config.get("norm") == "linf" and "l2_init" in keys:
+        ignored["l2_init"] = "the norm is linf"
+    return ignored
+
+
+def _check_no_ignored_options(config: dict[str, Any], keys: Sequence[str], preset: str) -> None:
+    ignored = _ignored_options(config, keys)
+    if ignored:
+        used = [key for key in DEFAULTS if key not in _ignored_options(config, list(DEFAULTS))]
+        reasons = "; ".join(f"{key}: {why}" for key, why in ignored.items())
+        raise ValueError(
+            f"option(s) {sorted(ignored)} have no effect in attack {preset!r} ({reasons}); switch the component on "
+            f"(e.g. ir_lambda=1 or an IR preset such as 'pgd+ir') or drop them. "
+            f"Options this attack uses: {', '.join(used)}"
+        )
 
 
 def preset_config(preset: str, **overrides: Any) -> dict[str, Any]:
     """The flat configuration of ``preset`` with ``overrides`` applied and norm defaults filled in.
 
     ``"auto"`` values of ``ir_lambda``/``sgm_gamma`` stay unresolved (they depend on the model).
+    Overrides the configuration ignores (options of a component that is off) are errors; a given L2
+    ``eps`` is not scaled by √n unless ``eps_scaling="sqrt_dim"`` is given too.
     """
     unknown = sorted(set(overrides) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"unknown attack option(s) {unknown}; allowed: {', '.join(DEFAULTS)}")
-    config = {**DEFAULTS, **PRESETS[canonical_name(preset)], **overrides}
+    name = canonical_name(preset)
+    config = {**DEFAULTS, **PRESETS[name], **overrides}
     config = {key: _parse_number(value, key) for key, value in config.items()}
     norm = str(config["norm"]).lower()
     if norm not in NORM_DEFAULTS:
         raise ValueError(f"unknown norm {config['norm']!r}; choose one of: {', '.join(NORM_DEFAULTS)}")
     config["norm"] = norm
+    _check_no_ignored_options(config, list(overrides), name)
+    given = {key for key in ("eps", "step_size") if config[key] is not None}
     for key, value in NORM_DEFAULTS[norm].items():
         if config[key] is None:
-            config[key] = value
+            # the paper's √n scaling is part of the default radius, not of a user-given one
+            config[key] = "none" if _SCALED.get(key) in given else value
     return config
 
 
@@ -174,12 +225,19 @@ def resolve_auto(config: dict[str, Any], models: Sequence[nn.Module]) -> dict[st
 
 
 def attack_from_config(config: dict[str, Any], model: nn.Module | Sequence[nn.Module]) -> Attack:
-    """Build an :class:`Attack` from a flat configuration (see :data:`DEFAULTS`)."""
+    """Build an :class:`Attack` from a flat configuration (see :data:`DEFAULTS`).
+
+    Options of a component that is off must keep their default values (else ``ValueError``).
+    The resolved radius is logged (``rank_zero_info``) once per distinct description.
+    """
     unknown = sorted(set(config) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"unknown attack option(s) {unknown}; allowed: {', '.join(DEFAULTS)}")
     models = as_model_list(model)
-    c = resolve_auto({**DEFAULTS, **config}, models)
+    c = {**DEFAULTS, **config}
+    changed = [key for key in DEFAULTS if key in config and key != "norm" and config[key] != DEFAULTS[key]]
+    _check_no_ignored_options({**c, "norm": str(c["norm"]).lower()}, changed, "configuration")
+    c = resolve_auto(c, models)
     transforms = []
     if c["sgm_gamma"] is not None:
         transforms.append(SkipGradient(c["sgm_gamma"]))
@@ -205,7 +263,7 @@ def attack_from_config(config: dict[str, Any], model: nn.Module | Sequence[nn.Mo
                 batch_size=c["ir_batch_size"],
             )
         )
-    return Attack(
+    attack = Attack(
         models,
         norm=c["norm"],
         eps=c["eps"],
@@ -219,9 +277,32 @@ def attack_from_config(config: dict[str, Any], model: nn.Module | Sequence[nn.Mo
         eps_scaling=c["eps_scaling"],
         step_scaling=c["step_scaling"],
         l2_init=c["l2_init"],
+        unit=c["unit"],
         seed=c["seed"],
         record_iterates=c["record_iterates"],
         record_format=c["record_format"],
+    )
+    _log_once(describe_radius(attack))
+    return attack
+
+
+_LOGGED: set[str] = set()
+
+
+def _log_once(message: str) -> None:
+    if message not in _LOGGED:
+        _LOGGED.add(message)
+        rank_zero_info(message)
+
+
+def describe_radius(attack: Attack) -> str:
+    """One line with the attack's pixel-space radius and step (√n factors written out when unresolved)."""
+    def fmt(value: float, scaling: str) -> str:
+        return f"{value:.6g}·√n (n = C·H·W of one image)" if scaling == "sqrt_dim" else f"{value:.6g}"
+
+    return (
+        f"attack: {attack.norm.name} ε = {fmt(attack.eps, attack.eps_scaling)}, "
+        f"step α = {fmt(attack.step_size, attack.step_scaling)}, {attack.steps} steps (pixel units, images in [0, 1])"
     )
 
 

@@ -13,6 +13,12 @@ by all images) and returns the values ``(B, K)``. Masked inputs are built with t
 (a gather of the coalition rows through the per-pixel player index, then an exact ``torch.lerp``), one
 chunk of ``batch_size`` inputs at a time, so at most one chunk of masked images exists at once.
 Identical coalitions of the same image can be evaluated once (``dedupe=True``).
+
+Inputs are checked: the model must be an ``nn.Module`` (a plain function gets a ``TypeError``),
+images a non-empty (B >= 1) batch in [0, 1], and for the perturbation game ``x + delta`` must
+lie in [0, 1] too (an attack's perturbation is clipped to the image box). Images (and ``delta``)
+of another floating dtype than the model, e.g. float64 for a float32 model, are cast to the
+model's dtype (differentiably), so the game and its values run in the model's dtype.
 """
 from __future__ import annotations
 
@@ -34,7 +40,7 @@ from lit_advgame.interactions.values import (
     resolve_value,
     runner_up_class,
 )
-from lit_advgame.utils.checks import check_images, check_int, check_labels
+from lit_advgame.utils.checks import as_model_dtype, check_images, check_int, check_labels, check_module
 
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_GRID = 16
@@ -126,8 +132,8 @@ class MaskedGame:
         target: torch.Tensor | None = None,
         batch_size: int | None = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+        check_module(model, "model")
+        present, absent = as_model_dtype(present, model, "present"), as_model_dtype(absent, model, "absent")
         self.model = model
         self.present = present
         self.absent = absent
@@ -326,6 +332,8 @@ class InputGame(MaskedGame):
         target: target class per image for ``value="target_minus_true"``.
         blur_sigma: Gaussian sigma in pixels for ``baseline="blur"``.
         batch_size: masked inputs per forward pass (default 256).
+
+    ``x`` must hold at least one image; it is cast to the model's dtype (see the module docstring).
     """
 
     def __init__(
@@ -342,10 +350,11 @@ class InputGame(MaskedGame):
         blur_sigma: float = DEFAULT_BLUR_SIGMA,
         batch_size: int | None = None,
     ) -> None:
-        check_images(x, "x")
+        check_module(model, "model")
+        check_images(x, "x", allow_empty=False)
         _, _, height, width = x.shape
         pmap, n = resolve_player_map(height, width, grid=grid, player_map=player_map, device=x.device)
-        x = x.detach()
+        x = as_model_dtype(x.detach(), model)
         absent = make_baseline(baseline, x, model, blur_sigma=blur_sigma)
         super().__init__(model, x, absent, y, pmap, n, value, target=target, batch_size=batch_size)
 
@@ -357,8 +366,10 @@ class PerturbationGame(MaskedGame):
     ``v(N)`` is the value at ``x + delta``, ``v(∅)`` at ``x``. Gradients w.r.t. ``delta`` flow
     through :meth:`evaluate` with ``grad=True`` when ``delta`` requires grad.
 
-    Args are as for :class:`InputGame`, plus ``delta`` ``(B, C, H, W)`` (finite; ``x + delta``
-    is not clipped here), and the default value is ``"margin_fixed"`` (the IR reference code).
+    Args are as for :class:`InputGame`, plus ``delta`` ``(B, C, H, W)`` (finite, with ``x + delta``
+    in [0, 1] up to 1e-6: it is not clipped here, an out-of-box ``x + delta`` is a ``ValueError``),
+    and the default value is ``"margin_fixed"`` (the IR reference code). ``x`` and ``delta`` are
+    cast to the model's dtype (gradients still flow to ``delta``).
     """
 
     def __init__(
@@ -374,17 +385,18 @@ class PerturbationGame(MaskedGame):
         target: torch.Tensor | None = None,
         batch_size: int | None = None,
     ) -> None:
-        check_images(x, "x")
+        check_module(model, "model")
+        check_images(x, "x", allow_empty=False)
         check_perturbation(delta, x)
         _, _, height, width = x.shape
         pmap, n = resolve_player_map(height, width, grid=grid, player_map=player_map, device=x.device)
-        x = x.detach()
+        x, delta = as_model_dtype(x.detach(), model), as_model_dtype(delta, model, "delta")
         super().__init__(model, x + delta, x, y, pmap, n, value, target=target, batch_size=batch_size)
         self.delta = delta
 
 
-def check_perturbation(delta: torch.Tensor, x: torch.Tensor, name: str = "delta") -> None:
-    """Check ``delta`` is a finite floating tensor with the shape of ``x``."""
+def check_perturbation(delta: torch.Tensor, x: torch.Tensor, name: str = "delta", *, tol: float = 1e-6) -> None:
+    """Check ``delta`` is a finite floating tensor with the shape of ``x`` and ``x + delta`` in [0, 1] (± ``tol``)."""
     if not isinstance(delta, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor shaped like x {tuple(x.shape)}; got {type(delta).__name__}")
     if delta.shape != x.shape:
@@ -395,3 +407,11 @@ def check_perturbation(delta: torch.Tensor, x: torch.Tensor, name: str = "delta"
         raise ValueError(f"{name} contains NaN or infinite values")
     if delta.device != x.device:
         raise ValueError(f"{name} is on {delta.device} but x is on {x.device}")
+    with torch.no_grad():
+        perturbed = x.detach() + delta.detach()
+        if perturbed.numel() and (perturbed.min() < -tol or perturbed.max() > 1 + tol):
+            raise ValueError(
+                f"x + {name} must lie in pixel space [0, 1]; got values in [{perturbed.min().item():.4g}, "
+                f"{perturbed.max().item():.4g}] (clip the perturbation to the image box: "
+                f"{name} = (x + {name}).clamp(0, 1) - x)"
+            )

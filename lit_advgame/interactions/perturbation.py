@@ -125,8 +125,10 @@ def perturbation_interaction(
     ``torch.enable_grad()``). The model runs in eval mode; its previous modes are restored.
 
     Args:
-        model: classifier on pixel-space input.
-        x: clean images ``(B, C, H, W)`` in [0, 1]; delta: perturbation of the same shape.
+        model: classifier on pixel-space input (an ``nn.Module``).
+        x: clean images ``(B, C, H, W)`` in [0, 1], B >= 1; delta: perturbation of the same shape
+            with ``x + delta`` in [0, 1] (else ``ValueError``). Both are cast to the model's dtype
+            (e.g. float64 images for a float32 model; gradients still reach ``delta``).
         y: true classes ``(B,)``.
         grid: ``L`` for an ``L x L`` grid of perturbation cells (ignored with ``player_map``).
         player_map: explicit ``(H, W)`` player ids.

@@ -4,13 +4,10 @@
 ``SKIP_BLOCK_TYPES`` lists this package's residual/dense blocks (each has the class attribute
 ``is_skip_block = True`` and ``branch_relus``, the names of its ``nn.ReLU`` modules on the
 residual / new-feature branch); ``TORCHVISION_SKIP_BLOCK_TYPES`` lists torchvision's
-(whose blocks reuse one ``relu`` module for the branch and the output).
+(whose blocks reuse one ``relu`` module for the branch and the output). :func:`is_skip_block`
+(:mod:`.skip_blocks`) is the one rule SGM uses too.
 """
 from __future__ import annotations
-
-from torchvision.models.densenet import _DenseLayer
-from torchvision.models.resnet import BasicBlock as _TVBasicBlock
-from torchvision.models.resnet import Bottleneck as _TVBottleneck
 
 from lit_advgame.models.normalize import Normalize, NormalizedModel, find_normalizer
 from lit_advgame.models.registry import (
@@ -29,6 +26,7 @@ from lit_advgame.models.robustness_cifar import RobustnessBasicBlock, Robustness
 from lit_advgame.models.torchvision_models import torchvision_architectures, wide_resnet50
 from lit_advgame.models.weights import UnsafeCheckpointError, load_weights_into_net, read_checkpoint
 from lit_advgame.models.robustness_loader import extract_robustness_state, load_robustness_checkpoint
+from lit_advgame.models.skip_blocks import TORCHVISION_SKIP_BLOCK_TYPES, is_skip_block
 
 SKIP_BLOCK_TYPES: tuple[type, ...] = (
     CifarBasicBlock,
@@ -37,12 +35,6 @@ SKIP_BLOCK_TYPES: tuple[type, ...] = (
     RobustnessBasicBlock,
     RobustnessBottleneck,
 )
-TORCHVISION_SKIP_BLOCK_TYPES: tuple[type, ...] = (_TVBasicBlock, _TVBottleneck, _DenseLayer)
-
-
-def is_skip_block(module: object) -> bool:
-    """True for residual/dense blocks of this package or of torchvision."""
-    return bool(getattr(type(module), "is_skip_block", False)) or isinstance(module, TORCHVISION_SKIP_BLOCK_TYPES)
 
 
 __all__ = [

@@ -2,17 +2,23 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from fractions import Fraction
+from typing import Any, Sequence
 
 import torch
+from torch import nn
 
 
-def check_images(x: torch.Tensor, name: str = "x", *, channels: int | None = None, tol: float = 1e-6) -> None:
-    """Check ``x`` is a finite (B, C, H, W) float batch in pixel space [0, 1]."""
+def check_images(
+    x: torch.Tensor, name: str = "x", *, channels: int | None = None, tol: float = 1e-6, allow_empty: bool = True
+) -> None:
+    """Check ``x`` is a finite (B, C, H, W) float batch in pixel space [0, 1] (B >= 1 unless ``allow_empty``)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (B, C, H, W); got {type(x).__name__}")
     if x.dim() != 4:
         raise ValueError(f"{name} must have shape (B, C, H, W); got shape {tuple(x.shape)}")
+    if not allow_empty and x.shape[0] == 0:
+        raise ValueError(f"{name} must contain at least one image; got an empty batch (B = 0, shape {tuple(x.shape)})")
     if channels is not None and x.shape[1] != channels:
         raise ValueError(f"{name} must have {channels} channel(s); got shape {tuple(x.shape)}")
     if not x.is_floating_point():
@@ -64,3 +70,51 @@ def check_choice(value: str, name: str, choices: Sequence[str]) -> None:
     """Check ``value`` is one of ``choices``."""
     if value not in choices:
         raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(map(str, choices))}")
+
+
+def check_module(model: Any, name: str = "model") -> None:
+    """Check ``model`` is a ``torch.nn.Module`` (a classifier on pixel-space images), not e.g. a plain function."""
+    if not isinstance(model, nn.Module):
+        hint = (
+            " (a plain function or lambda cannot be put in eval mode or hooked: wrap it in an nn.Module whose "
+            "forward calls it)"
+            if callable(model)
+            else ""
+        )
+        raise TypeError(
+            f"{name} must be a torch.nn.Module mapping (B, C, H, W) images in [0, 1] to logits; "
+            f"got {type(model).__name__}{hint}"
+        )
+
+
+def module_dtype(model: nn.Module) -> torch.dtype | None:
+    """The floating dtype of ``model``'s first floating parameter or buffer (``None`` if it has none)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None
+
+
+def as_model_dtype(x: torch.Tensor, models: nn.Module | Sequence[nn.Module], name: str = "x") -> torch.Tensor:
+    """``x`` cast to the floating dtype of the model(s) (e.g. float64 images for a float32 model).
+
+    Unchanged when the dtypes agree or the model has no floating parameters or buffers; a
+    ``ValueError`` when several models disagree on their dtype. Casting keeps autograd.
+    """
+    models = [models] if isinstance(models, nn.Module) else list(models)
+    dtypes = {d for d in (module_dtype(m) for m in models) if d is not None}
+    if len(dtypes) > 1:
+        raise ValueError(f"the models have different dtypes {sorted(map(str, dtypes))}; convert them to one dtype")
+    if not dtypes or x.dtype in dtypes:
+        return x
+    return x.to(dtypes.pop())
+
+
+def parse_fraction(value: Any, name: str) -> Any:
+    """A YAML-friendly number: strings such as ``"16/255"`` or ``"0.5"`` become floats; others pass through."""
+    if isinstance(value, str):
+        try:
+            return float(Fraction(value.replace(" ", "")))
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"{name} must be a number or a fraction such as '16/255'; got {value!r}") from None
+    return value

@@ -108,7 +108,8 @@ def test_overrides_apply(skip_resnet):
     attack = build_attack("mi+ir", skip_resnet, steps=7, eps="8/255", momentum=0.5, ir_lambda="inf", ir_grid=4,
                           seed=3, norm="l2", step_size=0.5, random_start=True)
     assert attack.steps == 7 and attack.eps == pytest.approx(8 / 255) and attack.seed == 3
-    assert attack.norm.name == "l2" and attack.step_size == 0.5 and attack.eps_scaling == "sqrt_dim"
+    # a given L2 eps is the radius as given: the √n scaling belongs to the L2 default only
+    assert attack.norm.name == "l2" and attack.step_size == 0.5 and attack.eps_scaling == "none"
     assert attack.uses_random_start
     momentum = next(t for t in attack.transforms if isinstance(t, Momentum))
     term = attack.loss_terms[0]

@@ -133,6 +133,7 @@ def test_identities_on_a_perturbation_game():
     model = make_tiny_cnn()
     x = make_images()
     delta = 0.2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=x.dtype)
+    delta = (x + delta).clamp(0, 1) - x  # x + delta must stay in [0, 1]
     exact = exact_interactions(PerturbationGame(model, x, delta, torch.tensor([1, 3]), grid=3, value="margin_max"))
     _check_identities(exact)
 

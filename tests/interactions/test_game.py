@@ -52,6 +52,7 @@ def test_perturbation_game_masks_the_perturbation():
     model = make_tiny_cnn()
     x = make_images()
     delta = 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
+    delta = (x + delta).clamp(0, 1) - x  # x + delta must stay in [0, 1]
     game = PerturbationGame(model, x, delta, torch.tensor([0, 1]), grid=3)
     coalitions = _random_coalitions(2, 5, 9)
     _, inputs = _recorded_inputs(game, coalitions)

@@ -18,7 +18,9 @@ Y = torch.tensor([1, 3])
 
 
 def _delta(x, seed=0, scale=0.2):
-    return scale * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
+    """A random perturbation clipped to the image box (x + delta in [0, 1], as the games require)."""
+    delta = scale * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
+    return (x + delta).clamp(0, 1) - x
 
 
 @pytest.mark.parametrize("value", ["margin_fixed", "margin_max"])
@@ -110,7 +112,7 @@ def test_coalition_form_converges_to_its_expectation():
     full, empty = torch.ones(1, 9, dtype=torch.bool), torch.zeros(1, 9, dtype=torch.bool)
     values = game.evaluate(torch.cat([full, empty, ~groups, groups]))
     expected = (values[:, :1] + values[:, 1:2] - values[:, 2:83] - values[:, 83:]).mean(1)
-    estimate = perturbation_interaction_estimate(model, x, delta, Y, grid=3, num_samples=300, group_size=2,
+    estimate = perturbation_interaction_estimate(model, x, delta, Y, grid=3, num_samples=1200, group_size=2,
                                                  generator=torch.Generator().manual_seed(3))
     assert bool(((estimate.per_image - expected).abs() <= 4 * estimate.per_image_stderr).all())
     assert bool((estimate.per_image_stderr < 0.1 * expected.abs().max()).all())

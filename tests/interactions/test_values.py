@@ -24,6 +24,7 @@ def test_margin_fixed_uses_runner_up_of_full_perturbation():
     model = make_tiny_cnn()
     x = make_images()
     delta = (0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=x.dtype))
+    delta = (x + delta).clamp(0, 1) - x  # x + delta must stay in [0, 1]
     y = torch.tensor([1, 3])
     game = PerturbationGame(model, x, delta, y, grid=3)
     game.resolve_classes()
