@@ -291,3 +291,17 @@ def test_records_written_before_batch_records_existed_still_merge(tmp_path):
                 | {"batch_first": torch.full((4,), 4), "batch_len": torch.full((4,), 4)})
     merged = load_adversarial(tmp_path)
     assert merged.index.tolist() == list(range(8)) and "batch_len" not in merged.records
+
+
+@needs_checkpoints
+def test_meta_records_the_resolved_pixel_space_radius():
+    """An L2 preset's default radius is 16/255·√n: meta.json stores the resolved value for the data's shape,
+    and a given L2 eps is stored as given."""
+    data = DigitsDataModule(predict_limit=8, batch_size=8)
+    common = dict(input_shape=(1, 16, 16), num_classes=10, mean=data.mean, std=data.std)
+    default = AttackModule(str(SOURCE), "pgd", overrides={"norm": "l2", "steps": 1}, **common).run_metadata()
+    assert default["resolved_eps"] == pytest.approx(16 / 255 * 16.0)
+    given = AttackModule(str(SOURCE), "pgd", overrides={"norm": "l2", "eps": 2.0, "steps": 1}, **common).run_metadata()
+    assert given["resolved_eps"] == pytest.approx(2.0)
+    linf = AttackModule(str(SOURCE), "pgd", overrides={"steps": 1}, **common).run_metadata()
+    assert linf["resolved_eps"] == pytest.approx(16 / 255) and linf["resolved_step_size"] == pytest.approx(2 / 255)

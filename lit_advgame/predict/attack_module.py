@@ -83,6 +83,14 @@ def quantize(images: torch.Tensor) -> torch.Tensor:
     return torch.round(images.clamp(0.0, 1.0) * 255.0).to(torch.uint8)
 
 
+def _resolved_radius(attack: Any, input_shape: tuple[int, ...] | None) -> dict[str, float | None]:
+    """ε and α in pixel units for images of ``input_shape`` (``None`` where a √n factor stays unknown)."""
+    if input_shape is None:
+        return {"eps": attack.resolved_eps, "step_size": attack.resolved_step_size}
+    probe = torch.zeros(1, *input_shape)
+    return {"eps": float(attack.effective_eps(probe)), "step_size": float(attack.effective_step_size(probe))}
+
+
 def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
@@ -185,7 +193,9 @@ class AttackModule(pl.LightningModule):
         self.score_info = describe(scorers)
         self.score_names = [m.name for m in scorers]
         self.attack_config = resolve_auto(config, list(self.source_models))
-        attack_from_config(self.attack_config, list(self.source_models))  # fail now on bad option values
+        probe_attack = attack_from_config(self.attack_config, list(self.source_models))  # fail now on bad values
+        #: the pixel-space radius and step the attack uses (√n factors resolved when the input shape is known)
+        self.resolved_radius = _resolved_radius(probe_attack, shape)
         self.seed = seed
         self.record = record
         self.quantize = quantize
@@ -208,6 +218,8 @@ class AttackModule(pl.LightningModule):
                 "overrides": dict(self.hparams.get("overrides") or {}),
                 "config": self.attack_config,
                 "steps": int(self.attack_config["steps"]),
+                "resolved_eps": self.resolved_radius["eps"],
+                "resolved_step_size": self.resolved_radius["step_size"],
                 "seed": self.seed,
                 "seeding": "per batch: derive_seed(seed, 'batch:<first dataset index>')",
                 "record": self.record,
