@@ -300,7 +300,7 @@ def test_fit_with_ddp_on_two_cpu_processes(tmp_path):
            "--trainer.strategy", "ddp", "--trainer.deterministic", "false"]
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
-    ckpt = torch.load(tmp_path / "runs/adversarial_digits/checkpoints/last.ckpt", map_location="cpu",
+    ckpt = torch.load(tmp_path / "runs/adversarial_digits/version_0/checkpoints/last.ckpt", map_location="cpu",
                       weights_only=False)
     assert ckpt["epoch"] == 0 and ckpt["global_step"] == 2
     scalars = read_scalars(tmp_path / "runs/adversarial_digits/version_0")

@@ -297,3 +297,96 @@ def test_predict_runs_into_other_folders_keep_their_own_config(tmp_path, monkeyp
     for name, limit in (("a", 4), ("b", 8)):
         saved = yaml.safe_load((tmp_path / name / "config.yaml").read_text())
         assert saved["data"]["init_args"]["predict_limit"] == limit
+
+
+# --------------------------------------------------------------------------- randomized smoothing's certify_sigma
+CERTIFY_TINY = ["--model.init_args.n0", "4", "--model.init_args.n", "16", "--model.init_args.certify_limit", "2",
+                "--model.init_args.certify_batch_size", "64", "--trainer.limit_test_batches", "1"]
+
+
+def test_smoothing_certifies_at_certify_sigma_and_refuses_a_silent_sigma_swap(tmp_path, monkeypatch, capsys):
+    """`--model.init_args.sigma 0.5` on a σ=0.25 checkpoint is an error pointing to certify_sigma (it used to
+    certify at 0.25 silently); `--model.init_args.certify_sigma 0.5` certifies at 0.5."""
+    from lit_advgame.training import RandomizedSmoothing
+
+    model = RandomizedSmoothing(arch="mlp", sigma=0.25, certify_sigma=0.5)
+    assert model.sigma == 0.25 and model.smoothed_classifier().sigma == 0.5
+    assert "certify_sigma" not in model.hparams and RandomizedSmoothing(sigma=0.25).smoothed_classifier().sigma == 0.25
+    with pytest.raises(ValueError, match="sigma"):
+        RandomizedSmoothing(certify_sigma=-1.0)
+
+    monkeypatch.chdir(tmp_path)
+    config = ["--config", str(CONFIGS / "smoothing_digits.yaml")]
+    build_cli(["fit", *config, *RUN, "--trainer.max_epochs", "1"])
+    test = ["test", *config, "--ckpt_path", "last", "--model.init_args.arch_kwargs", "{width: 4}",
+            "--trainer.enable_progress_bar", "false", *CERTIFY_TINY]
+    with pytest.raises(SystemExit) as exc:
+        main([*test, "--model.init_args.sigma", "0.5"])
+    assert exc.value.code == 2
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert "sigma: checkpoint 0.25, this run 0.5" in line and "certify_sigma" in line
+    main([*test, "--model.init_args.certify_sigma", "0.5"])
+    scalars = read_scalars(tmp_path / "runs/smoothing_digits/version_1")
+    assert scalars["test/certify_sigma"][0][1] == pytest.approx(0.5)
+
+
+# --------------------------------------------------------------------------- state of callbacks and data
+def test_probe_callback_state_round_trips():
+    probe = MeanLogitProbe(probe_size=4)
+    probe.history = [(0, {"probe/true_logit": 1.0}), (1, {"probe/true_logit": 2.0})]
+    probe.last_metrics = {"probe/true_logit": 2.0}
+    probe._last_fit_epoch = 1
+    restored = MeanLogitProbe(probe_size=4)
+    restored.load_state_dict(probe.state_dict())
+    assert restored.history == probe.history and restored.last_metrics == probe.last_metrics
+    assert restored._last_fit_epoch == 1
+    assert MeanLogitProbe(probe_size=4).state_key != MeanLogitProbe(probe_size=8).state_key
+
+
+def test_data_module_shuffle_continues_from_its_state():
+    from lit_advgame.data import DigitsDataModule
+
+    def batches(dm, epochs):
+        loader = dm.train_dataloader()
+        return [next(iter(loader))[1].tolist() for _ in range(epochs)]
+
+    full = DigitsDataModule(batch_size=8)
+    full.setup("fit")
+    uninterrupted = batches(full, 3)
+    first = DigitsDataModule(batch_size=8)
+    first.setup("fit")
+    assert batches(first, 1) == uninterrupted[:1]
+    state = first.state_dict()
+    resumed = DigitsDataModule(batch_size=8)
+    resumed.setup("fit")
+    resumed.load_state_dict(state)
+    assert batches(resumed, 2) == uninterrupted[1:]
+
+
+# --------------------------------------------------------------------------- help
+def test_help_describes_run_folders_resume_and_errors():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "lit_advgame", "fit", "--help"], capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    for phrase in ("--ckpt_path last", "version_<N>", "never a silent swap", "LIT_ADVGAME_DEBUG=1", "status 2"):
+        assert phrase in text, phrase
+
+
+def test_transfer_evaluation_entry_point_reports_user_errors_in_one_line(monkeypatch, capsys):
+    import lit_advgame.evaluation.cli as evaluation_cli
+
+    def missing_key(*args, **kwargs):
+        raise KeyError("target 't1' has no 'state_dict' entry")
+
+    monkeypatch.setattr(evaluation_cli, "evaluate_transfer", missing_key)
+    argv = ["run", "--targets", "t1.pt", "--output", "out"]
+    assert evaluation_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == "error: target 't1' has no 'state_dict' entry\n"
+    monkeypatch.setenv("LIT_ADVGAME_DEBUG", "1")
+    with pytest.raises(KeyError, match="state_dict"):
+        evaluation_cli.main(argv)
