@@ -20,10 +20,14 @@ or, with ``--trainer.logger false``, ``<default_root_dir>/version_<N>`` (the CLI
 overwrites another run's files, nor a ``config.yaml`` of the current directory.
 
 ``--ckpt_path last`` resolves to ``checkpoints/last.ckpt`` of the newest (highest-numbered) version
-folder of the config's logger (or of ``default_root_dir`` without a logger) that has one. ``fit``
-resumes that run in place: it logs into the same version folder (TensorBoard run) and writes its
-checkpoints there; with no such checkpoint, ``fit`` warns and starts a new run, the other subcommands stop
-with an error.
+folder of the config's logger (or of ``default_root_dir`` without a logger) that has one; ``last.ckpt``
+is written after every epoch (the configs' second ``ModelCheckpoint``), so this is the last finished
+epoch, not the last best one. ``fit`` resumes that run in place: it logs into the same version folder
+(TensorBoard run, with ``purge_step`` set to the checkpoint's global step so steps that the interrupted run
+logged after its checkpoint are not shown twice) and writes its checkpoints there. The model, optimizer, LR
+schedule, callbacks (e.g. the validation callbacks' history) and the data module's training shuffle are
+restored, so an interrupted and resumed run ends like an uninterrupted one. With no such checkpoint, ``fit``
+warns and starts a new run; the other subcommands stop with an error.
 
 ``--ckpt_path`` with model arguments that differ from the checkpoint's hyper-parameters stops with an
 error listing each conflicting argument (checkpoint value and this run's value; ``num_classes`` and the
@@ -273,11 +277,42 @@ class AdvGameCLI(LightningCLI):
             else:
                 number, path = found
                 config.ckpt_path = str(path)
+                if subcommand == "fit":
+                    self._continue_tensorboard_run(logger, path)
                 if subcommand == "fit" and set_version is not None:
                     set_version(number)  # resume in place: same version folder, same TensorBoard run
                     return
         if logger is False:
             set_version(next_version(runs_root))
+
+    def _continue_tensorboard_run(self, logger: Any, ckpt_path: Path) -> None:
+        """A resumed fit writes into the TensorBoard run of its checkpoint: ``purge_step`` (the checkpoint's
+        global step) hides what the interrupted run logged after the checkpoint, so no step appears twice."""
+        if not (isinstance(logger, Namespace) and str(logger.get("class_path", "")).endswith("TensorBoardLogger")):
+            return
+        global_step = self._read_checkpoint(str(ckpt_path)).get("global_step")
+        if isinstance(global_step, int) and global_step > 0:
+            logger["dict_kwargs"] = {**(logger.get("dict_kwargs") or {}), "purge_step": global_step}
+
+    def _read_checkpoint(self, ckpt_path: str) -> dict[str, Any]:
+        """The checkpoint at ``ckpt_path`` (read once), with one clear error for a missing or corrupt file."""
+        cached = getattr(self, "_checkpoint_cache", None)
+        if cached is not None and cached[0] == ckpt_path:
+            return cached[1]
+        if not Path(ckpt_path).is_file():
+            raise FileNotFoundError(f"--ckpt_path: checkpoint file not found: {ckpt_path}")
+        try:
+            ckpt = read_checkpoint(ckpt_path, what="checkpoint")
+        except ValueError as err:
+            cause = err.__cause__ or err
+            detail = (str(cause).strip().splitlines() or [""])[0].split(". ")[0]
+            raise ValueError(
+                f"--ckpt_path {ckpt_path}: truncated or corrupt checkpoint file ({type(cause).__name__}: {detail})"
+            ) from err
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+            raise ValueError(f"--ckpt_path {ckpt_path}: not a Lightning checkpoint (no 'state_dict' entry)")
+        self._checkpoint_cache = (ckpt_path, ckpt)
+        return ckpt
 
     @staticmethod
     def _version_setter_without_logger(config: Namespace, root_dir: Path) -> Any:
@@ -296,18 +331,8 @@ class AdvGameCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path")
         if not ckpt_path or ckpt_path in SPECIAL_CKPT_PATHS or "://" in str(ckpt_path):
             return
-        if not Path(ckpt_path).is_file():
-            raise FileNotFoundError(f"--ckpt_path: checkpoint file not found: {ckpt_path}")
-        try:
-            ckpt = read_checkpoint(ckpt_path, what="checkpoint")
-        except ValueError as err:
-            cause = err.__cause__ or err
-            detail = (str(cause).strip().splitlines() or [""])[0].split(". ")[0]
-            raise ValueError(
-                f"--ckpt_path {ckpt_path}: truncated or corrupt checkpoint file ({type(cause).__name__}: {detail})"
-            ) from err
-        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-            raise ValueError(f"--ckpt_path {ckpt_path}: not a Lightning checkpoint (no 'state_dict' entry)")
+        ckpt = self._read_checkpoint(str(ckpt_path))
+        self._checkpoint_cache = None  # only the hyper-parameters are kept; Lightning loads the file itself
         self.ckpt_file = str(ckpt_path)
         self.ckpt_hparams = dict(ckpt.get("hyper_parameters") or {})
 

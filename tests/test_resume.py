@@ -61,6 +61,15 @@ def _error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("error:")]
 
 
+def _tensorboard_run(log_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """``tag``'s points as TensorBoard shows the run folder (all event files read in order, purges applied)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
 def _epoch_values(scalars: dict, tag: str) -> list[float]:
     return [value for _, value in sorted(scalars[tag])]
 
@@ -96,6 +105,10 @@ def test_interrupted_and_resumed_fit_equals_an_uninterrupted_one(tmp_path, monke
         steps = [step for step, _ in scalars[tag]]
         assert len(steps) == len(set(steps)) == 4, f"{tag}: {sorted(scalars[tag])}"  # every epoch once
         assert _epoch_values(scalars, tag) == pytest.approx(_epoch_values(full_scalars, tag), abs=1e-6), tag
+    # step-level points of the crashed epoch are hidden (purge_step): TensorBoard shows each step once
+    shown, expected = _tensorboard_run(run, "train/loss_step"), _tensorboard_run(full, "train/loss_step")
+    assert [step for step, _ in shown] == [step for step, _ in expected] == list(range(8))
+    assert [value for _, value in shown] == pytest.approx([value for _, value in expected], abs=1e-6)
     probe = next(cb for cb in cli.trainer.callbacks if isinstance(cb, MeanLogitProbe))
     assert [epoch for epoch, _ in probe.history] == [0, 1, 2, 3]  # the first part's epochs came from the checkpoint
 

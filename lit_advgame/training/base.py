@@ -145,10 +145,10 @@ class ClassifierModule(pl.LightningModule):
                                  "set trainer.max_epochs or trainer.max_steps")
             return int(steps)
         max_epochs = self.trainer.max_epochs
-        if max_epochs is None or max_epochs < 1:
-            raise ValueError("lr_scheduler with T_max: null follows trainer.max_epochs, which is not set "
+        if max_epochs is None or max_epochs < 0:
+            raise ValueError("lr_scheduler with T_max: null follows trainer.max_epochs, which is unbounded "
                              f"(got {max_epochs}); set trainer.max_epochs or give the schedule's T_max")
-        return int(max_epochs)
+        return max(1, int(max_epochs))
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())
