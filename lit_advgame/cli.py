@@ -30,9 +30,10 @@ restored, so an interrupted and resumed run ends like an uninterrupted one. With
 warns and starts a new run; the other subcommands stop with an error.
 
 ``--ckpt_path`` with model arguments that differ from the checkpoint's hyper-parameters stops with an
-error listing each conflicting argument (checkpoint value and this run's value; ``num_classes`` and the
-other values linked from the data included); the checkpoint's hyper-parameters are never swapped in
-silently. Evaluation options kept out of the hyper-parameters (e.g. RandomizedSmoothing's ``certify_sigma``,
+error listing each conflicting argument (checkpoint value and this run's value; ``num_classes`` and
+``input_shape`` linked from the data included); the checkpoint's hyper-parameters are never swapped in
+silently. The normalization ``mean``/``std`` and ``weights`` are not compared: the checkpoint's state
+restores them. Evaluation options kept out of the hyper-parameters (e.g. RandomizedSmoothing's ``certify_sigma``,
 ``n``, ``alpha``) are taken from the config and command line.
 
 Errors: a bad config, argument, file or checkpoint prints one ``error: <message>`` line and exits with
@@ -65,9 +66,11 @@ DATA_TO_MODEL_LINKS = ("num_classes", "input_shape", "mean", "std")
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 """``--ckpt_path`` keywords of Lightning; ``last`` is resolved by this CLI (see the module docstring)."""
 
-IGNORED_CKPT_HPARAMS = ("_instantiator", "_class_path", "weights")
-"""Checkpoint hyper-parameters not compared with the run's: ``weights`` only initialises a network that the
-checkpoint's state then replaces."""
+IGNORED_CKPT_HPARAMS = ("_instantiator", "_class_path", "weights", "mean", "std")
+"""Checkpoint hyper-parameters not compared with the run's, because the checkpoint's own values win: ``weights``
+only initialises a network that the checkpoint's state then replaces, and the normalization ``mean``/``std``
+(linked from the data, which may be split differently at test time) are buffers of the model's first layer,
+restored from the checkpoint's state."""
 
 VERSION_PATTERN = re.compile(r"^version_(\d+)$")
 
@@ -217,6 +220,7 @@ class AdvGameCLI(LightningCLI):
         self.ckpt_file: str | None = None
         super().__init__(*args, **kwargs)
 
+    @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
             "--test_after_fit",
@@ -249,27 +253,30 @@ class AdvGameCLI(LightningCLI):
         trainer = config.get("trainer") or Namespace()
         logger = trainer.get("logger")
         root_dir = Path(trainer.get("default_root_dir") or os.getcwd())
+        fixed_run = False  # the logger's version is given: `last` is that run's
         if logger is False:
             runs_root, set_version = root_dir, self._version_setter_without_logger(config, root_dir)
         elif isinstance(logger, Namespace) and isinstance(logger.get("init_args"), Namespace) and "save_dir" in logger.init_args:
             init_args = logger.init_args
             runs_root = Path(init_args.save_dir or root_dir) / str(init_args.get("name") or "")
             explicit = init_args.get("version")
-            if explicit is not None:  # the user chose the version: `last` is that run's
-                folder = explicit if isinstance(explicit, str) else f"version_{explicit}"
-                runs_root = runs_root / folder
-            set_version = None if explicit is not None else (lambda n: setattr(init_args, "version", n))
+            fixed_run = explicit is not None
+            if fixed_run:
+                runs_root = runs_root / (explicit if isinstance(explicit, str) else f"version_{explicit}")
+            set_version = None if fixed_run else (lambda n: setattr(init_args, "version", n))
         else:  # Lightning's default logger (or several): version folders under default_root_dir/lightning_logs
             runs_root, set_version = root_dir / "lightning_logs", None
 
         ckpt_path = config.get("ckpt_path")
         if ckpt_path == "last":
-            if set_version is None and (runs_root / "checkpoints" / "last.ckpt").is_file():
-                found: tuple[int, Path] | None = (-1, runs_root / "checkpoints" / "last.ckpt")
+            if fixed_run:
+                last = runs_root / "checkpoints" / "last.ckpt"
+                found: tuple[int, Path] | None = (-1, last) if last.is_file() else None
+                where = str(last)
             else:
                 found = newest_last_checkpoint(runs_root)
-            if found is None:
                 where = f"{runs_root}/version_<N>/checkpoints/last.ckpt"
+            if found is None:
                 if subcommand != "fit":
                     raise FileNotFoundError(f"--ckpt_path last: no checkpoint found ({where})")
                 rank_zero_warn(f"--ckpt_path last: no checkpoint found ({where}); starting a new run")
@@ -337,6 +344,7 @@ class AdvGameCLI(LightningCLI):
         self.ckpt_hparams = dict(ckpt.get("hyper_parameters") or {})
 
     # ------------------------------------------------------------------------- instantiation
+    @override
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         num_threads = config.get("num_threads")
@@ -345,6 +353,7 @@ class AdvGameCLI(LightningCLI):
                 raise ValueError(f"num_threads must be >= 1 (or null for torch's default); got {num_threads}")
             torch.set_num_threads(num_threads)
 
+    @override
     def after_instantiate_classes(self) -> None:
         if self.ckpt_hparams and self.model is not None:
             conflicts = checkpoint_conflicts(self.model, self.ckpt_hparams)

@@ -271,7 +271,7 @@ def test_cli_fit_logs_adversarial_scalars_and_warms_up_eps(tmp_path, monkeypatch
     assert eps == pytest.approx(expected, rel=1e-6)
     for tag in ("train/adv_acc", "val/acc", "val/adv_acc", "test/adv_acc"):
         assert all(0.0 <= v <= 1.0 for _, v in scalars[tag])
-    ckpt = tmp_path / "runs" / "adversarial_digits" / "checkpoints" / "last.ckpt"
+    ckpt = tmp_path / "runs" / "adversarial_digits" / "version_0" / "checkpoints" / "last.ckpt"
     restored = AdversarialTraining.load_from_checkpoint(ckpt, map_location="cpu")
     assert restored.hparams.method == "pgd" and restored.hparams.eps_warmup_epochs == 1.5
     assert restored.hparams.steps == 2 and restored.hparams.mixed_fraction == 0.5

@@ -403,3 +403,15 @@ def test_transfer_evaluation_entry_point_reports_user_errors_in_one_line(monkeyp
     monkeypatch.setenv("LIT_ADVGAME_DEBUG", "1")
     with pytest.raises(KeyError, match="state_dict"):
         evaluation_cli.main(argv)
+
+
+def test_ckpt_path_last_with_a_named_version_resumes_that_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    named = ["--trainer.logger.init_args.version", "exp"]
+    _fit("standard_digits.yaml", "--trainer.max_epochs", "1", *named)
+    _fit("standard_digits.yaml", "--trainer.max_epochs", "2")  # a newer, unnamed run: version_0
+    cli = build_cli(["fit", "--config", str(CONFIGS / "standard_digits.yaml"), *RUN, "--trainer.max_epochs", "2",
+                     *named, "--ckpt_path", "last"])
+    assert cli.config.fit.ckpt_path == str(Path("runs/standard_digits/exp/checkpoints/last.ckpt"))
+    assert torch.load(tmp_path / "runs/standard_digits/exp/checkpoints/last.ckpt", weights_only=True)["epoch"] == 1
+    assert sorted(p.name for p in (tmp_path / "runs/standard_digits").iterdir()) == ["exp", "version_0"]

@@ -44,6 +44,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
+from typing_extensions import override
 
 from lit_advgame.callbacks.probes import (
     ForwardCounter,
@@ -146,12 +147,14 @@ class ProbeCallback(Callback):
 
     # ----------------------------------------------------------------------------- checkpoint state
     @property
+    @override
     def state_key(self) -> str:
         return self._generate_state_key(
             prefix=self.prefix, probe_size=self.probe_size, probe_split=self.probe_split, seed=self.seed,
             every_n_epochs=self.every_n_epochs,
         )
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         """``history``, ``last_metrics`` and the last fit epoch computed (saved in checkpoints)."""
         return {
@@ -160,6 +163,7 @@ class ProbeCallback(Callback):
             "last_fit_epoch": self._last_fit_epoch,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (a resumed ``fit`` continues the history without repeating an epoch)."""
         self.history = [(int(epoch), dict(metrics)) for epoch, metrics in state_dict.get("history", [])]

@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Subset
+from typing_extensions import override
 
 from lit_advgame.utils.checks import check_choice, check_int
 
@@ -147,6 +148,7 @@ class ImageDataModule(pl.LightningDataModule):
         )
 
     # ----------------------------------------------------------------- checkpoint state
+    @override
     def state_dict(self) -> dict[str, Any]:
         """The training shuffle's generator state (saved in Lightning checkpoints).
 
@@ -156,6 +158,7 @@ class ImageDataModule(pl.LightningDataModule):
             return {}
         return {"shuffle_generator_state": self._shuffle_generator.get_state()}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`: the next training loader continues the saved shuffle."""
         state = state_dict.get("shuffle_generator_state")

@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 import torch
+from typing_extensions import override
 
 from lit_advgame.utils.checks import check_int, check_positive
 
@@ -59,6 +60,7 @@ class CosineAnnealingLR(RunLengthSchedule, torch.optim.lr_scheduler.CosineAnneal
         if self.follows_run:
             self.T_max = length
 
+    @override
     def get_lr(self) -> list[float]:
         t = min(self.last_epoch, self.T_max)
         factor = (1 + math.cos(math.pi * t / self.T_max)) / 2
@@ -66,6 +68,7 @@ class CosineAnnealingLR(RunLengthSchedule, torch.optim.lr_scheduler.CosineAnneal
 
     _get_closed_form_lr = get_lr
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the schedule's progress; a length that follows the run stays the current run's."""
         T_max, follows_run = self.T_max, self.follows_run
