@@ -11,6 +11,10 @@ Evaluation: validation and test report both
   ``(seed, dataset index)``, and
 * ``<stage>/acc_clean`` and ``<stage>/loss_clean`` — the base classifier on clean images.
 
+``test`` and ``predict`` evaluate the smoothed classifier at σ = ``certify_sigma`` (default: the training
+``sigma``), so a model can be certified at another noise level than it was trained with, as Cohen's
+``certify.py`` allows; validation always uses the training σ.
+
 With ``certify=True``, ``test`` also runs CERTIFY (:class:`~lit_advgame.smoothing.certify.Smooth`,
 with ``n0``, ``n``, ``alpha``) on the selected test examples and logs, once per run, the certified
 accuracy at each radius of ``radii`` (``test/certified_acc@<r>``), the smoothed classifier's
