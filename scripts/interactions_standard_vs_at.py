@@ -101,7 +101,7 @@ def train_adversarial(out: Path) -> dict[str, Any]:
                "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
         print("training:", " ".join(cmd), flush=True)
         subprocess.run(cmd, cwd=work, env=env, check=True)
-        best = sorted((Path(work) / "runs" / "adversarial_digits" / "checkpoints").glob("epoch*.ckpt"))
+        best = sorted((Path(work) / "runs" / "adversarial_digits" / "version_0" / "checkpoints").glob("epoch*.ckpt"))
         if not best:
             raise RuntimeError("adversarial training wrote no epoch*.ckpt checkpoint")
         out.parent.mkdir(parents=True, exist_ok=True)

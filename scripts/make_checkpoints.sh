@@ -21,6 +21,6 @@ for arch in $ARCHS; do
   (cd "$dir" && python -m lit_advgame fit --config "$ROOT/configs/standard_digits.yaml" \
       --model.init_args.arch "$arch" --trainer.accelerator cpu --trainer.enable_progress_bar false \
       --trainer.enable_model_summary false)
-  best="$(ls "$dir"/runs/standard_digits/checkpoints/epoch*.ckpt | head -n 1)"
+  best="$(ls "$dir"/runs/standard_digits/version_0/checkpoints/epoch*.ckpt | head -n 1)"
   python -m lit_advgame.predict.export "$best" "$OUT/digits_$arch.pt"
 done

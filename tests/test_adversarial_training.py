@@ -271,7 +271,7 @@ def test_cli_fit_logs_adversarial_scalars_and_warms_up_eps(tmp_path, monkeypatch
     assert eps == pytest.approx(expected, rel=1e-6)
     for tag in ("train/adv_acc", "val/acc", "val/adv_acc", "test/adv_acc"):
         assert all(0.0 <= v <= 1.0 for _, v in scalars[tag])
-    ckpt = tmp_path / "runs" / "adversarial_digits" / "checkpoints" / "last.ckpt"
+    ckpt = tmp_path / "runs" / "adversarial_digits" / "version_0" / "checkpoints" / "last.ckpt"
     restored = AdversarialTraining.load_from_checkpoint(ckpt, map_location="cpu")
     assert restored.hparams.method == "pgd" and restored.hparams.eps_warmup_epochs == 1.5
     assert restored.hparams.steps == 2 and restored.hparams.mixed_fraction == 0.5
@@ -300,7 +300,7 @@ def test_fit_with_ddp_on_two_cpu_processes(tmp_path):
            "--trainer.strategy", "ddp", "--trainer.deterministic", "false"]
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
-    ckpt = torch.load(tmp_path / "runs/adversarial_digits/checkpoints/last.ckpt", map_location="cpu",
+    ckpt = torch.load(tmp_path / "runs/adversarial_digits/version_0/checkpoints/last.ckpt", map_location="cpu",
                       weights_only=False)
     assert ckpt["epoch"] == 0 and ckpt["global_step"] == 2
     scalars = read_scalars(tmp_path / "runs/adversarial_digits/version_0")

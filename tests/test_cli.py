@@ -64,8 +64,8 @@ def test_fit_one_epoch_writes_metrics_config_and_checkpoints(tmp_path, monkeypat
     # the resolved config is saved next to the run, with the linked data properties filled in
     saved = yaml.safe_load((version / "config.yaml").read_text())
     assert saved["model"]["init_args"]["arch"] == "small_cnn"
-    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert (version / "checkpoints" / "last.ckpt").is_file()  # checkpoints live in the run's version folder
+    ckpt = torch.load(version / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["hyper_parameters"]["num_classes"] == 10
     assert tuple(ckpt["hyper_parameters"]["input_shape"]) == (1, 16, 16)
     assert ckpt["epoch"] == 0
@@ -74,7 +74,7 @@ def test_fit_one_epoch_writes_metrics_config_and_checkpoints(tmp_path, monkeypat
 def test_resume_from_last_checkpoint_continues_training(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _fit(["--trainer.max_epochs", "1", "--test_after_fit", "false"])
-    last = tmp_path / "runs" / "standard_digits" / "checkpoints" / "last.ckpt"
+    last = tmp_path / "runs" / "standard_digits" / "version_0" / "checkpoints" / "last.ckpt"
     first = torch.load(last, map_location="cpu", weights_only=False)
     _fit(["--trainer.max_epochs", "2", "--ckpt_path", "last", "--test_after_fit", "false"])
     second = torch.load(last, map_location="cpu", weights_only=False)
@@ -84,9 +84,11 @@ def test_resume_from_last_checkpoint_continues_training(tmp_path, monkeypatch):
     step_first = next(iter(first["optimizer_states"][0]["state"].values()))["step"]
     step_second = next(iter(second["optimizer_states"][0]["state"].values()))["step"]
     assert float(step_second) == 2 * float(step_first)
-    # the resumed run wrote its own TensorBoard version with steps after the first run's
-    scalars = read_scalars(tmp_path / "runs" / "standard_digits" / "version_1")
-    assert min(step for step, _ in scalars["train/loss_step"]) >= first["global_step"]
+    # the resumed run logged into the same TensorBoard run (version_0), its steps after the first run's
+    assert not (tmp_path / "runs" / "standard_digits" / "version_1").exists()
+    steps = sorted(step for step, _ in read_scalars(tmp_path / "runs" / "standard_digits" / "version_0")["train/loss_step"])
+    assert steps == sorted(set(steps)) and steps[-1] == second["global_step"] - 1
+    assert sum(step >= first["global_step"] for step in steps) == first["global_step"]
 
 
 def test_module_entry_point_help():
@@ -104,7 +106,8 @@ def test_fit_with_ddp_on_two_cpu_processes(tmp_path):
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "world_size: 2" in (out.stdout + out.stderr) or "GLOBAL_RANK: 1" in (out.stdout + out.stderr)
-    ckpt = torch.load(tmp_path / "runs/standard_digits/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(tmp_path / "runs/standard_digits/version_0/checkpoints/last.ckpt", map_location="cpu",
+                      weights_only=False)
     assert ckpt["epoch"] == 0 and ckpt["global_step"] == 5
     scalars = read_scalars(tmp_path / "runs/standard_digits/version_0")
     assert "val/acc" in scalars and "test/acc" in scalars
@@ -133,10 +136,17 @@ def test_mnist_config_runs_on_the_shared_test_set(tmp_path, monkeypatch, repo_ro
     assert "val/acc" in scalars and "test/acc" in scalars
 
 
-def test_cifar_config_without_data_fails_clearly(tmp_path, monkeypatch):
+def test_cifar_config_without_data_fails_clearly(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    args = ["fit", "--config", str(CONFIGS / "standard_cifar10.yaml"), *FAST, "--trainer.max_epochs", "1"]
     with pytest.raises(FileNotFoundError, match="cifar"):
-        main(["fit", "--config", str(CONFIGS / "standard_cifar10.yaml"), *FAST, "--trainer.max_epochs", "1"])
+        build_cli(args)
+    # the command line reports it as one `error:` line, exit status 2, no traceback
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and any(line.startswith("error:") and "cifar" in line.lower() for line in err.splitlines())
 
 
 def test_num_threads_option_sets_torch_threads():

@@ -517,7 +517,7 @@ def test_trs_fit_with_ddp_on_two_cpu_processes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
-    ckpt = torch.load(tmp_path / "runs/trs_digits/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(tmp_path / "runs/trs_digits/version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 2
     scalars = read_scalars(tmp_path / "runs/trs_digits/version_0")
     assert {"train/sim_step", "train/smooth_step", "val/acc", "val/acc_member2", "test/acc"} <= set(scalars)

@@ -180,9 +180,9 @@ def test_resume_refuses_a_folder_of_another_attack(tmp_path, monkeypatch):
     out = tmp_path / "run"
     main(["predict", "--config", str(write_config(tmp_path, out)), "--data.init_args.predict_limit", "8"])
     with pytest.raises(ValueError, match="different attack.*seed"):
-        main(["predict", "--config", str(write_config(tmp_path, out, seed=1))])
+        build_cli(["predict", "--config", str(write_config(tmp_path, out, seed=1))])
     with pytest.raises(FileExistsError, match="resume"):
-        main(["predict", "--config", str(write_config(tmp_path, out, resume=False))])
+        build_cli(["predict", "--config", str(write_config(tmp_path, out, resume=False))])
 
 
 @needs_checkpoints

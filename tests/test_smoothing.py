@@ -351,14 +351,14 @@ def test_cli_fit_logs_noisy_and_clean_metrics(trained_run):
     for tag in ("train/loss_step", "train/loss_epoch", "train/acc", "val/loss", "val/acc", "val/acc_clean", "val/loss_clean"):
         assert tag in scalars, f"{tag} missing from {sorted(scalars)}"
     assert 0.0 <= scalars["val/acc"][-1][1] <= 1.0 and 0.0 <= scalars["val/acc_clean"][-1][1] <= 1.0
-    ckpt = torch.load(trained_run / "runs/smoothing_digits/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(trained_run / "runs/smoothing_digits/version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["hyper_parameters"]["sigma"] == 0.25
     assert "n" not in ckpt["hyper_parameters"]  # evaluation options come from the config at test time
 
 
 def test_cli_test_certifies_and_logs_certified_accuracy_and_figure(trained_run, monkeypatch):
     monkeypatch.chdir(trained_run)
-    ckpt = trained_run / "runs/smoothing_digits/checkpoints/last.ckpt"
+    ckpt = trained_run / "runs/smoothing_digits/version_0/checkpoints/last.ckpt"
     main(["test", "--config", str(CONFIGS / "smoothing_digits.yaml"), "--ckpt_path", str(ckpt),
           "--trainer.enable_progress_bar", "false", "--trainer.limit_test_batches", "1", *CERTIFY_FAST])
     version = trained_run / "runs/smoothing_digits/version_1"
@@ -390,7 +390,7 @@ def test_test_and_predict_under_ddp_match_one_process(trained_run, monkeypatch):
     """CERTIFY in `test` (results gathered over ranks, DistributedSampler padding removed by index) and in
     `predict` (per-rank TSVs of the writer merged by index) give the same rows on 1 and on 2 (DDP, gloo) processes."""
     monkeypatch.chdir(trained_run)
-    ckpt = trained_run / "runs/smoothing_digits/checkpoints/last.ckpt"
+    ckpt = trained_run / "runs/smoothing_digits/version_0/checkpoints/last.ckpt"
     common = ["--config", str(CONFIGS / "smoothing_digits.yaml"), "--ckpt_path", str(ckpt),
               "--trainer.enable_progress_bar", "false", *CERTIFY_FAST]
     # 359 test images (odd): DDP pads rank 1 with a duplicate of index 0, which is certified

@@ -26,6 +26,11 @@ pass is one image through one network (an ensemble's forward counts once per mem
 scale with the number of members: use ``every_n_epochs`` or smaller budgets for big ensembles).
 The latest scalars are also kept in :attr:`ProbeCallback.last_metrics` and every run's in
 :attr:`ProbeCallback.history`.
+
+Resuming: ``history``, ``last_metrics`` and the last computed fit epoch are the callback's
+``state_dict`` and are saved in Lightning checkpoints (key :attr:`ProbeCallback.state_key`, which tells
+apart two callbacks of one class by prefix, probe set and schedule); ``fit --ckpt_path`` restores them,
+so a resumed run neither recomputes nor re-logs an epoch that the checkpoint already covers.
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
+from typing_extensions import override
 
 from lit_advgame.callbacks.probes import (
     ForwardCounter,
@@ -138,6 +144,31 @@ class ProbeCallback(Callback):
     @property
     def name(self) -> str:
         return type(self).__name__
+
+    # ----------------------------------------------------------------------------- checkpoint state
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            prefix=self.prefix, probe_size=self.probe_size, probe_split=self.probe_split, seed=self.seed,
+            every_n_epochs=self.every_n_epochs,
+        )
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        """``history``, ``last_metrics`` and the last fit epoch computed (saved in checkpoints)."""
+        return {
+            "history": [(int(epoch), dict(metrics)) for epoch, metrics in self.history],
+            "last_metrics": dict(self.last_metrics),
+            "last_fit_epoch": self._last_fit_epoch,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (a resumed ``fit`` continues the history without repeating an epoch)."""
+        self.history = [(int(epoch), dict(metrics)) for epoch, metrics in state_dict.get("history", [])]
+        self.last_metrics = dict(state_dict.get("last_metrics", {}))
+        self._last_fit_epoch = state_dict.get("last_fit_epoch")
 
     # ----------------------------------------------------------------------------- hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -9,12 +9,13 @@ can link them into the model with ``link_arguments(..., apply_on="instantiate")`
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Subset
+from typing_extensions import override
 
 from lit_advgame.utils.checks import check_choice, check_int
 
@@ -86,6 +87,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.pin_memory = bool(pin_memory)
         self._splits: dict[str, Dataset | None] | None = None
         self._train_augmented: Dataset | None = None
+        self._shuffle_generator: torch.Generator | None = None
+        self._resumed_shuffle_state: torch.Tensor | None = None
 
     # ----------------------------------------------------------------- subclass hooks
     def _load_splits(self) -> tuple[dict[str, Dataset | None], Dataset | None]:
@@ -127,7 +130,13 @@ class ImageDataModule(pl.LightningDataModule):
 
     # ----------------------------------------------------------------- loaders
     def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        generator = None
+        if shuffle:
+            generator = torch.Generator().manual_seed(self.seed)
+            if self._resumed_shuffle_state is not None:
+                generator.set_state(self._resumed_shuffle_state)
+                self._resumed_shuffle_state = None
+            self._shuffle_generator = generator
         return DataLoader(
             data,
             batch_size=self.batch_size,
@@ -138,8 +147,26 @@ class ImageDataModule(pl.LightningDataModule):
             pin_memory=self.pin_memory,
         )
 
+    # ----------------------------------------------------------------- checkpoint state
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        """The training shuffle's generator state (saved in Lightning checkpoints).
+
+        Saved after an epoch, it is the state the next epoch's shuffle starts from, so a ``fit`` resumed
+        from the checkpoint draws the same batches as an uninterrupted run (with ``num_workers: 0``)."""
+        if self._shuffle_generator is None:
+            return {}
+        return {"shuffle_generator_state": self._shuffle_generator.get_state()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`: the next training loader continues the saved shuffle."""
+        state = state_dict.get("shuffle_generator_state")
+        self._resumed_shuffle_state = state.clone() if isinstance(state, torch.Tensor) else None
+
     def train_dataloader(self) -> DataLoader:
-        """Shuffled (seeded by ``seed``) and augmented training batches."""
+        """Shuffled (seeded by ``seed``; a resumed fit continues the checkpoint's shuffle) and augmented
+        training batches."""
         return self._loader(self.dataset("train", augmented=True), shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

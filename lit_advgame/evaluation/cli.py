@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; returns the exit status.
+
+    A user error (bad run folder, target, option or file) prints ``error: <message>`` to stderr and returns 2;
+    with ``LIT_ADVGAME_DEBUG=1`` the exception propagates with its traceback (see :mod:`lit_advgame.utils.errors`).
+    """
+    from lit_advgame.utils.errors import USER_ERROR_EXIT_CODE, USER_ERRORS, debug_enabled, error_message
+
     args = build_parser().parse_args(argv)
     interaction = None if args.no_interaction else {
         "grid": args.interaction_grid,
@@ -71,9 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             interaction=interaction, batch_size=args.batch_size, device=args.device, output_dir=args.output,
             tensorboard=not args.no_tensorboard,
         )
-    except (FileNotFoundError, ValueError, TypeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as err:
+        if debug_enabled():
+            raise
+        print(f"error: {error_message(err)}", file=sys.stderr)
+        return USER_ERROR_EXIT_CODE
     print(report.markdown())
     print(f"written to {args.output}")
     return 0

@@ -2,7 +2,8 @@
 from lit_advgame.training.adversarial import AdversarialTraining
 from lit_advgame.training.base import ClassifierModule
 from lit_advgame.training.ensemble import Ensemble
+from lit_advgame.training.schedules import CosineAnnealingLR
 from lit_advgame.training.smoothing import RandomizedSmoothing
 from lit_advgame.training.standard import StandardClassifier
 
-__all__ = ["AdversarialTraining", "ClassifierModule", "Ensemble", "RandomizedSmoothing", "StandardClassifier"]
+__all__ = ["AdversarialTraining", "ClassifierModule", "CosineAnnealingLR", "Ensemble", "RandomizedSmoothing", "StandardClassifier"]

@@ -3,12 +3,15 @@
 A :class:`ClassifierModule` owns a pixel-space classifier built from the model registry
 (normalization is its first layer), torchmetrics accuracy for each stage, and an optimizer and
 LR scheduler injected from the config (any ``torch.optim`` class and any
-``torch.optim.lr_scheduler`` class, given as ``class_path``/``init_args`` in YAML).
+``torch.optim.lr_scheduler`` class, given as ``class_path``/``init_args`` in YAML). Schedules of
+:mod:`lit_advgame.training.schedules` (e.g. ``lit_advgame.training.CosineAnnealingLR`` with ``T_max``
+left out) follow the run's length, ``trainer.max_epochs``.
 
 Subclasses (standard, adversarial, smoothing, ensembles) override :meth:`training_loss` only.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import pytorch_lightning as pl
@@ -18,6 +21,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_advgame.models import build_model
+from lit_advgame.training.schedules import RunLengthSchedule
 from lit_advgame.utils.checks import check_choice
 
 
@@ -39,7 +43,9 @@ class ClassifierModule(pl.LightningModule):
         arch_kwargs: extra keyword arguments of the architecture builder.
         weights: optional local weights file to initialise the network from.
         optimizer: optimizer factory (``params -> Optimizer``); default Adam(lr=1e-3).
-        lr_scheduler: optional scheduler factory (``optimizer -> LRScheduler``).
+        lr_scheduler: optional scheduler factory (``optimizer -> LRScheduler``); a
+            :class:`~lit_advgame.training.schedules.RunLengthSchedule` (``lit_advgame.training.CosineAnnealingLR``
+            without ``T_max``) anneals over the whole run, ``trainer.max_epochs`` epochs (see :meth:`run_length`).
         scheduler_interval: step the scheduler every ``"epoch"`` or ``"step"``.
         scheduler_monitor: metric monitored by ``ReduceLROnPlateau``.
     """
@@ -127,11 +133,30 @@ class ClassifierModule(pl.LightningModule):
         return out
 
     # -------------------------------------------------------------- optimizer
+    def run_length(self) -> int:
+        """Scheduler steps of the whole run: ``trainer.max_epochs`` (``scheduler_interval: epoch``) or the
+        run's optimizer steps (``scheduler_interval: step``); the length of a ``T_max: null`` schedule."""
+        if self._trainer is None:
+            raise RuntimeError("run_length() needs the module to be attached to a Trainer")
+        if self.hparams.scheduler_interval == "step":
+            steps = self.trainer.estimated_stepping_batches
+            if not math.isfinite(steps):
+                raise ValueError("lr_scheduler with T_max: null and scheduler_interval 'step' needs a finite run: "
+                                 "set trainer.max_epochs or trainer.max_steps")
+            return int(steps)
+        max_epochs = self.trainer.max_epochs
+        if max_epochs is None or max_epochs < 0:
+            raise ValueError("lr_scheduler with T_max: null follows trainer.max_epochs, which is unbounded "
+                             f"(got {max_epochs}); set trainer.max_epochs or give the schedule's T_max")
+        return max(1, int(max_epochs))
+
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)
+        if isinstance(scheduler, RunLengthSchedule):
+            scheduler.set_run_length(self.run_length())
         config: dict[str, Any] = {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = self.hparams.scheduler_monitor

@@ -11,6 +11,10 @@ Evaluation: validation and test report both
   ``(seed, dataset index)``, and
 * ``<stage>/acc_clean`` and ``<stage>/loss_clean`` — the base classifier on clean images.
 
+``test`` and ``predict`` evaluate the smoothed classifier at σ = ``certify_sigma`` (default: the training
+``sigma``), so a model can be certified at another noise level than it was trained with, as Cohen's
+``certify.py`` allows; validation always uses the training σ.
+
 With ``certify=True``, ``test`` also runs CERTIFY (:class:`~lit_advgame.smoothing.certify.Smooth`,
 with ``n0``, ``n``, ``alpha``) on the selected test examples and logs, once per run, the certified
 accuracy at each radius of ``radii`` (``test/certified_acc@<r>``), the smoothed classifier's
@@ -55,6 +59,7 @@ from lit_advgame.utils.checks import check_choice, check_int
 PREDICT_METHODS = ("certify", "predict")
 
 EVALUATION_OPTIONS = (
+    "certify_sigma",
     "certify",
     "n0",
     "n",
@@ -75,8 +80,11 @@ class RandomizedSmoothing(ClassifierModule):
     """Gaussian data augmentation training and CERTIFY/PREDICT evaluation of randomized smoothing.
 
     Args:
-        sigma: noise level σ > 0 of training and of the smoothed classifier (std in [0, 1] pixel units;
-            Cohen et al. use 0.12, 0.25, 0.5, 1.0).
+        sigma: noise level σ > 0 of training and validation (std in [0, 1] pixel units; Cohen et al. use
+            0.12, 0.25, 0.5, 1.0). A hyper-parameter of the trained model, restored from the checkpoint.
+        certify_sigma: σ of the smoothed classifier of ``test``/``predict`` (CERTIFY/PREDICT and the noisy
+            ``test/acc``, ``test/loss``); ``None`` (default): ``sigma``. Cohen's ``certify.py`` takes σ as an
+            argument too: a base model may be certified at another σ than it was trained with.
         certify: run CERTIFY in ``test`` (in addition to the noisy/clean accuracy of the base model).
         n0: selection samples of CERTIFY (Cohen: 100).
         n: estimation samples of CERTIFY and samples of PREDICT (Cohen: 100000).
@@ -88,10 +96,11 @@ class RandomizedSmoothing(ClassifierModule):
         predict_method: what ``predict`` runs: ``"certify"`` (rows with radius) or ``"predict"``.
         seed: seed of all evaluation noise, combined per example with the dataset index (>= 0).
 
-    The evaluation options (``certify`` ... ``seed``) are plain attributes, deliberately left out of
+    The evaluation options (``certify_sigma``, ``certify`` ... ``seed``) are plain attributes, deliberately left out of
     the checkpoint's hyper-parameters (see ``EVALUATION_OPTIONS``) so that
     ``lit-advgame test/predict --config ... --ckpt_path ...`` uses the values of the config and command
-    line; ``sigma`` is a hyper-parameter of the trained model and is restored from the checkpoint.
+    line; ``sigma`` is a hyper-parameter of the trained model: a ``--ckpt_path`` run with another ``sigma`` stops
+    with an error (set ``certify_sigma`` to certify at another σ).
 
     The other arguments (``arch``, ``num_classes``, ``input_shape``, ``mean``, ``std``, ``arch_kwargs``,
     ``weights``, ``optimizer``, ``lr_scheduler``, ``scheduler_interval``, ``scheduler_monitor``) are
@@ -112,6 +121,7 @@ class RandomizedSmoothing(ClassifierModule):
         scheduler_interval: str = "epoch",
         scheduler_monitor: str = "val/loss",
         sigma: float = 0.25,
+        certify_sigma: float | None = None,
         certify: bool = True,
         n0: int = 100,
         n: int = 100_000,
@@ -124,6 +134,8 @@ class RandomizedSmoothing(ClassifierModule):
         seed: int = 0,
     ) -> None:
         check_sigma(sigma)
+        if certify_sigma is not None:
+            check_sigma(certify_sigma)
         check_int(n0, "n0", minimum=1)
         check_int(n, "n", minimum=1)
         check_alpha(alpha)
@@ -150,6 +162,7 @@ class RandomizedSmoothing(ClassifierModule):
             scheduler_monitor=scheduler_monitor,
         )
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", *EVALUATION_OPTIONS])
+        self.certify_sigma = None if certify_sigma is None else float(certify_sigma)
         self.certify = bool(certify)
         self.n0, self.n, self.alpha = n0, n, float(alpha)
         self.certify_batch_size = certify_batch_size
@@ -166,13 +179,25 @@ class RandomizedSmoothing(ClassifierModule):
         """Per-example CERTIFY results of the last ``test`` run (merged over ranks, sorted by index)."""
 
     # ----------------------------------------------------------------- smoothing
+    checkpoint_conflict_hints = {
+        "sigma": "sigma is the checkpoint's training noise; certify at another noise level with "
+        "--model.init_args.certify_sigma instead"
+    }
+    """Explanations the CLI adds to a ``--ckpt_path`` hyper-parameter conflict."""
+
     @property
     def sigma(self) -> float:
+        """σ of training and validation (the trained model's hyper-parameter)."""
         return float(self.hparams.sigma)
 
+    @property
+    def eval_sigma(self) -> float:
+        """σ of the smoothed classifier in ``test``/``predict``: ``certify_sigma``, or ``sigma`` if not given."""
+        return self.sigma if self.certify_sigma is None else self.certify_sigma
+
     def smoothed_classifier(self) -> Smooth:
-        """The smoothed classifier ``g`` of the current base model."""
-        return Smooth(self.model, self.hparams.num_classes, self.sigma)
+        """The smoothed classifier ``g`` of the current base model, at σ = :attr:`eval_sigma`."""
+        return Smooth(self.model, self.hparams.num_classes, self.eval_sigma)
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy on ``x + N(0, σ² I)`` (pixel space, unclamped; global RNG seeded by ``seed_everything``)."""
@@ -193,7 +218,8 @@ class RandomizedSmoothing(ClassifierModule):
         index = self._indices.indices(self._trainer, stage, batch_idx, dataloader_idx, len(y))
         stream = STREAM_VALIDATION if stage == "val" else STREAM_TEST
         generators = example_generators(self.seed, index.tolist(), x.device, stream)
-        logits = self(add_per_example_noise(x, self.sigma, generators))
+        sigma = self.sigma if stage == "val" else self.eval_sigma
+        logits = self(add_per_example_noise(x, sigma, generators))
         logits_clean = self(x)
         metric = self.val_acc if stage == "val" else self.test_acc
         metric_clean = self.val_acc_clean if stage == "val" else self.test_acc_clean
@@ -238,6 +264,7 @@ class RandomizedSmoothing(ClassifierModule):
         self.log("test/smoothed_acc", records.accuracy(), sync_dist=True)
         self.log("test/abstain_rate", records.abstain_rate(), sync_dist=True)
         self.log("test/certified_examples", float(len(records)), sync_dist=True)
+        self.log("test/certify_sigma", self.eval_sigma, sync_dist=True)
         log_dir = self.trainer.log_dir  # a collective call under DDP: every rank must make it
         if self.trainer.is_global_zero:
             self._write_certification(records, log_dir)
@@ -293,7 +320,7 @@ class RandomizedSmoothing(ClassifierModule):
             return
         from lit_advgame.smoothing.plots import certified_accuracy_figure
 
-        figure = certified_accuracy_figure({f"σ={self.sigma:g}": records}, self.radii)
+        figure = certified_accuracy_figure({f"σ={self.eval_sigma:g}": records}, self.radii)
         experiment.add_figure("test/certified_accuracy", figure, self.global_step)
         certified = records.radius[~records.abstained]
         if len(certified) and hasattr(experiment, "add_histogram"):
