@@ -365,11 +365,15 @@ class AdvGameCLI(LightningCLI):
                     "or another checkpoint; a checkpoint's hyper-parameters are never swapped in silently."
                 )
 
+    @override
     def after_fit(self) -> None:
+        """With ``--test_after_fit true``: test the best checkpoint by the monitored metric (else the final weights)."""
         if not self.config.get(self.subcommand, {}).get("test_after_fit", False):
             return
-        ckpt = "best" if self.trainer.checkpoint_callback is not None and self.trainer.checkpoint_callback.best_model_path else None
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+        # The best checkpoint of the monitoring ModelCheckpoint (the configs also have an unmonitored one for
+        # last.ckpt), by path: Lightning's "best" would warn about several checkpoint callbacks.
+        best = [cb.best_model_path for cb in self.trainer.checkpoint_callbacks if cb.monitor and cb.best_model_path]
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best[0] if best else None)
 
 
 def build_cli(args: Any = None, run: bool = True) -> AdvGameCLI:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -159,3 +160,23 @@ def test_num_threads_option_sets_torch_threads():
             build_cli(["--num_threads", "0", "--config", str(CONFIGS / "standard_digits.yaml")], run=False)
     finally:
         torch.set_num_threads(before)
+
+
+def test_test_after_fit_tests_the_best_monitored_checkpoint_without_warning(tmp_path, monkeypatch, recwarn):
+    """The configs have two ModelCheckpoints (best by val/acc, and last.ckpt every epoch): `test_after_fit` tests
+    the monitored one's best checkpoint, by path, without Lightning's 'multiple ModelCheckpoint' warning."""
+    import pytorch_lightning as pl
+
+    monkeypatch.chdir(tmp_path)
+    tested = []
+    original = pl.Trainer.test
+
+    def spy(self, *args, **kwargs):
+        tested.append(kwargs.get("ckpt_path"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pl.Trainer, "test", spy)
+    _fit(["--trainer.max_epochs", "2", "--test_after_fit", "true"])
+    best = list((tmp_path / "runs" / "standard_digits" / "version_0" / "checkpoints").glob("epoch*-val_acc*.ckpt"))
+    assert len(best) == 1 and [Path(t).resolve() for t in tested] == [best[0].resolve()]
+    assert not [w for w in recwarn if "multiple `ModelCheckpoint`" in str(w.message)]
