@@ -20,9 +20,9 @@ from lit_advgame.callbacks import (
     MultiOrderInteractionCallback,
     PerturbationInteractionCallback,
     ProbeAttack,
-    StrengthControlledAttack,
     TransferabilityCallback,
 )
+from lit_advgame.attacks import StrengthControlledAttack
 from lit_advgame.cli import build_cli, main
 from lit_advgame.data import DigitsDataModule
 from lit_advgame.interactions import (

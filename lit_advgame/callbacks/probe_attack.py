@@ -1,7 +1,7 @@
 """The attack a callback runs on its probe set, chosen by name in the config.
 
 * ``"strength"``: the strength-controlled attack of Ren et al. (NeurIPS 2021; reference code),
-  :class:`~lit_advgame.callbacks.strength_attack.StrengthControlledAttack`: every example lowers
+  :class:`~lit_advgame.attacks.strength.StrengthControlledAttack`: every example lowers
   the true-class logit by about ``threshold``. Options: its keyword arguments (``threshold``,
   ``tolerance``, ``eps``, ``step_size``, ``steps``, ``min_step_size``, ``init_std``,
   ``require_misclassification``).
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from lit_advgame.attacks import build_attack, preset_config
-from lit_advgame.callbacks.strength_attack import StrengthControlledAttack
+from lit_advgame.attacks.strength import StrengthControlledAttack
 from lit_advgame.utils.checks import check_int
 
 STRENGTH = "strength"
