@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -45,9 +45,9 @@ from lit_advgame.utils.checks import check_choice, check_int
 
 PerturbationForm = Literal["single", "coalition"]
 PerturbationScale = Literal["paper", "reference"]
-PerturbationValue = Literal["margin_max", "margin_fixed", "log_prob", "logit"]
-#: value functions that need no per-image target class
-PERTURBATION_VALUES = tuple(v for v in VALUE_NAMES if v != "target_minus_true")
+#: value functions that need no per-image target class (all of ``VALUE_NAMES`` but ``"target_minus_true"``)
+ImageValue = Literal["log_prob", "logit", "margin_max", "margin_fixed"]
+IMAGE_VALUES: tuple[str, ...] = get_args(ImageValue)
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class PerturbationInteraction:
     form: PerturbationForm = "single"
     num_samples: int = 64
     group_size: int = 32
-    value: PerturbationValue = "margin_max"
+    value: ImageValue = "margin_max"
     scale: PerturbationScale = "paper"
 
     def __post_init__(self) -> None:
@@ -82,7 +82,7 @@ class PerturbationInteraction:
         check_choice(self.form, "form", FORMS)
         check_int(self.num_samples, "num_samples", minimum=1)
         check_int(self.group_size, "group_size", minimum=1)
-        check_choice(self.value, "value", PERTURBATION_VALUES)
+        check_choice(self.value, "value", IMAGE_VALUES)
         check_choice(self.scale, "scale", SCALES)
 
     @classmethod
