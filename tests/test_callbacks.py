@@ -15,6 +15,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lit_advgame.attacks import StrengthControlledAttack
 from lit_advgame.callbacks import (
     DisentanglementCallback,
     GameSettings,
@@ -23,7 +24,6 @@ from lit_advgame.callbacks import (
     ProbeAttack,
     TransferabilityCallback,
 )
-from lit_advgame.attacks import StrengthControlledAttack
 from lit_advgame.cli import build_cli, main
 from lit_advgame.data import DigitsDataModule
 from lit_advgame.interactions import (
@@ -342,7 +342,8 @@ def test_settings_objects_are_defined_once_and_flat_keywords_are_deprecated_alia
     game = GameSettings(**TINY)
     assert MultiOrderInteractionCallback(game=game).settings is game
     assert DisentanglementCallback(game=TINY).settings == game  # a mapping of the fields
-    with pytest.warns(DeprecationWarning, match=r"\(grid=\.\.\., orders=\.\.\., num_pairs=\.\.\., num_contexts=\.\.\.\) .*game="):
+    flat = r"\(grid=\.\.\., orders=\.\.\., num_pairs=\.\.\., num_contexts=\.\.\.\) .*game="
+    with pytest.warns(DeprecationWarning, match=flat):
         old = MultiOrderInteractionCallback(probe_size=8, **TINY)
     assert old.settings == game and old.probe_size == 8
     with pytest.warns(DeprecationWarning, match="interaction="):
@@ -407,7 +408,8 @@ def test_callbacks_config_fragment_appends_the_four_callbacks(capsys):
     assert [type(cb).__name__ for cb in built] == [p.rsplit(".", 1)[1] for p in paths[-4:]]
     assert built[0].attack.options["eps"] == pytest.approx(64 / 255)
     # the nested settings keep the configs' meaning: 8x8 grid, reference orders, 4 pairs x 8 contexts; exact Eq. 4
-    assert built[0].settings == built[1].settings == GameSettings(grid=8, orders="reference", num_pairs=4, num_contexts=8)
+    digits_game = GameSettings(grid=8, orders="reference", num_pairs=4, num_contexts=8)
+    assert built[0].settings == built[1].settings == digits_game
     assert built[2].interaction == PerturbationInteraction(grid=8, form="single", num_samples=64, value="margin_max",
                                                            scale="paper")
     # a bad choice inside a settings object fails when the config is parsed

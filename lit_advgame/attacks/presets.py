@@ -40,7 +40,8 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
@@ -131,6 +132,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 _SCALED = {"eps_scaling": "eps", "step_scaling": "step_size"}
+#: the configuration keys that are keyword arguments of :class:`Attack` itself
+_ATTACK_KEYS = (
+    "norm", "eps", "step_size", "steps", "loss", "targeted", "random_start", "eps_scaling", "step_scaling", "l2_init",
+    "unit", "seed", "record_iterates", "record_format",
+)
 _ALIASES = {"ir": "pgd+ir", "hybrid": "hybridir", "hybrid+ir": "hybridir"}
 _NUMBER_KEYS = ("eps", "step_size", "vr_sigma", "di_prob", "di_resize_rate", "ti_nsig", "momentum")
 
@@ -278,25 +284,7 @@ def attack_from_config(config: dict[str, Any], model: nn.Module | Sequence[nn.Mo
     if c["ir_lambda"] is not None:
         spec = {key[len("ir_"):]: c[key] for key in IR_SPEC_KEYS}
         loss_terms.append(InteractionLoss(c["ir_lambda"], spec, batch_size=c["ir_batch_size"]))
-    attack = Attack(
-        models,
-        norm=c["norm"],
-        eps=c["eps"],
-        step_size=c["step_size"],
-        steps=c["steps"],
-        loss=c["loss"],
-        targeted=c["targeted"],
-        random_start=c["random_start"],
-        transforms=transforms,
-        loss_terms=loss_terms,
-        eps_scaling=c["eps_scaling"],
-        step_scaling=c["step_scaling"],
-        l2_init=c["l2_init"],
-        unit=c["unit"],
-        seed=c["seed"],
-        record_iterates=c["record_iterates"],
-        record_format=c["record_format"],
-    )
+    attack = Attack(models, transforms=transforms, loss_terms=loss_terms, **{key: c[key] for key in _ATTACK_KEYS})
     _log_once(describe_radius(attack))
     return attack
 

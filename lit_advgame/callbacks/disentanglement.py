@@ -19,44 +19,29 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
-from lit_advgame.callbacks.base import Figures, Metrics, ProbeCallback
+from lit_advgame.callbacks.base import Figures, Metrics
 from lit_advgame.callbacks.figures import disentanglement_figure
-from lit_advgame.callbacks.game_settings import DEFAULT_GAME, GameSettings, settings_argument
+from lit_advgame.callbacks.game_settings import GameCallback
 from lit_advgame.callbacks.probes import batched_logits
 from lit_advgame.interactions import disentanglement
 
 
-class DisentanglementCallback(ProbeCallback):
+class DisentanglementCallback(GameCallback):
     """Log ``D^(m)`` per order on the clean probes (see the module docstring).
 
     Args:
-        game: the game and estimator settings (as :class:`~lit_advgame.callbacks.MultiOrderInteractionCallback`).
         only_correct: use only the probes the model classifies correctly (the reference's images
             are those it attacked, hence correct); otherwise all probes.
-        log_figure: also log the figure of the curve.
         prefix: tag prefix (default ``"disentanglement"``).
-        **kwargs: the probe settings of :class:`~lit_advgame.callbacks.base.ProbeCallback` (``probe_size``
-            16, ...); the flat game keywords are deprecated aliases of ``game``.
+        **kwargs: ``game`` and ``log_figure`` (:class:`~lit_advgame.callbacks.game_settings.GameCallback`)
+            and the probe settings (:class:`~lit_advgame.callbacks.base.ProbeCallback`; ``probe_size`` 16, ...).
     """
 
-    def __init__(
-        self,
-        *,
-        game: GameSettings = DEFAULT_GAME,
-        only_correct: bool = True,
-        log_figure: bool = True,
-        prefix: str = "disentanglement",
-        **kwargs: Any,
-    ) -> None:
-        game = settings_argument(GameSettings, game, kwargs, type(self).__name__, "game")
-        super().__init__(prefix=prefix, **kwargs)
-        self.settings = game
-        self.only_correct = bool(only_correct)
-        self.log_figure = bool(log_figure)
+    num_games = 1
 
-    @override
-    def check_setup(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.settings.check_setup(self.name, model, x, num_games=1)
+    def __init__(self, *, only_correct: bool = True, prefix: str = "disentanglement", **kwargs: Any) -> None:
+        super().__init__(prefix=prefix, **kwargs)
+        self.only_correct = bool(only_correct)
 
     @override
     def compute(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[Metrics, Figures]:

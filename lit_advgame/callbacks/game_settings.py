@@ -32,7 +32,9 @@ from typing import Any, Literal, TypeVar, get_args
 
 import torch
 from torch import nn
+from typing_extensions import override
 
+from lit_advgame.callbacks.base import ProbeCallback
 from lit_advgame.interactions import (
     BASELINE_NAMES,
     DEFAULT_MAX_FORWARD_PASSES,
@@ -162,8 +164,8 @@ Settings = TypeVar("Settings")
 def settings_argument(
     cls: type[Settings], given: Settings | Mapping[str, Any], kwargs: dict[str, Any], owner: str, keyword: str
 ) -> Settings:
-    """A callback's settings object (``GameSettings``, ``PerturbationInteraction``): ``given`` itself or a mapping
-    of its fields, changed by the deprecated flat keyword arguments of those fields, which are popped from ``kwargs``."""
+    """A callback's settings object (``GameSettings``, ``PerturbationInteraction``): ``given`` itself or a
+    mapping of its fields, changed by the deprecated flat keyword arguments of those fields (popped from ``kwargs``)."""
     names = [field.name for field in dataclasses.fields(cls)]
     legacy = {name: kwargs.pop(name) for name in names if name in kwargs}
     if isinstance(given, Mapping):
@@ -182,3 +184,31 @@ def settings_argument(
         )
         given = dataclasses.replace(given, **legacy)
     return given
+
+
+class GameCallback(ProbeCallback):
+    """A probe callback that estimates interactions of input games: the :class:`GameSettings` part, defined once.
+
+    Args:
+        game: the game and estimator settings, a :class:`GameSettings` (in YAML a mapping such as
+            ``{grid: 8, orders: reference, num_pairs: 4, num_contexts: 8}``); the flat keywords of its
+            fields (``grid=``, ``orders=``, ...) are deprecated aliases.
+        log_figure: also log the figure of the curves.
+        **kwargs: the probe settings of :class:`~lit_advgame.callbacks.base.ProbeCallback`.
+
+    Subclasses set :attr:`num_games`, the games each estimate evaluates (for the forward-pass budget).
+    """
+
+    #: input games per estimate (clean and adversarial: 2)
+    num_games: int = 1
+
+    def __init__(self, *, game: GameSettings = DEFAULT_GAME, log_figure: bool = True, **kwargs: Any) -> None:
+        game = settings_argument(GameSettings, game, kwargs, type(self).__name__, "game")
+        super().__init__(**kwargs)
+        #: the :class:`GameSettings` given as ``game``
+        self.settings = game
+        self.log_figure = bool(log_figure)
+
+    @override
+    def check_setup(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.settings.check_setup(self.name, model, x, num_games=self.num_games)

@@ -26,55 +26,47 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
-from lit_advgame.callbacks.base import Figures, Metrics, ProbeCallback
+from lit_advgame.callbacks.base import Figures, Metrics
 from lit_advgame.callbacks.figures import multi_order_figure
-from lit_advgame.callbacks.game_settings import DEFAULT_GAME, GameSettings, settings_argument
+from lit_advgame.callbacks.game_settings import GameCallback
 from lit_advgame.callbacks.probe_attack import STRENGTH, ProbeAttack
 from lit_advgame.interactions import interaction_change
 
 
-class MultiOrderInteractionCallback(ProbeCallback):
+class MultiOrderInteractionCallback(GameCallback):
     """Log ``I^(m)`` (clean and adversarial), ``ΔI^(m)``, ``ΔJ^(m)`` and the share per order (see module doc).
 
     Args:
-        game: the game and estimator settings, a
-            :class:`~lit_advgame.callbacks.game_settings.GameSettings` (in YAML a mapping such as
-            ``{grid: 8, orders: reference, num_pairs: 4, num_contexts: 8}``).
         attack: ``"strength"`` (default: stop at a logit drop of ``threshold``) or an attack
             preset such as ``"pgd"`` (:mod:`~lit_advgame.callbacks.probe_attack`).
         attack_kwargs: options of the attack (e.g. ``{threshold: 6.0, eps: 0.25}`` or, for
             ``"pgd"``, ``{eps: 0.1, steps: 20}``).
         only_reached: with the strength attack, use only the examples whose logit drop ended in the
             window (the reference keeps only those); otherwise every attacked example.
-        log_figure: also log the figure of the curves.
         prefix: tag prefix (default ``"interaction"``).
-        **kwargs: the probe settings of :class:`~lit_advgame.callbacks.base.ProbeCallback`
-            (``probe_size`` (16; only the probes classified correctly are attacked), ``probe_split``,
-            ``seed``, ``batch_size``, ``every_n_epochs``, ``probe_x``, ``probe_y``). The flat game
-            keywords (``grid=``, ``orders=``, ...) are deprecated aliases of ``game``.
+        **kwargs: ``game`` (the game and estimator settings, a
+            :class:`~lit_advgame.callbacks.game_settings.GameSettings`; in YAML a mapping such as
+            ``{grid: 8, orders: reference, num_pairs: 4, num_contexts: 8}``) and ``log_figure``
+            (:class:`~lit_advgame.callbacks.game_settings.GameCallback`), and the probe settings of
+            :class:`~lit_advgame.callbacks.base.ProbeCallback` (``probe_size`` 16, of which only the
+            probes classified correctly are attacked; ``probe_split``, ``seed``, ``batch_size``,
+            ``every_n_epochs``, ``probe_x``, ``probe_y``).
     """
+
+    num_games = 2
 
     def __init__(
         self,
         *,
-        game: GameSettings = DEFAULT_GAME,
         attack: str = STRENGTH,
         attack_kwargs: dict[str, Any] | None = None,
         only_reached: bool = True,
-        log_figure: bool = True,
         prefix: str = "interaction",
         **kwargs: Any,
     ) -> None:
-        game = settings_argument(GameSettings, game, kwargs, type(self).__name__, "game")
         super().__init__(prefix=prefix, **kwargs)
-        self.settings = game
         self.attack = ProbeAttack(attack, attack_kwargs, seed=self.seed)
         self.only_reached = bool(only_reached)
-        self.log_figure = bool(log_figure)
-
-    @override
-    def check_setup(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.settings.check_setup(self.name, model, x, num_games=2)
 
     @override
     def compute(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[Metrics, Figures]:

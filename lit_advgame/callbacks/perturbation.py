@@ -67,7 +67,7 @@ class PerturbationInteractionCallback(ProbeCallback):
         prefix: str = "perturbation_interaction",
         **kwargs: Any,
     ) -> None:
-        interaction = settings_argument(PerturbationInteraction, interaction, kwargs, type(self).__name__, "interaction")
+        interaction = settings_argument(PerturbationInteraction, interaction, kwargs, self.name, "interaction")
         super().__init__(prefix=prefix, **kwargs)
         self.interaction = interaction
         if attack_kwargs is None and attack != STRENGTH:

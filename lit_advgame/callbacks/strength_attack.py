@@ -1,4 +1,4 @@
-"""Deprecated location of the strength-controlled attack: it is an attack and lives in :mod:`lit_advgame.attacks.strength`.
+"""Deprecated location of the strength-controlled attack, an attack that lives in :mod:`lit_advgame.attacks.strength`.
 
 Importing this module still works for one release (with a ``DeprecationWarning``); import
 :class:`~lit_advgame.attacks.StrengthControlledAttack` from :mod:`lit_advgame.attacks` instead.

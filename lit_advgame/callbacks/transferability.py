@@ -77,7 +77,8 @@ class TransferabilityCallback(ProbeCallback):
         **kwargs: Any,
     ) -> None:
         super().__init__(probe_size=probe_size, prefix=prefix, **kwargs)
-        self.attack = ProbeAttack(attack, DEFAULT_ATTACK_KWARGS if attack_kwargs is None else attack_kwargs, seed=self.seed)
+        options = DEFAULT_ATTACK_KWARGS if attack_kwargs is None else attack_kwargs
+        self.attack = ProbeAttack(attack, options, seed=self.seed)
         check_int(restarts, "restarts", minimum=1)
         if external_models is not None and not isinstance(external_models, (list, tuple)):
             raise TypeError(f"external_models must be a list of model specs; got {type(external_models).__name__}")

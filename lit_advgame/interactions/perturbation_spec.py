@@ -40,7 +40,6 @@ from lit_advgame.interactions.perturbation import (
 )
 from lit_advgame.interactions.players import _grid_shape as grid_shape  # C makes it public as grid_shape
 from lit_advgame.interactions.results import PerturbationInteractionResult
-from lit_advgame.interactions.values import VALUE_NAMES
 from lit_advgame.utils.checks import check_choice, check_int
 
 PerturbationForm = Literal["single", "coalition"]
