@@ -6,7 +6,7 @@ keys changed; any key can be overridden, and a component is switched on by givin
 (e.g. ``build_attack("pgd", model, momentum=1.0)`` is MI). HybridIR is MI + VR + SGM + IR, a
 configuration rather than a class. Names are case-insensitive; ``-``, ``_`` and spaces read as ``+``.
 
-Paper defaults (Section 5; ``ir_attack.md`` §1.3): ε = 16/255 (L∞) or 16/255·√n (L2), step 2/255
+Paper defaults (Wang et al., ICLR 2021, Section 5): ε = 16/255 (L∞) or 16/255·√n (L2), step 2/255
 for L∞ and 2.0 for L2 (the official code; the paper's text says 2/255, which cannot reach the L2
 ball in 100 steps), 100 steps, a 16×16 grid with 32 samples of 32 cells, λ = 1 for ResNet sources
 and 2 otherwise (``"auto"``), MI μ = 1 (the MI paper's value; the IR paper prints none),

@@ -3,7 +3,7 @@
 The paper compares interactions of adversarial examples "controlled to have similar attacking
 utility": every example lowers the true-class logit by about the same amount,
 ``U(x) = h_y(x) - h_y(x_adv)`` (the attacking utility of §4.1, in raw logits). The official code
-(``tools/attack.py: attack_magnitude_untarget``; ``interactions.md`` §1.2) gets there with an
+(``tools/attack.py: attack_magnitude_untarget``) gets there with an
 L∞ sign-gradient PGD on the cross-entropy of the true label, shrinking the step when it overshoots.
 Per image, with ``drop = h_y(x) - h_y(x')`` of the tentative step ``x'``:
 
@@ -43,7 +43,7 @@ images that overshot.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +90,7 @@ class StrengthAttackResult:
     forward_passes: int
 
 
+@dataclass(eq=False, repr=False)
 class StrengthControlledAttack:
     """L∞ PGD that stops each image once its true-class logit has dropped by ``threshold`` (see module doc).
 
@@ -111,42 +112,30 @@ class StrengthControlledAttack:
     parameters never get ``.grad``.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        threshold: float = DEFAULT_THRESHOLD,
-        *,
-        tolerance: float = DEFAULT_TOLERANCE,
-        eps: float = DEFAULT_EPS,
-        step_size: float = DEFAULT_STEP_SIZE,
-        steps: int = DEFAULT_STEPS,
-        min_step_size: float = DEFAULT_MIN_STEP_SIZE,
-        init_std: float = DEFAULT_INIT_STD,
-        require_misclassification: bool = True,
-        seed: int = 0,
-    ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-        check_positive(threshold, "threshold")
-        check_positive(tolerance, "tolerance")
-        check_positive(eps, "eps")
-        check_positive(step_size, "step_size")
-        check_int(steps, "steps", minimum=1)
-        check_positive(min_step_size, "min_step_size")
-        check_positive(init_std, "init_std", allow_zero=True)
-        if not isinstance(require_misclassification, bool):
-            raise TypeError(f"require_misclassification must be a bool; got {require_misclassification!r}")
-        check_int(seed, "seed", minimum=0)
-        self.model = model
-        self.threshold = float(threshold)
-        self.tolerance = float(tolerance)
-        self.eps = float(eps)
-        self.step_size = float(step_size)
-        self.steps = steps
-        self.min_step_size = float(min_step_size)
-        self.init_std = float(init_std)
-        self.require_misclassification = require_misclassification
-        self.seed = seed
+    model: nn.Module
+    threshold: float = DEFAULT_THRESHOLD
+    _: KW_ONLY
+    tolerance: float = DEFAULT_TOLERANCE
+    eps: float = DEFAULT_EPS
+    step_size: float = DEFAULT_STEP_SIZE
+    steps: int = DEFAULT_STEPS
+    min_step_size: float = DEFAULT_MIN_STEP_SIZE
+    init_std: float = DEFAULT_INIT_STD
+    require_misclassification: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module; got {type(self.model).__name__}")
+        for name in ("threshold", "tolerance", "eps", "step_size", "min_step_size"):
+            check_positive(getattr(self, name), name)
+            setattr(self, name, float(getattr(self, name)))
+        check_positive(self.init_std, "init_std", allow_zero=True)
+        self.init_std = float(self.init_std)
+        check_int(self.steps, "steps", minimum=1)
+        if not isinstance(self.require_misclassification, bool):
+            raise TypeError(f"require_misclassification must be a bool; got {self.require_misclassification!r}")
+        check_int(self.seed, "seed", minimum=0)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Adversarial images for clean images ``x`` with true labels ``y``."""

@@ -1,4 +1,4 @@
-"""Intra-ensemble transferability over training (DVERGE protocol, ``trs_ensembles.md`` §3.4).
+"""Intra-ensemble transferability over training (TRS, Yang et al., NeurIPS 2021, §4; the DVERGE protocol).
 
 Each run keeps the probes that every model classifies correctly, attacks each source model on
 them and reports, for every (source, target) pair, the fraction of those probes on which the
