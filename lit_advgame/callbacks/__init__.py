@@ -12,7 +12,12 @@ with the **epoch** as step (see :mod:`lit_advgame.callbacks.base`). In a config:
     trainer:
       callbacks+:
         - class_path: lit_advgame.callbacks.MultiOrderInteractionCallback
-          init_args: {probe_size: 16, every_n_epochs: 1}
+          init_args: {probe_size: 16, every_n_epochs: 1, game: {grid: 8, num_pairs: 4}}
+
+Shared settings are defined once: the probe settings in :class:`ProbeCallback` (every callback forwards
+them), the game settings in :class:`GameSettings` (``game:``, via :class:`GameCallback`), the
+perturbation-interaction settings in
+:class:`~lit_advgame.interactions.perturbation_spec.PerturbationInteraction` (``interaction:``).
 
 The strength-controlled attack (stop at a fixed drop of the true-class logit) is an attack:
 :class:`lit_advgame.attacks.StrengthControlledAttack` (importing it from here still works for one
@@ -20,7 +25,7 @@ release, with a ``DeprecationWarning``).
 """
 from lit_advgame.callbacks.base import ProbeCallback, log_figures, log_scalars
 from lit_advgame.callbacks.disentanglement import DisentanglementCallback
-from lit_advgame.callbacks.game_settings import GameSettings
+from lit_advgame.callbacks.game_settings import GameCallback, GameSettings
 from lit_advgame.callbacks.multi_order import MultiOrderInteractionCallback
 from lit_advgame.callbacks.perturbation import PerturbationInteractionCallback
 from lit_advgame.callbacks.probe_attack import AttackOutcome, ProbeAttack
@@ -30,6 +35,7 @@ from lit_advgame.callbacks.transferability import TransferabilityCallback
 __all__ = [
     "AttackOutcome",
     "DisentanglementCallback",
+    "GameCallback",
     "GameSettings",
     "MultiOrderInteractionCallback",
     "PerturbationInteractionCallback",

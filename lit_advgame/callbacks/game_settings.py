@@ -203,7 +203,7 @@ class GameCallback(ProbeCallback):
     num_games: int = 1
 
     def __init__(self, *, game: GameSettings = DEFAULT_GAME, log_figure: bool = True, **kwargs: Any) -> None:
-        game = settings_argument(GameSettings, game, kwargs, type(self).__name__, "game")
+        game = settings_argument(GameSettings, game, kwargs, self.name, "game")
         super().__init__(**kwargs)
         #: the :class:`GameSettings` given as ``game``
         self.settings = game

@@ -113,7 +113,8 @@ def test_overrides_apply(skip_resnet):
     assert attack.uses_random_start
     momentum = next(t for t in attack.transforms if isinstance(t, Momentum))
     term = attack.loss_terms[0]
-    assert momentum.momentum == 0.5 and math.isinf(term.lambda_) and term.grid == 4 and term.replaces_classification_loss
+    assert momentum.momentum == 0.5 and math.isinf(term.lambda_) and term.grid == 4
+    assert term.replaces_classification_loss
     # a component is switched on by giving it a value
     assert kinds(build_attack("pgd", skip_resnet, ti_kernel_size=5)) == {TranslationInvariance}
 
