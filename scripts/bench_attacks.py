@@ -139,7 +139,7 @@ def main() -> None:
     else:
         x = torch.rand(args.batch_size, *shape, device=device)
         y = torch.randint(0, 10, (args.batch_size,), device=device)
-    ir_options = {"ir_grid": min(args.ir_grid, args.size), "ir_samples": args.ir_samples,
+    ir_options = {"ir_grid": min(args.ir_grid, args.size), "ir_num_samples": args.ir_samples,
                   "ir_group_size": args.ir_group_size}
     attacks = {
         "pgd": lambda steps: build_attack("pgd", model, steps=steps, seed=0),

@@ -17,7 +17,7 @@ Protocol (as the reference, ``interactions.md`` §1):
 
 * probes: test digits that **both** models classify correctly;
 * each model attacks its own probes with the strength-controlled attack
-  (:class:`~lit_advgame.callbacks.strength_attack.StrengthControlledAttack`): L∞ sign-gradient
+  (:class:`~lit_advgame.attacks.strength.StrengthControlledAttack`): L∞ sign-gradient
   steps that stop once the true-class logit has dropped by ``--threshold`` (window
   ``(threshold, threshold + 0.5]``, misclassified); the **same** drop for both models, so the
   attacks have the same attacking utility. Only probes that reached the window for **both**
@@ -53,7 +53,7 @@ from typing import Any
 
 import torch
 
-from lit_advgame.callbacks.strength_attack import StrengthControlledAttack
+from lit_advgame.attacks.strength import StrengthControlledAttack
 from lit_advgame.data import DigitsDataModule
 from lit_advgame.interactions import InputGame, disentanglement, interaction_change
 from lit_advgame.predict import load_classifier

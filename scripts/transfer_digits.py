@@ -144,7 +144,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     base = {"eps": args.eps, "step_size": args.step_size, "steps": args.steps, "ir_grid": args.ir_grid,
-            "ir_samples": args.ir_samples, "ir_group_size": args.ir_group_size}
+            "ir_num_samples": args.ir_samples, "ir_group_size": args.ir_group_size}
     # VR+IR keeps the paper's halving of steps relative to the others (App. M.1: 50 instead of 100)
     vr_ir = {"steps": max(1, args.steps // 2)}
     interaction = {"grid": args.ir_grid, "form": "single", "num_samples": args.ir_grid ** 2}

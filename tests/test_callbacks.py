@@ -15,20 +15,24 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lit_advgame.attacks import StrengthControlledAttack
 from lit_advgame.callbacks import (
     DisentanglementCallback,
+    GameSettings,
     MultiOrderInteractionCallback,
     PerturbationInteractionCallback,
     ProbeAttack,
-    StrengthControlledAttack,
     TransferabilityCallback,
 )
 from lit_advgame.cli import build_cli, main
 from lit_advgame.data import DigitsDataModule
 from lit_advgame.interactions import (
+    DEFAULT_MAX_FORWARD_PASSES,
     interaction_change,
     perturbation_interaction_estimate,
 )
+from lit_advgame.interactions.game import DEFAULT_GRID
+from lit_advgame.interactions.perturbation_spec import PerturbationInteraction
 from lit_advgame.models import build_model
 from lit_advgame.predict import export_classifier
 from lit_advgame.training import StandardClassifier
@@ -186,9 +190,9 @@ def _fit_single_model(tmp_path, digits, trained):
     external = export_classifier(_net(digits, trained[1]), tmp_path / "external.pt", arch="mlp", num_classes=10,
                                  input_shape=digits.input_shape, arch_kwargs=MLP)
     callbacks = [
-        MultiOrderInteractionCallback(probe_size=8, **TINY),
-        DisentanglementCallback(probe_size=8, **TINY),
-        PerturbationInteractionCallback(probe_size=8, grid=4, num_samples=16, every_n_epochs=2,
+        MultiOrderInteractionCallback(probe_size=8, game=TINY),
+        DisentanglementCallback(probe_size=8, game=TINY),
+        PerturbationInteractionCallback(probe_size=8, interaction={"grid": 4, "num_samples": 16}, every_n_epochs=2,
                                         attack_kwargs={"eps": 16 / 255, "steps": 5}),
         TransferabilityCallback(probe_size=16, external_models=[{"path": str(external), "name": "ext"}]),
     ]
@@ -296,34 +300,34 @@ def test_probe_tensors_without_a_datamodule(tmp_path, digits, trained):
     x, y = digits.probe_set(64, "train", 0)
     loader = DataLoader(TensorDataset(x, y), batch_size=32)
     px, py = digits.probe_set(8, "val", 1)
-    callback = DisentanglementCallback(probe_size=6, probe_x=px, probe_y=py, **TINY)
+    callback = DisentanglementCallback(probe_size=6, probe_x=px, probe_y=py, game=TINY)
     trainer = _trainer(tmp_path, [callback], max_epochs=1, logger=False)
     trainer.fit(_standard(digits, trained[0]), train_dataloaders=loader, val_dataloaders=loader)
     assert "disentanglement/r0.50" in callback.last_metrics
     assert callback.last_metrics["disentanglement/num_images"] <= 6
     with pytest.raises(ValueError, match="probe examples"):
-        _trainer(tmp_path, [DisentanglementCallback(**TINY)], max_epochs=1, logger=False).fit(
+        _trainer(tmp_path, [DisentanglementCallback(game=TINY)], max_epochs=1, logger=False).fit(
             _standard(digits, trained[0]), train_dataloaders=loader, val_dataloaders=loader)
 
 
 # ------------------------------------------------------------------------------------------ errors
 def test_bad_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="unknown order preset"):
-        MultiOrderInteractionCallback(orders="no_such_orders")
+        MultiOrderInteractionCallback(game={"orders": "no_such_orders"})
     with pytest.raises(ValueError, match="ratio"):
-        DisentanglementCallback(orders=[0.1, 2.0])
+        DisentanglementCallback(game={"orders": [0.1, 2.0]})
     with pytest.raises(ValueError, match="every_n_epochs"):
         MultiOrderInteractionCallback(every_n_epochs=0)
     with pytest.raises(ValueError, match="probe_size"):
         TransferabilityCallback(probe_size=0)
     with pytest.raises(ValueError, match="num_pairs"):
-        DisentanglementCallback(grid=2, num_pairs=10)
+        DisentanglementCallback(game={"grid": 2, "num_pairs": 10})
     with pytest.raises(ValueError, match="value"):
-        MultiOrderInteractionCallback(value="no_such_value")
+        MultiOrderInteractionCallback(game={"value": "no_such_value"})
     with pytest.raises(ValueError, match="probe_split"):
         DisentanglementCallback(probe_split="validation")
     with pytest.raises(ValueError, match="form"):
-        PerturbationInteractionCallback(form="pairs")
+        PerturbationInteractionCallback(interaction={"form": "pairs"})
     with pytest.raises(ValueError, match="no_such_attack"):
         MultiOrderInteractionCallback(attack="no_such_attack")
     with pytest.raises(ValueError, match="probe_y"):
@@ -334,13 +338,38 @@ def test_bad_arguments_are_clear_errors():
         TransferabilityCallback(restarts=0)
 
 
+def test_settings_objects_are_defined_once_and_flat_keywords_are_deprecated_aliases():
+    game = GameSettings(**TINY)
+    assert MultiOrderInteractionCallback(game=game).settings is game
+    assert DisentanglementCallback(game=TINY).settings == game  # a mapping of the fields
+    flat = r"\(grid=\.\.\., orders=\.\.\., num_pairs=\.\.\., num_contexts=\.\.\.\) .*game="
+    with pytest.warns(DeprecationWarning, match=flat):
+        old = MultiOrderInteractionCallback(probe_size=8, **TINY)
+    assert old.settings == game and old.probe_size == 8
+    with pytest.warns(DeprecationWarning, match="interaction="):
+        pert = PerturbationInteractionCallback(grid=4, num_samples=16)
+    assert pert.interaction == PerturbationInteraction(grid=4, num_samples=16)
+    # one default per concept: the package's grid and forward-pass cap, the shared specification's defaults
+    assert GameSettings().grid == DEFAULT_GRID and GameSettings().max_forward_passes == DEFAULT_MAX_FORWARD_PASSES
+    assert PerturbationInteractionCallback().interaction == PerturbationInteraction()
+    # probe settings: defined once in ProbeCallback, forwarded by every subclass (only the defaults differ)
+    assert [cb().probe_size for cb in (MultiOrderInteractionCallback, DisentanglementCallback,
+                                        PerturbationInteractionCallback, TransferabilityCallback)] == [16, 16, 16, 64]
+    with pytest.raises(ValueError, match="unknown game option"):
+        DisentanglementCallback(game={"grids": 4})
+    with pytest.raises(TypeError, match="game must be a GameSettings"):
+        DisentanglementCallback(game=4)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):
+        DisentanglementCallback(bogus=1)
+
+
 @pytest.mark.parametrize(
     ("callback", "match"),
     [
         (lambda: DisentanglementCallback(probe_size=10_000), "probe_size=10000.*exceeds the 270"),
-        (lambda: MultiOrderInteractionCallback(probe_size=4, grid=32), "grid 32x32 is larger than the image"),
-        (lambda: PerturbationInteractionCallback(probe_size=4, grid=17), "larger than the image"),
-        (lambda: MultiOrderInteractionCallback(probe_size=64, max_forward_passes=1000), "max_forward_passes"),
+        (lambda: MultiOrderInteractionCallback(probe_size=4, game={"grid": 32}), "grid 32x32 is larger than the image"),
+        (lambda: PerturbationInteractionCallback(probe_size=4, interaction={"grid": 17}), "larger than the image"),
+        (lambda: MultiOrderInteractionCallback(probe_size=64, game={"max_forward_passes": 1000}), "max_forward_passes"),
         (lambda: TransferabilityCallback(probe_size=4, external_models=["/no/such/model.pt"]), "external_models"),
     ],
 )
@@ -359,7 +388,7 @@ def test_module_without_a_classifier_is_a_clear_error(tmp_path, digits):
             self.net = nn.Linear(256, 10)
 
     with pytest.raises(TypeError, match="pl_module.model"):
-        DisentanglementCallback(**TINY).setup(pl.Trainer(logger=False), Bare(), "fit")
+        DisentanglementCallback(game=TINY).setup(pl.Trainer(logger=False), Bare(), "fit")
 
 
 # ------------------------------------------------------------------------------------------ config and DDP
@@ -378,6 +407,16 @@ def test_callbacks_config_fragment_appends_the_four_callbacks(capsys):
     built = [cb for cb in cli.trainer.callbacks if type(cb).__module__.startswith("lit_advgame.callbacks")]
     assert [type(cb).__name__ for cb in built] == [p.rsplit(".", 1)[1] for p in paths[-4:]]
     assert built[0].attack.options["eps"] == pytest.approx(64 / 255)
+    # the nested settings keep the configs' meaning: 8x8 grid, reference orders, 4 pairs x 8 contexts; exact Eq. 4
+    digits_game = GameSettings(grid=8, orders="reference", num_pairs=4, num_contexts=8)
+    assert built[0].settings == built[1].settings == digits_game
+    assert built[2].interaction == PerturbationInteraction(grid=8, form="single", num_samples=64, value="margin_max",
+                                                           scale="paper")
+    # a bad choice inside a settings object fails when the config is parsed
+    with pytest.raises(SystemExit):
+        build_cli([*args[1:], "--trainer.callbacks+=lit_advgame.callbacks.DisentanglementCallback",
+                   "--trainer.callbacks.game.pairs=diagonal"], run=False)
+    assert "diagonal" in capsys.readouterr().err
 
 
 def test_callbacks_under_ddp_on_two_cpu_processes(tmp_path):
@@ -385,7 +424,7 @@ def test_callbacks_under_ddp_on_two_cpu_processes(tmp_path):
     fragment = tmp_path / "tiny_callbacks.yaml"
     fragment.write_text(yaml.safe_dump({"trainer": {"callbacks+": [
         {"class_path": "lit_advgame.callbacks.MultiOrderInteractionCallback",
-         "init_args": {"probe_size": 4, **TINY}},
+         "init_args": {"probe_size": 4, "game": TINY}},
         {"class_path": "lit_advgame.callbacks.TransferabilityCallback", "init_args": {"probe_size": 8}},
     ]}}))
     cmd = [sys.executable, "-m", "lit_advgame", "fit", "--config", str(CONFIGS / "standard_digits.yaml"),

@@ -1,5 +1,6 @@
 """Transfer attacks in pixel space: PGD (L∞/L2) with composable MI, VR, DI, TI and SGM transforms and
-the IR interaction loss (Wang et al., ICLR 2021), plus named presets of the paper's tables.
+the IR interaction loss (Wang et al., ICLR 2021), plus named presets of the paper's tables, and the
+strength-controlled attack of Ren et al. (NeurIPS 2021) that stops at a fixed logit drop.
 
 >>> attack = build_attack("hybridir", model, steps=10, seed=0)   # doctest: +SKIP
 >>> x_adv = attack(x, y)                                          # doctest: +SKIP
@@ -19,6 +20,7 @@ from lit_advgame.attacks.presets import (
     preset_config,
     source_family,
 )
+from lit_advgame.attacks.strength import StrengthAttackResult, StrengthControlledAttack
 from lit_advgame.attacks.transforms import (
     DiverseInputs,
     Momentum,
@@ -54,4 +56,6 @@ __all__ = [
     "preset_config",
     "attack_from_config",
     "source_family",
+    "StrengthAttackResult",
+    "StrengthControlledAttack",
 ]

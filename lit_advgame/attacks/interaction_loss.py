@@ -2,16 +2,18 @@ r"""The IR term: the interaction loss of the interaction-reduced attack (Wang et
 
 The attack maximises ℓ(h(x + δ), y) − λ·ℓ_interaction with ℓ_interaction = E_{i,j}[I_ij(δ)], the
 average pairwise Shapley interaction between perturbation units, estimated on an L×L grid of cells
-(Eq. 4 and Appendix J, Eq. 39). The estimate comes from the interaction engine,
-:func:`lit_advgame.interactions.perturbation_interaction` (imported lazily); its defaults follow
-the official code: ``form="coalition"`` (32 samples of 32 cells drawn with replacement per step;
+(Eq. 4 and Appendix J, Eq. 39). What is estimated is one
+:class:`~lit_advgame.interactions.perturbation_spec.PerturbationInteraction` (the specification the
+presets, the callback and the transfer evaluation share); the loss defaults to its official-code
+setting :meth:`~lit_advgame.interactions.perturbation_spec.PerturbationInteraction.ir_code`:
+``form="coalition"`` (32 samples of 32 cells drawn with replacement per step;
 ``"single"``-player forms are the paper's Eq. 39), ``value="margin_fixed"`` (v(S) = z_t − z_y with
 the runner-up t of the full perturbation held fixed for the step; ``"margin_max"`` takes the max
 inside each subset, as the paper's text) and ``scale="reference"`` (no 1/(n−1) factor, which only
 rescales λ).
 
-λ = 1 for ResNet sources and 2 otherwise (paper Section 5); ``lam=float("inf")`` (or ``"inf"``)
-optimises the interaction alone (Fig. 3b); ``lam=0`` computes the term but adds 0·I, so the attack
+λ = 1 for ResNet sources and 2 otherwise (paper Section 5); ``lambda_=float("inf")`` (or ``"inf"``)
+optimises the interaction alone (Fig. 3b); ``lambda_=0`` computes the term but adds 0·I, so the attack
 equals its base exactly. The interaction is measured w.r.t. the true label y also in targeted
 attacks, and on the noise-free, untransformed input x + δ when VR/DI are used (official code).
 With ``random_start=None`` an attack with 0 < λ < ∞ starts from δ = 0 (official code: random
@@ -23,12 +25,20 @@ at random unless ``random_start=False`` is given (a deviation from the official 
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
+from typing_extensions import override
 
+import lit_advgame.interactions as interactions
 from lit_advgame.attacks.loss_term import LossTerm
+from lit_advgame.interactions.perturbation_spec import PerturbationInteraction, grid_shape
 from lit_advgame.utils.checks import check_int, check_positive
+
+_LAMBDA = "ir_lambda (the IR weight λ, keyword lambda_)"
 
 
 def parse_lambda(lam: float | str) -> float:
@@ -39,89 +49,96 @@ def parse_lambda(lam: float | str) -> float:
         try:
             lam = float(lam)
         except ValueError:
-            raise ValueError(f"lam (IR weight) must be a number >= 0 or 'inf'; got {lam!r}") from None
-    check_positive(lam, "lam (IR weight)", allow_zero=True, allow_inf=True)
+            raise ValueError(f"{_LAMBDA} must be a number >= 0 or 'inf'; got {lam!r}") from None
+    check_positive(lam, _LAMBDA, allow_zero=True, allow_inf=True)
     return float(lam)
 
 
 class InteractionLoss(LossTerm):
-    """−λ·I(δ) per image (or −I(δ) for λ = ∞), I from :func:`perturbation_interaction`.
+    """−λ·I(δ) per image (or −I(δ) for λ = ∞), I the perturbation interaction of Eq. 4 / 39 (Wang et al., ICLR 2021).
 
     Args:
-        lam: weight λ >= 0 of the interaction, or ``inf`` for interaction only.
-        grid: side L of the L×L grid of players (16 in the paper); must not exceed the image size.
-        form, num_samples, group_size, value, scale, batch_size: passed to the engine.
+        lambda_: weight λ >= 0 of the interaction, or ``inf`` for interaction only (preset key
+            ``ir_lambda``; ``lam`` is a deprecated alias).
+        interaction: what is estimated, a
+            :class:`~lit_advgame.interactions.perturbation_spec.PerturbationInteraction` or a mapping
+            of its fields (default: :meth:`~lit_advgame.interactions.perturbation_spec.PerturbationInteraction.ir_code`,
+            the official code's 32 groups of 32 cells on a 16×16 grid).
+        batch_size: masked inputs per forward pass of the engine (default 256).
+        **fields: fields of the specification to change (``grid``, ``form``, ``num_samples``,
+            ``group_size``, ``value``, ``scale``), e.g. ``InteractionLoss(1.0, grid=8)``.
     """
 
     name = "interaction"
 
     def __init__(
         self,
-        lam: float | str = 1.0,
-        grid: int = 16,
-        form: str = "coalition",
-        num_samples: int = 32,
-        group_size: int = 32,
-        value: str = "margin_fixed",
-        scale: str = "reference",
+        lambda_: float | str = 1.0,
+        interaction: PerturbationInteraction | Mapping[str, Any] | None = None,
+        *,
         batch_size: int | None = None,
+        lam: float | str | None = None,
+        **fields: Any,
     ) -> None:
-        self.lam = parse_lambda(lam)
-        check_int(grid, "grid (IR)", minimum=1)
-        check_int(num_samples, "num_samples (IR)", minimum=1)
-        check_int(group_size, "group_size (IR)", minimum=1)
+        if lam is not None:
+            warnings.warn("InteractionLoss(lam=...) is deprecated; use lambda_", DeprecationWarning, stacklevel=2)
+            lambda_ = lam
+        self.lambda_ = parse_lambda(lambda_)
+        try:
+            spec = PerturbationInteraction.of(interaction, PerturbationInteraction.ir_code())
+            self.spec = PerturbationInteraction.of(fields, spec)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{err} (IR interaction loss)") from None
         if batch_size is not None:
             check_int(batch_size, "batch_size (IR)", minimum=1)
-        self.grid = grid
-        self.form = form
-        self.num_samples = num_samples
-        self.group_size = group_size
-        self.value = value
-        self.scale = scale
         self.batch_size = batch_size
         self._generator: torch.Generator | None = None
 
     @property
-    def replaces_classification_loss(self) -> bool:  # type: ignore[override]
-        return math.isinf(self.lam)
+    def lam(self) -> float:
+        """Deprecated alias of :attr:`lambda_`."""
+        warnings.warn("InteractionLoss.lam is deprecated; use lambda_", DeprecationWarning, stacklevel=2)
+        return self.lambda_
+
+    # the specification's fields, read-only (term.grid, term.num_samples, ...)
+    grid = property(lambda self: self.spec.grid, doc="``spec.grid``")
+    form = property(lambda self: self.spec.form, doc="``spec.form``")
+    num_samples = property(lambda self: self.spec.num_samples, doc="``spec.num_samples``")
+    group_size = property(lambda self: self.spec.group_size, doc="``spec.group_size``")
+    value = property(lambda self: self.spec.value, doc="``spec.value``")
+    scale = property(lambda self: self.spec.scale, doc="``spec.scale``")
 
     @property
-    def prefers_zero_start(self) -> bool:  # type: ignore[override]
-        return 0 < self.lam < math.inf
+    @override
+    def replaces_classification_loss(self) -> bool:  # type: ignore[override]
+        return math.isinf(self.lambda_)
 
+    @property
+    @override
+    def prefers_zero_start(self) -> bool:  # type: ignore[override]
+        return 0 < self.lambda_ < math.inf
+
+    @override
     def start(self, x: torch.Tensor, generator: torch.Generator) -> None:
         height, width = x.shape[-2:]
-        if self.grid > min(height, width):
+        rows, cols = grid_shape(self.spec.grid)
+        if rows > height or cols > width:
             raise ValueError(
-                f"grid (IR) = {self.grid} is larger than the image ({height}×{width} pixels); "
+                f"grid (IR) = {self.spec.grid} is larger than the image ({height}×{width} pixels); "
                 f"use a grid of at most {min(height, width)}"
             )
         self._generator = generator
 
+    @override
     def __call__(
         self, model: nn.Module, x: torch.Tensor, delta: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        from lit_advgame.interactions import perturbation_interaction
-
-        interaction = perturbation_interaction(
-            model,
-            x,
-            delta,
-            y,
-            grid=self.grid,
-            form=self.form,
-            num_samples=self.num_samples,
-            group_size=self.group_size,
-            value=self.value,
-            generator=self._generator,
-            batch_size=self.batch_size,
-            scale=self.scale,
+        # looked up on the package at call time: the engine contract of lit_advgame.interactions
+        interaction = interactions.perturbation_interaction(
+            model, x, delta, y, generator=self._generator, batch_size=self.batch_size, **self.spec.engine_kwargs()
         )
-        contribution = -interaction if math.isinf(self.lam) else -self.lam * interaction
+        contribution = -interaction if math.isinf(self.lambda_) else -self.lambda_ * interaction
         return contribution, {"interaction": interaction.detach()}
 
     def __repr__(self) -> str:
-        return (
-            f"InteractionLoss(lam={self.lam}, grid={self.grid}, form={self.form!r}, num_samples={self.num_samples}, "
-            f"group_size={self.group_size}, value={self.value!r}, scale={self.scale!r}, batch_size={self.batch_size})"
-        )
+        return f"InteractionLoss(lambda_={self.lambda_}, interaction={self.spec!r}, batch_size={self.batch_size})"

@@ -6,7 +6,7 @@ keys changed; any key can be overridden, and a component is switched on by givin
 (e.g. ``build_attack("pgd", model, momentum=1.0)`` is MI). HybridIR is MI + VR + SGM + IR, a
 configuration rather than a class. Names are case-insensitive; ``-``, ``_`` and spaces read as ``+``.
 
-Paper defaults (Section 5; ``ir_attack.md`` §1.3): ε = 16/255 (L∞) or 16/255·√n (L2), step 2/255
+Paper defaults (Wang et al., ICLR 2021, Section 5): ε = 16/255 (L∞) or 16/255·√n (L2), step 2/255
 for L∞ and 2.0 for L2 (the official code; the paper's text says 2/255, which cannot reach the L2
 ball in 100 steps), 100 steps, a 16×16 grid with 32 samples of 32 cells, λ = 1 for ResNet sources
 and 2 otherwise (``"auto"``), MI μ = 1 (the MI paper's value; the IR paper prints none),
@@ -23,6 +23,14 @@ radius belongs to the L2 *default* only: ``norm="l2"`` without ``eps`` attacks w
 defaults to ``"none"`` then; pass ``eps_scaling="sqrt_dim"`` explicitly to scale it). The resolved
 radius is logged once per distinct configuration and kept as ``attack.resolved_eps``.
 
+One naming scheme for Python and YAML: a component's option is ``<component>_<keyword>`` after the
+keyword of its class (``vr_copies`` is ``VarianceReduction(copies=)``, ``ir_lambda`` is
+``InteractionLoss(lambda_=)``, ``ir_grid``/``ir_form``/``ir_num_samples``/``ir_group_size``/``ir_value``/``ir_scale``
+are the fields of :class:`~lit_advgame.interactions.perturbation_spec.PerturbationInteraction`, whose official-code
+setting ``PerturbationInteraction.ir_code()`` gives their defaults); MI's one option is ``momentum`` in both
+(``Momentum(momentum=)``). Deprecated for one release (``DeprecationWarning``): ``ir_samples`` (use
+``ir_num_samples``), ``InteractionLoss(lam=)`` (``lambda_``) and ``Momentum(mu=)`` (``momentum``).
+
 Options must have an effect: options of a component that is off (e.g. ``ir_grid`` on ``"pgd"``,
 whose IR is off because ``ir_lambda`` is unset; ``vr_sigma`` without ``vr_copies``; ``di_mode``
 without ``di_prob``; ``ti_nsig`` without ``ti_kernel_size``; ``l2_init`` with the L∞ norm) are
@@ -31,7 +39,9 @@ errors naming the option, the preset and the options the configuration uses.
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+import warnings
+from collections.abc import Sequence
+from typing import Any
 
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
@@ -47,6 +57,8 @@ from lit_advgame.attacks.transforms import (
     VarianceReduction,
 )
 from lit_advgame.attacks.transforms.skip_gradient import is_skip_block
+from lit_advgame.interactions.perturbation_spec import FIELDS as SPEC_FIELDS
+from lit_advgame.interactions.perturbation_spec import PerturbationInteraction
 from lit_advgame.utils.checks import parse_fraction
 
 #: every configuration key and its base value (``None`` = component off / norm default)
@@ -76,14 +88,14 @@ DEFAULTS: dict[str, Any] = {
     "ti_nsig": 3.0,
     "sgm_gamma": None,
     "ir_lambda": None,
-    "ir_grid": 16,
-    "ir_form": "coalition",
-    "ir_samples": 32,
-    "ir_group_size": 32,
-    "ir_value": "margin_fixed",
-    "ir_scale": "reference",
+    # the perturbation-interaction specification, one key per field: ir_grid, ir_form, ir_num_samples, ...
+    **{f"ir_{key}": value for key, value in PerturbationInteraction.ir_code().engine_kwargs().items()},
     "ir_batch_size": None,
 }
+#: the IR options that are fields of :class:`~lit_advgame.interactions.perturbation_spec.PerturbationInteraction`
+IR_SPEC_KEYS = tuple(f"ir_{key}" for key in SPEC_FIELDS)
+#: deprecated option names (one release) and their replacements
+DEPRECATED_KEYS = {"ir_samples": "ir_num_samples"}
 
 #: defaults that depend on the norm (filled in where the configuration leaves ``None``); the L2
 #: ``eps_scaling="sqrt_dim"`` goes with the default ε only (a given ``eps`` is used as given)
@@ -94,7 +106,7 @@ NORM_DEFAULTS: dict[str, dict[str, Any]] = {
 
 #: the key that switches a component on (``None`` = off) and the options only that component uses
 COMPONENT_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "IR": ("ir_lambda", ("ir_grid", "ir_form", "ir_samples", "ir_group_size", "ir_value", "ir_scale", "ir_batch_size")),
+    "IR": ("ir_lambda", (*IR_SPEC_KEYS, "ir_batch_size")),
     "VR": ("vr_copies", ("vr_sigma", "vr_reduction")),
     "DI": ("di_prob", ("di_resize_rate", "di_mode")),
     "TI": ("ti_kernel_size", ("ti_nsig",)),
@@ -120,6 +132,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 _SCALED = {"eps_scaling": "eps", "step_scaling": "step_size"}
+#: the configuration keys that are keyword arguments of :class:`Attack` itself
+_ATTACK_KEYS = (
+    "norm", "eps", "step_size", "steps", "loss", "targeted", "random_start", "eps_scaling", "step_scaling", "l2_init",
+    "unit", "seed", "record_iterates", "record_format",
+)
 _ALIASES = {"ir": "pgd+ir", "hybrid": "hybridir", "hybrid+ir": "hybridir"}
 _NUMBER_KEYS = ("eps", "step_size", "vr_sigma", "di_prob", "di_resize_rate", "ti_nsig", "momentum")
 
@@ -143,6 +160,18 @@ def canonical_name(preset: str) -> str:
 def _parse_number(value: Any, key: str) -> Any:
     """Accept YAML strings such as ``"16/255"`` for numeric keys."""
     return parse_fraction(value, key) if key in _NUMBER_KEYS else value
+
+
+def renamed_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with deprecated keys (:data:`DEPRECATED_KEYS`) renamed, each with a ``DeprecationWarning``."""
+    out = dict(options)
+    for old, new in DEPRECATED_KEYS.items():
+        if old in out:
+            warnings.warn(f"attack option {old!r} is deprecated; use {new!r}", DeprecationWarning, stacklevel=3)
+            if new in out:
+                raise ValueError(f"give {new!r} or its deprecated alias {old!r}, not both")
+            out[new] = out.pop(old)
+    return out
 
 
 def _ignored_options(config: dict[str, Any], keys: Sequence[str]) -> dict[str, str]:
@@ -177,6 +206,7 @@ def preset_config(preset: str, **overrides: Any) -> dict[str, Any]:
     Overrides the configuration ignores (options of a component that is off) are errors; a given L2
     ``eps`` is not scaled by √n unless ``eps_scaling="sqrt_dim"`` is given too.
     """
+    overrides = renamed_options(overrides)
     unknown = sorted(set(overrides) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"unknown attack option(s) {unknown}; allowed: {', '.join(DEFAULTS)}")
@@ -230,6 +260,7 @@ def attack_from_config(config: dict[str, Any], model: nn.Module | Sequence[nn.Mo
     Options of a component that is off must keep their default values (else ``ValueError``).
     The resolved radius is logged (``rank_zero_info``) once per distinct description.
     """
+    config = renamed_options(config)
     unknown = sorted(set(config) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"unknown attack option(s) {unknown}; allowed: {', '.join(DEFAULTS)}")
@@ -251,37 +282,9 @@ def attack_from_config(config: dict[str, Any], model: nn.Module | Sequence[nn.Mo
         transforms.append(Momentum(c["momentum"]))
     loss_terms = []
     if c["ir_lambda"] is not None:
-        loss_terms.append(
-            InteractionLoss(
-                lam=c["ir_lambda"],
-                grid=c["ir_grid"],
-                form=c["ir_form"],
-                num_samples=c["ir_samples"],
-                group_size=c["ir_group_size"],
-                value=c["ir_value"],
-                scale=c["ir_scale"],
-                batch_size=c["ir_batch_size"],
-            )
-        )
-    attack = Attack(
-        models,
-        norm=c["norm"],
-        eps=c["eps"],
-        step_size=c["step_size"],
-        steps=c["steps"],
-        loss=c["loss"],
-        targeted=c["targeted"],
-        random_start=c["random_start"],
-        transforms=transforms,
-        loss_terms=loss_terms,
-        eps_scaling=c["eps_scaling"],
-        step_scaling=c["step_scaling"],
-        l2_init=c["l2_init"],
-        unit=c["unit"],
-        seed=c["seed"],
-        record_iterates=c["record_iterates"],
-        record_format=c["record_format"],
-    )
+        spec = {key[len("ir_"):]: c[key] for key in IR_SPEC_KEYS}
+        loss_terms.append(InteractionLoss(c["ir_lambda"], spec, batch_size=c["ir_batch_size"]))
+    attack = Attack(models, transforms=transforms, loss_terms=loss_terms, **{key: c[key] for key in _ATTACK_KEYS})
     _log_once(describe_radius(attack))
     return attack
 

@@ -12,37 +12,53 @@ with the **epoch** as step (see :mod:`lit_advgame.callbacks.base`). In a config:
     trainer:
       callbacks+:
         - class_path: lit_advgame.callbacks.MultiOrderInteractionCallback
-          init_args: {probe_size: 16, every_n_epochs: 1}
+          init_args: {probe_size: 16, every_n_epochs: 1, game: {grid: 8, num_pairs: 4}}
 
-The strength-controlled attack (stop at a fixed drop of the true-class logit) is
-:class:`StrengthControlledAttack`.
+Shared settings are defined once: the probe settings in :class:`ProbeCallback` (every callback forwards
+them), the game settings in :class:`GameSettings` (``game:``, via :class:`GameCallback`), the
+perturbation-interaction settings in
+:class:`~lit_advgame.interactions.perturbation_spec.PerturbationInteraction` (``interaction:``).
+
+The strength-controlled attack (stop at a fixed drop of the true-class logit) is an attack:
+:class:`lit_advgame.attacks.StrengthControlledAttack` (importing it from here still works for one
+release, with a ``DeprecationWarning``).
 """
 from lit_advgame.callbacks.base import ProbeCallback, log_figures, log_scalars
 from lit_advgame.callbacks.disentanglement import DisentanglementCallback
-from lit_advgame.callbacks.game_settings import GameSettings
+from lit_advgame.callbacks.game_settings import GameCallback, GameSettings
 from lit_advgame.callbacks.multi_order import MultiOrderInteractionCallback
 from lit_advgame.callbacks.perturbation import PerturbationInteractionCallback
 from lit_advgame.callbacks.probe_attack import AttackOutcome, ProbeAttack
 from lit_advgame.callbacks.probes import classifier_of, members_of
-from lit_advgame.callbacks.strength_attack import (
-    StrengthAttackResult,
-    StrengthControlledAttack,
-)
 from lit_advgame.callbacks.transferability import TransferabilityCallback
 
 __all__ = [
     "AttackOutcome",
     "DisentanglementCallback",
+    "GameCallback",
     "GameSettings",
     "MultiOrderInteractionCallback",
     "PerturbationInteractionCallback",
     "ProbeAttack",
     "ProbeCallback",
-    "StrengthAttackResult",
-    "StrengthControlledAttack",
     "TransferabilityCallback",
     "classifier_of",
     "log_figures",
     "log_scalars",
     "members_of",
 ]
+
+
+def __getattr__(name: str):
+    """Deprecated names: the strength-controlled attack moved to :mod:`lit_advgame.attacks.strength`."""
+    if name in ("StrengthControlledAttack", "StrengthAttackResult"):
+        import warnings
+
+        from lit_advgame.attacks import strength
+
+        warnings.warn(
+            f"lit_advgame.callbacks.{name} is deprecated; import it from lit_advgame.attacks", DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(strength, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -35,7 +35,7 @@ so a resumed run neither recomputes nor re-logs an epoch that the checkpoint alr
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -59,6 +59,7 @@ from lit_advgame.data.base import SPLITS
 from lit_advgame.interactions import eval_mode
 from lit_advgame.utils.checks import check_choice, check_int
 
+Split = Literal["train", "val", "test"]
 Metrics = dict[str, float]
 Figures = dict[str, Figure]
 
@@ -85,8 +86,15 @@ def log_figures(trainer: pl.Trainer, figures: Figures, epoch: int) -> None:
             experiment.flush()
 
 
+#: probe examples of a callback (the transferability callback's default is 64)
+DEFAULT_PROBE_SIZE = 16
+
+
 class ProbeCallback(Callback):
     """A validation callback computing metrics on a fixed probe set (see the module docstring).
+
+    The probe settings are defined here once: subclasses take their own options and forward the
+    rest (``**kwargs``) to this constructor, so LightningCLI shows these options for every callback.
 
     Args:
         probe_size: number of probe examples (>= 1).
@@ -104,8 +112,8 @@ class ProbeCallback(Callback):
     def __init__(
         self,
         *,
-        probe_size: int,
-        probe_split: str = "val",
+        probe_size: int = DEFAULT_PROBE_SIZE,
+        probe_split: Split = "val",
         seed: int = 0,
         batch_size: int = 256,
         every_n_epochs: int = 1,
@@ -171,6 +179,7 @@ class ProbeCallback(Callback):
         self._last_fit_epoch = state_dict.get("last_fit_epoch")
 
     # ----------------------------------------------------------------------------- hooks
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage not in ("fit", "validate"):
             return  # test/predict runs never call on_validation_epoch_end: no probes needed
@@ -189,6 +198,7 @@ class ProbeCallback(Callback):
         epoch = trainer.current_epoch
         return (epoch + 1) % self.every_n_epochs == 0 and self._last_fit_epoch != epoch
 
+    @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.should_run(trainer):
             return

@@ -1,31 +1,43 @@
-"""The input-game settings shared by the multi-order and disentanglement callbacks (Ren et al., NeurIPS 2021).
+"""The input-game settings of the multi-order and disentanglement callbacks, defined once (Ren et al., NeurIPS 2021).
 
 Players are the cells of an ``L x L`` grid over the image (``n = L²``); ``v(S) = log p(y | x_S)``
 with absent cells set to the dataset mean colour (the reference); ``I^(m)`` is estimated from
 ``num_pairs`` neighbouring pairs per image and ``num_contexts`` random contexts per pair and order
-(:func:`lit_advgame.interactions.sample_pair_deltas`). Everything is checked when the callback is
-built (orders, pairs, value, baseline name) or at ``setup`` (grid against the image size,
+(:func:`lit_advgame.interactions.sample_pair_deltas`). Everything is checked when the settings are
+built (grid, orders, pairs, value, baseline name) or at ``setup`` (grid against the image size,
 baseline against the model, the forward-pass budget), never in the middle of training.
 
-Digits defaults (16x16 images): ``grid=8`` (2x2-pixel cells, n = 64), the paper's 11 orders
-(``"reference"``: 0.1n ... 0.95n), 4 neighbour pairs and 8 contexts per pair and order, so one
-game costs ``11 * 4 * 8 * 4 + 1 = 1,409`` forward passes per image (the reference: 200 pairs x
-100 contexts = 80,000 per order and image). Every estimate is logged with its standard error, so
-the noise of a budget is visible; raise ``num_pairs``/``num_contexts``/``probe_size`` for
-tighter curves.
+A callback takes one :class:`GameSettings` as ``game`` (in YAML a nested mapping)::
+
+    - class_path: lit_advgame.callbacks.DisentanglementCallback
+      init_args:
+        game: {grid: 8, orders: reference, num_pairs: 4, num_contexts: 8}
+
+Defaults, one value per concept: the package's grid :data:`~lit_advgame.interactions.game.DEFAULT_GRID`
+(16; the digits configs use ``grid: 8``, 2x2-pixel cells, n = 64), the paper's 11 orders
+(``"reference"``: 0.1n ... 0.95n), 4 neighbour pairs and 8 contexts per pair and order, so one game
+costs ``11 * 4 * 8 * 4 + 1 = 1,409`` forward passes per image (the reference: 200 pairs x 100
+contexts = 80,000 per order and image), and the package's forward-pass cap
+:data:`~lit_advgame.interactions.DEFAULT_MAX_FORWARD_PASSES`. Every estimate is logged with its
+standard error, so the noise of a budget is visible; raise ``num_pairs``/``num_contexts``/``probe_size``
+for tighter curves.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypeVar, get_args
 
 import torch
 from torch import nn
+from typing_extensions import override
 
+from lit_advgame.callbacks.base import ProbeCallback
 from lit_advgame.interactions import (
     BASELINE_NAMES,
-    VALUE_NAMES,
+    DEFAULT_MAX_FORWARD_PASSES,
     InputGame,
     Orders,
     check_budget,
@@ -34,37 +46,21 @@ from lit_advgame.interactions import (
     neighbour_pairs,
     resolve_orders,
 )
+from lit_advgame.interactions.game import DEFAULT_GRID
+from lit_advgame.interactions.perturbation_spec import IMAGE_VALUES, ImageValue
+from lit_advgame.interactions.players import _grid_shape as grid_shape  # C makes it public as grid_shape
 from lit_advgame.utils.checks import check_choice, check_int
 
-PAIR_KINDS = ("neighbour", "uniform")
+PairKind = Literal["neighbour", "uniform"]
+PAIR_KINDS: tuple[str, ...] = get_args(PairKind)
 #: value functions usable without extra per-image inputs
-GAME_VALUES = tuple(v for v in VALUE_NAMES if v != "target_minus_true")
-DEFAULT_GRID = 8
+GAME_VALUES = IMAGE_VALUES
 DEFAULT_ORDERS = "reference"
 DEFAULT_NUM_PAIRS = 4
 DEFAULT_NUM_CONTEXTS = 8
-#: default cap on the masked forward passes of one callback run (refused at setup when exceeded)
-DEFAULT_MAX_FORWARD_PASSES = 2_000_000
 
 
-def grid_shape(grid: Any) -> tuple[int, int]:
-    """``(L_h, L_w)`` of a grid given as ``L`` or ``[L_h, L_w]`` (clear error otherwise)."""
-    if isinstance(grid, bool):
-        raise TypeError(f"grid must be an int L (an L x L grid) or a pair [L_h, L_w]; got {grid!r}")
-    if isinstance(grid, int):
-        rows = cols = grid
-    elif isinstance(grid, Sequence) and not isinstance(grid, str) and len(grid) == 2:
-        rows, cols = grid
-    else:
-        raise TypeError(f"grid must be an int L (an L x L grid) or a pair [L_h, L_w]; got {grid!r}")
-    check_int(rows, "grid", minimum=1)
-    check_int(cols, "grid", minimum=1)
-    if rows * cols < 2:
-        raise ValueError(f"grid must have at least 2 cells (players); got {grid!r}")
-    return int(rows), int(cols)
-
-
-@dataclass
+@dataclass(frozen=True)
 class GameSettings:
     """Players, orders, pair/context budget, value and baseline of the interaction estimates.
 
@@ -80,22 +76,28 @@ class GameSettings:
         max_forward_passes: refuse (at setup) a run planned to need more masked forward passes.
     """
 
-    grid: Any = DEFAULT_GRID
-    orders: Any = DEFAULT_ORDERS
+    grid: int | tuple[int, int] = DEFAULT_GRID
+    orders: str | list[int] | list[float] = DEFAULT_ORDERS
     num_pairs: int = DEFAULT_NUM_PAIRS
     num_contexts: int = DEFAULT_NUM_CONTEXTS
-    pairs: str = "neighbour"
-    value: str = "log_prob"
-    baseline: Any = "mean"
+    pairs: PairKind = "neighbour"
+    value: ImageValue = "log_prob"
+    baseline: str | list[float] = "mean"
     max_forward_passes: int = DEFAULT_MAX_FORWARD_PASSES
 
     def __post_init__(self) -> None:
         rows, cols = grid_shape(self.grid)
-        self.grid = rows if rows == cols else (rows, cols)
-        self.num_players = rows * cols
+        if rows * cols < 2:
+            raise ValueError(f"grid must have at least 2 cells (players); got {self.grid!r}")
+        object.__setattr__(self, "grid", rows if rows == cols else (rows, cols))
         if isinstance(self.orders, (list, tuple)):
-            self.orders = list(self.orders)
-        self.resolved: Orders = resolve_orders(self.orders, self.num_players)
+            object.__setattr__(self, "orders", list(self.orders))
+        if isinstance(self.baseline, (list, tuple)):
+            object.__setattr__(self, "baseline", list(self.baseline))
+        # derived (not fields): n, the number of players, and the orders resolved for n players
+        object.__setattr__(self, "num_players", rows * cols)
+        resolved: Orders = resolve_orders(self.orders, rows * cols)
+        object.__setattr__(self, "resolved", resolved)
         check_choice(self.pairs, "pairs", PAIR_KINDS)
         check_int(self.num_pairs, "num_pairs", minimum=1)
         available = self._available_pairs(rows, cols)
@@ -151,3 +153,62 @@ class GameSettings:
             "generator": torch.Generator().manual_seed(seed),
             "max_forward_passes": self.max_forward_passes,
         }
+
+
+#: the default game settings (frozen, so callbacks can share it)
+DEFAULT_GAME = GameSettings()
+
+Settings = TypeVar("Settings")
+
+
+def settings_argument(
+    cls: type[Settings], given: Settings | Mapping[str, Any], kwargs: dict[str, Any], owner: str, keyword: str
+) -> Settings:
+    """A callback's settings object (``GameSettings``, ``PerturbationInteraction``): ``given`` itself or a
+    mapping of its fields, changed by the deprecated flat keyword arguments of those fields (popped from ``kwargs``)."""
+    names = [field.name for field in dataclasses.fields(cls)]
+    legacy = {name: kwargs.pop(name) for name in names if name in kwargs}
+    if isinstance(given, Mapping):
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            raise ValueError(f"{owner}: unknown {keyword} option(s) {unknown}; allowed: {', '.join(names)}")
+        given = cls(**given)
+    elif not isinstance(given, cls):
+        raise TypeError(f"{owner}: {keyword} must be a {cls.__name__} or a mapping of its fields; got {given!r}")
+    if legacy:
+        warnings.warn(
+            f"{owner}({', '.join(f'{name}=...' for name in legacy)}) is deprecated; give them inside "
+            f"{keyword}={{...}} ({cls.__name__}; in YAML a nested mapping under {keyword}:)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        given = dataclasses.replace(given, **legacy)
+    return given
+
+
+class GameCallback(ProbeCallback):
+    """A probe callback that estimates interactions of input games: the :class:`GameSettings` part, defined once.
+
+    Args:
+        game: the game and estimator settings, a :class:`GameSettings` (in YAML a mapping such as
+            ``{grid: 8, orders: reference, num_pairs: 4, num_contexts: 8}``); the flat keywords of its
+            fields (``grid=``, ``orders=``, ...) are deprecated aliases.
+        log_figure: also log the figure of the curves.
+        **kwargs: the probe settings of :class:`~lit_advgame.callbacks.base.ProbeCallback`.
+
+    Subclasses set :attr:`num_games`, the games each estimate evaluates (for the forward-pass budget).
+    """
+
+    #: input games per estimate (clean and adversarial: 2)
+    num_games: int = 1
+
+    def __init__(self, *, game: GameSettings = DEFAULT_GAME, log_figure: bool = True, **kwargs: Any) -> None:
+        game = settings_argument(GameSettings, game, kwargs, self.name, "game")
+        super().__init__(**kwargs)
+        #: the :class:`GameSettings` given as ``game``
+        self.settings = game
+        self.log_figure = bool(log_figure)
+
+    @override
+    def check_setup(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.settings.check_setup(self.name, model, x, num_games=self.num_games)

@@ -24,81 +24,51 @@ from typing import Any
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
+from typing_extensions import override
 
-from lit_advgame.callbacks.base import Figures, Metrics, ProbeCallback
+from lit_advgame.callbacks.base import Figures, Metrics
 from lit_advgame.callbacks.figures import multi_order_figure
-from lit_advgame.callbacks.game_settings import (
-    DEFAULT_GRID,
-    DEFAULT_MAX_FORWARD_PASSES,
-    DEFAULT_NUM_CONTEXTS,
-    DEFAULT_NUM_PAIRS,
-    DEFAULT_ORDERS,
-    GameSettings,
-)
+from lit_advgame.callbacks.game_settings import GameCallback
 from lit_advgame.callbacks.probe_attack import STRENGTH, ProbeAttack
 from lit_advgame.interactions import interaction_change
 
 
-class MultiOrderInteractionCallback(ProbeCallback):
+class MultiOrderInteractionCallback(GameCallback):
     """Log ``I^(m)`` (clean and adversarial), ``ΔI^(m)``, ``ΔJ^(m)`` and the share per order (see module doc).
 
     Args:
-        probe_size: probe examples (default 16); only those classified correctly are attacked.
-        probe_split, seed, batch_size, every_n_epochs, probe_x, probe_y: see
-            :class:`~lit_advgame.callbacks.base.ProbeCallback`.
-        grid, orders, num_pairs, num_contexts, pairs, value, baseline, max_forward_passes: the
-            game and estimator settings (:class:`~lit_advgame.callbacks.game_settings.GameSettings`).
         attack: ``"strength"`` (default: stop at a logit drop of ``threshold``) or an attack
             preset such as ``"pgd"`` (:mod:`~lit_advgame.callbacks.probe_attack`).
         attack_kwargs: options of the attack (e.g. ``{threshold: 6.0, eps: 0.25}`` or, for
             ``"pgd"``, ``{eps: 0.1, steps: 20}``).
         only_reached: with the strength attack, use only the examples whose logit drop ended in the
             window (the reference keeps only those); otherwise every attacked example.
-        log_figure: also log the figure of the curves.
         prefix: tag prefix (default ``"interaction"``).
+        **kwargs: ``game`` (the game and estimator settings, a
+            :class:`~lit_advgame.callbacks.game_settings.GameSettings`; in YAML a mapping such as
+            ``{grid: 8, orders: reference, num_pairs: 4, num_contexts: 8}``) and ``log_figure``
+            (:class:`~lit_advgame.callbacks.game_settings.GameCallback`), and the probe settings of
+            :class:`~lit_advgame.callbacks.base.ProbeCallback` (``probe_size`` 16, of which only the
+            probes classified correctly are attacked; ``probe_split``, ``seed``, ``batch_size``,
+            ``every_n_epochs``, ``probe_x``, ``probe_y``).
     """
+
+    num_games = 2
 
     def __init__(
         self,
-        probe_size: int = 16,
-        probe_split: str = "val",
-        seed: int = 0,
-        grid: int | list[int] = DEFAULT_GRID,
-        orders: str | list[int] | list[float] = DEFAULT_ORDERS,
-        num_pairs: int = DEFAULT_NUM_PAIRS,
-        num_contexts: int = DEFAULT_NUM_CONTEXTS,
-        pairs: str = "neighbour",
-        value: str = "log_prob",
-        baseline: str | list[float] = "mean",
+        *,
         attack: str = STRENGTH,
         attack_kwargs: dict[str, Any] | None = None,
         only_reached: bool = True,
-        batch_size: int = 256,
-        every_n_epochs: int = 1,
-        max_forward_passes: int = DEFAULT_MAX_FORWARD_PASSES,
-        log_figure: bool = True,
         prefix: str = "interaction",
-        probe_x: Any = None,
-        probe_y: Any = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            probe_size=probe_size,
-            probe_split=probe_split,
-            seed=seed,
-            batch_size=batch_size,
-            every_n_epochs=every_n_epochs,
-            prefix=prefix,
-            probe_x=probe_x,
-            probe_y=probe_y,
-        )
-        self.settings = GameSettings(grid, orders, num_pairs, num_contexts, pairs, value, baseline, max_forward_passes)
-        self.attack = ProbeAttack(attack, attack_kwargs, seed=seed)
+        super().__init__(prefix=prefix, **kwargs)
+        self.attack = ProbeAttack(attack, attack_kwargs, seed=self.seed)
         self.only_reached = bool(only_reached)
-        self.log_figure = bool(log_figure)
 
-    def check_setup(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.settings.check_setup(self.name, model, x, num_games=2)
-
+    @override
     def compute(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[Metrics, Figures]:
         outcome = self.attack.run(model, x, y, self.batch_size)
         metrics: Metrics = {self.tag("attack", key): value for key, value in outcome.stats.items()}

@@ -1,7 +1,7 @@
 """The attack a callback runs on its probe set, chosen by name in the config.
 
 * ``"strength"``: the strength-controlled attack of Ren et al. (NeurIPS 2021; reference code),
-  :class:`~lit_advgame.callbacks.strength_attack.StrengthControlledAttack`: every example lowers
+  :class:`~lit_advgame.attacks.strength.StrengthControlledAttack`: every example lowers
   the true-class logit by about ``threshold``. Options: its keyword arguments (``threshold``,
   ``tolerance``, ``eps``, ``step_size``, ``steps``, ``min_step_size``, ``init_std``,
   ``require_misclassification``).
@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from lit_advgame.attacks import build_attack, preset_config
-from lit_advgame.callbacks.strength_attack import StrengthControlledAttack
+from lit_advgame.attacks.strength import StrengthControlledAttack
+from lit_advgame.callbacks.probes import batched_logits
 from lit_advgame.utils.checks import check_int
 
 STRENGTH = "strength"
@@ -106,8 +107,7 @@ class ProbeAttack:
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> AttackOutcome:
         """Attack the probes ``(x, y)`` that ``model`` classifies correctly (``batch_size`` images per forward)."""
-        with torch.no_grad():
-            clean_logits = torch.cat([model(x[s : s + batch_size]) for s in range(0, x.shape[0], batch_size)])
+        clean_logits = batched_logits(model, x, batch_size)
         correct = clean_logits.argmax(dim=1) == y
         stats = {"clean_accuracy": float(correct.float().mean())}
         xs, ys = x[correct], y[correct]
@@ -124,8 +124,7 @@ class ProbeAttack:
         else:
             x_adv = torch.cat([attack(xs[s : s + batch_size], ys[s : s + batch_size]) for s in range(0, xs.shape[0], batch_size)])
             reached = torch.ones(xs.shape[0], dtype=torch.bool, device=x.device)
-        with torch.no_grad():
-            adv_logits = torch.cat([model(x_adv[s : s + batch_size]) for s in range(0, x_adv.shape[0], batch_size)])
+        adv_logits = batched_logits(model, x_adv, batch_size)
         stats["success_rate"] = float((adv_logits.argmax(dim=1) != ys).float().mean())
         stats["logit_drop"] = float((reference - adv_logits.gather(1, ys[:, None]).squeeze(1)).mean())
         stats["linf"] = float((x_adv - xs).flatten(1).abs().amax(dim=1).mean())

@@ -58,6 +58,12 @@ def module_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def batched_logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``model(x)`` in chunks of ``batch_size`` images, without gradients."""
+    with torch.no_grad():
+        return torch.cat([model(x[s : s + batch_size]) for s in range(0, x.shape[0], batch_size)])
+
+
 def check_probe_tensors(x: Any, y: Any, owner: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate user-given probe tensors ``(x, y)`` and return CPU copies."""
     if (x is None) != (y is None):

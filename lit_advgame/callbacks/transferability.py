@@ -1,4 +1,4 @@
-"""Intra-ensemble transferability over training (DVERGE protocol, ``trs_ensembles.md`` §3.4).
+"""Intra-ensemble transferability over training (TRS, Yang et al., NeurIPS 2021, §4; the DVERGE protocol).
 
 Each run keeps the probes that every model classifies correctly, attacks each source model on
 them and reports, for every (source, target) pair, the fraction of those probes on which the
@@ -32,14 +32,16 @@ from typing import Any
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
+from typing_extensions import override
 
 from lit_advgame.callbacks.base import Figures, Metrics, ProbeCallback
 from lit_advgame.callbacks.figures import transfer_figure
 from lit_advgame.callbacks.probe_attack import ProbeAttack
-from lit_advgame.callbacks.probes import members_of, module_device
+from lit_advgame.callbacks.probes import batched_logits, members_of, module_device
 from lit_advgame.ensembles.transferability import transfer_report
 from lit_advgame.interactions import eval_mode
 from lit_advgame.models import find_normalizer
+from lit_advgame.predict.models import load_classifiers
 from lit_advgame.utils.checks import check_int
 
 #: attack options used when ``attack_kwargs`` is not given (see the module docstring)
@@ -57,37 +59,26 @@ class TransferabilityCallback(ProbeCallback):
         include_ensemble: add the ensemble output as a source and target (ensembles only).
         external_models: optional list of model specs evaluated as extra sources and targets.
         log_figure: also log the heatmap.
-        Other arguments as :class:`~lit_advgame.callbacks.base.ProbeCallback`; prefix default ``"transfer"``.
+        prefix: tag prefix (default ``"transfer"``).
+        **kwargs: the other probe settings of :class:`~lit_advgame.callbacks.base.ProbeCallback`.
     """
 
     def __init__(
         self,
+        *,
         probe_size: int = 64,
-        probe_split: str = "val",
-        seed: int = 0,
         attack: str = "pgd",
         attack_kwargs: dict[str, Any] | None = None,
         restarts: int = 1,
         include_ensemble: bool = True,
         external_models: list[Any] | None = None,
-        batch_size: int = 256,
-        every_n_epochs: int = 1,
         log_figure: bool = True,
         prefix: str = "transfer",
-        probe_x: Any = None,
-        probe_y: Any = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            probe_size=probe_size,
-            probe_split=probe_split,
-            seed=seed,
-            batch_size=batch_size,
-            every_n_epochs=every_n_epochs,
-            prefix=prefix,
-            probe_x=probe_x,
-            probe_y=probe_y,
-        )
-        self.attack = ProbeAttack(attack, DEFAULT_ATTACK_KWARGS if attack_kwargs is None else attack_kwargs, seed=seed)
+        super().__init__(probe_size=probe_size, prefix=prefix, **kwargs)
+        options = DEFAULT_ATTACK_KWARGS if attack_kwargs is None else attack_kwargs
+        self.attack = ProbeAttack(attack, options, seed=self.seed)
         check_int(restarts, "restarts", minimum=1)
         if external_models is not None and not isinstance(external_models, (list, tuple)):
             raise TypeError(f"external_models must be a list of model specs; got {type(external_models).__name__}")
@@ -98,6 +89,7 @@ class TransferabilityCallback(ProbeCallback):
         self._externals: list[tuple[str, nn.Module]] = []
 
     # ------------------------------------------------------------------------------------------
+    @override
     def check_setup(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
         self._externals = self._load_externals(model, x)
         members = members_of(model)
@@ -111,8 +103,6 @@ class TransferabilityCallback(ProbeCallback):
     def _load_externals(self, model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module]]:
         if not self.external_specs:
             return []
-        from lit_advgame.predict.models import load_classifiers
-
         normalizer = find_normalizer(model)
         stats = {}
         if normalizer is not None:
@@ -149,6 +139,7 @@ class TransferabilityCallback(ProbeCallback):
             names.append("ensemble")
         return names, sources, ensemble
 
+    @override
     def counted_modules(self, model: nn.Module) -> list[nn.Module]:
         return super().counted_modules(model) + [ext for _, ext in self._externals]
 
@@ -170,14 +161,13 @@ class TransferabilityCallback(ProbeCallback):
         return factory
 
     # ------------------------------------------------------------------------------------------
+    @override
     def compute(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[Metrics, Figures]:
         names, sources, ensemble = self._models(model)
         everyone = sources + ([ensemble] if ensemble is not None else [])
-        with torch.no_grad():
-            correct = torch.ones_like(y, dtype=torch.bool)
-            for m in everyone:
-                pred = torch.cat([m(x[s : s + self.batch_size]).argmax(dim=1) for s in range(0, x.shape[0], self.batch_size)])
-                correct &= pred == y
+        correct = torch.ones_like(y, dtype=torch.bool)
+        for m in everyone:
+            correct &= batched_logits(m, x, self.batch_size).argmax(dim=1) == y
         metrics: Metrics = {self.tag("num_points"): float(correct.sum())}
         if not bool(correct.any()):
             rank_zero_warn(f"{self.name}: no probe is classified correctly by every model at epoch {epoch}; skipped")

@@ -25,6 +25,7 @@ protocol: its 1000 images are correctly classified by all sources), or ``"all"``
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -38,6 +39,8 @@ from torchmetrics.aggregation import MeanMetric
 
 from lit_advgame.evaluation.loo import loo_success_rate
 from lit_advgame.evaluation.scores import batched_margins, candidate_margins
+from lit_advgame.interactions.perturbation_spec import FIELDS as SPEC_FIELDS
+from lit_advgame.interactions.perturbation_spec import PerturbationInteraction
 from lit_advgame.predict.models import LoadedModel, ModelSpec, load_classifiers
 from lit_advgame.predict.shards import AdversarialSet, load_adversarial
 from lit_advgame.predict.writer import meta_differences
@@ -47,16 +50,11 @@ if TYPE_CHECKING:
     from lit_advgame.evaluation.report import TransferReport
 
 SUBSETS = ("source_correct", "all", "both_correct")
-INTERACTION_DEFAULTS: dict[str, Any] = {
-    "grid": 16,
-    "form": "single",
-    "num_samples": 64,
-    "group_size": 32,
-    "value": "margin_max",
-    "scale": "paper",
-    "seed": 0,
-    "max_images": None,
-}
+#: options of the interaction measurement: the fields of the one
+#: :class:`~lit_advgame.interactions.perturbation_spec.PerturbationInteraction` specification (its defaults: the
+#: paper's single-player form, ``margin_max``, the 1/(n−1) factor, a 16x16 grid, 64 players) plus ``seed`` and
+#: ``max_images``
+INTERACTION_DEFAULTS: dict[str, Any] = {**dataclasses.asdict(PerturbationInteraction()), "seed": 0, "max_images": None}
 
 
 def _mean(values: torch.Tensor) -> float:
@@ -177,27 +175,25 @@ def measure_interaction(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
 ) -> tuple[float, float, torch.Tensor]:
-    """Average interaction inside each perturbation δ = x_adv − x on ``model``: (mean, stderr over images, per image)."""
-    from lit_advgame.interactions import perturbation_interaction_estimate
+    """Average interaction inside each perturbation δ = x_adv − x on ``model``: (mean, stderr over images, per image).
 
+    ``E_ij[I_ij(δ)]`` of Wang et al. (ICLR 2021), Eq. 4 / 39, estimated as ``options`` (:data:`INTERACTION_DEFAULTS`)
+    specify, with the grid clipped to the image size.
+    """
     opts = {**INTERACTION_DEFAULTS, **dict(options)}
     unknown = sorted(set(opts) - set(INTERACTION_DEFAULTS))
     if unknown:
         raise ValueError(f"unknown interaction option(s) {unknown}; allowed: {', '.join(INTERACTION_DEFAULTS)}")
-    grid = min(int(opts["grid"]), *adv.x.shape[-2:])
+    spec = PerturbationInteraction.of({key: opts[key] for key in SPEC_FIELDS}).fit_grid(*adv.x.shape[-2:])
     n = len(adv) if opts["max_images"] is None else min(len(adv), int(opts["max_images"]))
     generator = torch.Generator(device=device).manual_seed(int(opts["seed"]))
     per_image = []
-    chunk = max(1, 8 * batch_size // (2 * int(opts["num_samples"]) + 2))  # images per engine call
+    chunk = max(1, 8 * batch_size // (2 * spec.num_samples + 2))  # images per engine call
     for start in range(0, n, chunk):
         x = adv.x[start : min(start + chunk, n)].to(device)
         x_adv = adv.x_adv[start : min(start + chunk, n)].to(device)
         y = adv.label[start : min(start + chunk, n)].to(device)
-        result = perturbation_interaction_estimate(
-            model, x, x_adv - x, y, grid=grid, form=opts["form"], num_samples=int(opts["num_samples"]),
-            group_size=int(opts["group_size"]), value=opts["value"], generator=generator,
-            batch_size=batch_size, scale=opts["scale"],
-        )
+        result = spec.estimate(model, x, x_adv - x, y, generator=generator, batch_size=batch_size)
         per_image.append(result.per_image.double().cpu())
     values = torch.cat(per_image) if per_image else torch.zeros(0, dtype=torch.float64)
     return _mean(values), _stderr(values), values
@@ -272,7 +268,7 @@ def evaluate_transfer(
     labels: Sequence[str] | None = None,
     subset: str = "source_correct",
     loo: bool = True,
-    interaction: Mapping[str, Any] | bool | None = True,
+    interaction: PerturbationInteraction | Mapping[str, Any] | bool | None = True,
     batch_size: int = 256,
     device: str | torch.device | None = None,
     output_dir: str | os.PathLike | None = None,
@@ -289,7 +285,8 @@ def evaluate_transfer(
             are refused.
         subset: ``"source_correct"`` (default), ``"all"`` or ``"both_correct"``.
         loo: compute LOO-selected success where per-step records exist.
-        interaction: ``True`` for :data:`INTERACTION_DEFAULTS`, a dict of overrides, or ``False``/``None``
+        interaction: ``True`` for :data:`INTERACTION_DEFAULTS`, a dict of overrides, a
+            :class:`~lit_advgame.interactions.perturbation_spec.PerturbationInteraction`, or ``False``/``None``
             to skip (it needs the source checkpoints named in each run's metadata).
         batch_size, device: evaluation batch size and device (default: CUDA if available).
         output_dir: if given, write ``report.json``, ``report.csv``, ``report.md``, the figure
@@ -318,6 +315,8 @@ def evaluate_transfer(
     options = None
     if interaction is True:
         options = {}
+    elif isinstance(interaction, PerturbationInteraction):
+        options = dataclasses.asdict(interaction)
     elif isinstance(interaction, Mapping):
         options = dict(interaction)
     elif interaction not in (False, None):

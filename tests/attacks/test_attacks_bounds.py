@@ -14,7 +14,7 @@ def small_config(preset: str, **overrides):
     """The preset, shrunk to a few cheap steps without switching on any component it lacks."""
     config = preset_config(preset, steps=3, seed=0, **overrides)
     if config["ir_lambda"] is not None:
-        config.update(ir_grid=4, ir_samples=4, ir_group_size=4)
+        config.update(ir_grid=4, ir_num_samples=4, ir_group_size=4)
     if config["vr_copies"] is not None:
         config["vr_copies"] = 3
     if config["ti_kernel_size"] is not None:

@@ -55,10 +55,10 @@ def test_skip_gradient_gamma_one_equals_base(norm, model_name, request, batch):
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_interaction_lambda_zero_equals_base(norm, cnn, batch):
     x, y = batch
-    term = InteractionLoss(lam=0.0, grid=4, num_samples=4, group_size=4)
+    term = InteractionLoss(lambda_=0.0, grid=4, num_samples=4, group_size=4)
     base = run(cnn, x, y, norm)  # random start (auto): IR with λ = 0 also starts at random (official code)
     assert torch.equal(run(cnn, x, y, norm, loss_terms=[term]), base)
-    term = InteractionLoss(lam=1.0, grid=4, num_samples=4, group_size=4)
+    term = InteractionLoss(lambda_=1.0, grid=4, num_samples=4, group_size=4)
     assert not torch.equal(run(cnn, x, y, norm, loss_terms=[term], random_start=True), base)
 
 
@@ -76,7 +76,7 @@ def test_all_neutral_transforms_together_equal_base(norm, skip_resnet, batch):
     neutral = [
         SkipGradient(1.0), VarianceReduction(1, 0.0), DiverseInputs(0.0), TranslationInvariance(1), Momentum(0.0)
     ]
-    term = InteractionLoss(lam=0.0, grid=3, num_samples=2, group_size=3)
+    term = InteractionLoss(lambda_=0.0, grid=3, num_samples=2, group_size=3)
     hybrid = run(skip_resnet, x, y, norm, transforms=neutral, loss_terms=[term])
     assert torch.equal(hybrid, run(skip_resnet, x, y, norm))
 

@@ -58,11 +58,12 @@ def test_bad_model():
         (lambda: DiverseInputs(resize_rate=0.0), "resize_rate \\(DI\\) must be > 0"),
         (lambda: TranslationInvariance(kernel_size=4), "kernel_size must be odd"),
         (lambda: TranslationInvariance(kernel_size=0), "kernel_size must be >= 1"),
-        (lambda: Momentum(mu=-1.0), "mu \\(momentum decay\\) must be >= 0"),
+        (lambda: Momentum(momentum=-1.0), "momentum \\(MI decay μ\\) must be >= 0"),
         (lambda: SkipGradient(gamma=1.5), "gamma \\(SGM decay\\) must be in \\[0, 1\\]"),
-        (lambda: InteractionLoss(lam=-1.0), "lam \\(IR weight\\) must be >= 0"),
-        (lambda: InteractionLoss(lam="big"), "lam \\(IR weight\\) must be a number >= 0 or 'inf'"),
-        (lambda: InteractionLoss(grid=0), "grid \\(IR\\) must be >= 1"),
+        (lambda: InteractionLoss(lambda_=-1.0), "ir_lambda \\(the IR weight λ, keyword lambda_\\) must be >= 0"),
+        (lambda: InteractionLoss(lambda_="big"),
+         "ir_lambda \\(the IR weight λ, keyword lambda_\\) must be a number >= 0 or 'inf'"),
+        (lambda: InteractionLoss(grid=0), "grid.* must be >= 1.*\\(IR interaction loss\\)"),
     ],
 )
 def test_bad_component_arguments(make, match):

@@ -77,7 +77,7 @@ def test_a_given_l2_eps_is_used_as_given(cnn, batch, caplog):
     "preset, options, match",
     [
         ("pgd", dict(ir_grid=8), r"\['ir_grid'\] have no effect in attack 'pgd' \(ir_grid: IR is off \(ir_lambda"),
-        ("mi", dict(ir_samples=4, ir_lambda=None), r"\['ir_samples'\] have no effect in attack 'mi'"),
+        ("mi", dict(ir_num_samples=4, ir_lambda=None), r"\['ir_num_samples'\] have no effect in attack 'mi'"),
         ("mi", dict(vr_sigma=0.1), r"\['vr_sigma'\] .* VR is off \(vr_copies"),
         ("pgd", dict(di_mode="nearest"), r"\['di_mode'\] .* DI is off \(di_prob"),
         ("pgd", dict(ti_nsig=2.0), r"\['ti_nsig'\] .* TI is off \(ti_kernel_size"),

@@ -25,7 +25,7 @@ def spy(engine, monkeypatch):
 
 
 def term(lam=1.0, **kwargs):
-    return InteractionLoss(lam=lam, grid=kwargs.pop("grid", 4), num_samples=kwargs.pop("num_samples", 4),
+    return InteractionLoss(lambda_=lam, grid=kwargs.pop("grid", 4), num_samples=kwargs.pop("num_samples", 4),
                            group_size=kwargs.pop("group_size", 3), **kwargs)
 
 
@@ -52,7 +52,7 @@ def test_lambda_infinity_optimises_the_interaction_only(cnn, batch, spy):
     result = Attack(cnn, steps=3, seed=0, random_start=True, loss_terms=[term("inf")]).run(x, y)
     assert "classification" not in result.losses
     assert torch.equal(result.losses["objective"], -result.losses["interaction"])
-    assert math.isinf(InteractionLoss("Infinity").lam)
+    assert math.isinf(InteractionLoss("Infinity").lambda_)
 
 
 def test_targeted_ir_measures_interaction_for_the_true_label(cnn, batch, spy):
@@ -101,7 +101,7 @@ def test_ir_lowers_the_interaction_on_a_trained_model(digits_model, engine):
 def test_ir_presets_run_end_to_end(skip_resnet, batch, engine):
     x, y = batch
     for name in ("pgd+ir", "vr+ir", "hybridir"):
-        attack = build_attack(name, skip_resnet, steps=2, seed=0, ir_grid=4, ir_samples=2, ir_group_size=2,
+        attack = build_attack(name, skip_resnet, steps=2, seed=0, ir_grid=4, ir_num_samples=2, ir_group_size=2,
                               **({"vr_copies": 2} if name != "pgd+ir" else {}))
         result = attack.run(x, y, record_iterates=True)
         assert torch.equal(result.iterates[0], torch.zeros_like(x))

@@ -39,7 +39,7 @@ def test_paper_defaults():
     assert (c["norm"], c["eps"], c["step_size"], c["steps"], c["loss"]) == ("linf", 16 / 255, 2 / 255, 100, "ce")
     assert c["random_start"] is None and c["eps_scaling"] == "none"
     ir = preset_config("pgd+ir")
-    assert (ir["ir_grid"], ir["ir_samples"], ir["ir_group_size"]) == (16, 32, 32)
+    assert (ir["ir_grid"], ir["ir_num_samples"], ir["ir_group_size"]) == (16, 32, 32)
     assert (ir["ir_form"], ir["ir_value"], ir["ir_scale"]) == ("coalition", "margin_fixed", "reference")
     assert ir["ir_lambda"] == "auto"
     assert preset_config("mi")["momentum"] == 1.0
@@ -80,10 +80,10 @@ def test_lambda_and_gamma_depend_on_the_source_family(skip_resnet, tv_resnet, tv
     assert source_family([tv_densenet]) == "densenet"
     assert source_family([cnn]) == "other"
     assert source_family([tv_resnet, tv_densenet]) == "other"
-    assert build_attack("pgd+ir", tv_resnet).loss_terms[0].lam == 1.0
-    assert build_attack("pgd+ir", tv_densenet).loss_terms[0].lam == 2.0
-    assert build_attack("pgd+ir", cnn).loss_terms[0].lam == 2.0
-    assert build_attack("pgd+ir", [tv_resnet, tv_densenet]).loss_terms[0].lam == 2.0
+    assert build_attack("pgd+ir", tv_resnet).loss_terms[0].lambda_ == 1.0
+    assert build_attack("pgd+ir", tv_densenet).loss_terms[0].lambda_ == 2.0
+    assert build_attack("pgd+ir", cnn).loss_terms[0].lambda_ == 2.0
+    assert build_attack("pgd+ir", [tv_resnet, tv_densenet]).loss_terms[0].lambda_ == 2.0
     assert build_attack("sgm", tv_resnet).transforms[0].gamma == 0.2
     assert build_attack("sgm", tv_densenet).transforms[0].gamma == 0.5
 
@@ -99,9 +99,9 @@ def test_package_models_family_and_sgm(name, family):
         with pytest.raises(ValueError, match="SGM needs a model with identity skip connections"):
             build_attack("sgm", model)
     else:
-        attack = build_attack("sgm+ir", model, steps=1, seed=0, ir_grid=4, ir_samples=2, ir_group_size=2)
+        attack = build_attack("sgm+ir", model, steps=1, seed=0, ir_grid=4, ir_num_samples=2, ir_group_size=2)
         assert attack.transforms[0].gamma == (0.5 if family == "densenet" else 0.2)
-        assert attack.loss_terms[0].lam == (2.0 if family == "densenet" else 1.0)
+        assert attack.loss_terms[0].lambda_ == (2.0 if family == "densenet" else 1.0)
 
 
 def test_overrides_apply(skip_resnet):
@@ -113,7 +113,8 @@ def test_overrides_apply(skip_resnet):
     assert attack.uses_random_start
     momentum = next(t for t in attack.transforms if isinstance(t, Momentum))
     term = attack.loss_terms[0]
-    assert momentum.mu == 0.5 and math.isinf(term.lam) and term.grid == 4 and term.replaces_classification_loss
+    assert momentum.momentum == 0.5 and math.isinf(term.lambda_) and term.grid == 4
+    assert term.replaces_classification_loss
     # a component is switched on by giving it a value
     assert kinds(build_attack("pgd", skip_resnet, ti_kernel_size=5)) == {TranslationInvariance}
 

@@ -6,25 +6,43 @@ With μ = 0 the direction is the normalised gradient itself, i.e. the base attac
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
+from typing_extensions import override
 
 from lit_advgame.attacks.transforms.base import Transform
 from lit_advgame.utils.checks import check_positive
 
 
 class Momentum(Transform):
-    """Accumulate L1-normalised gradients with decay ``mu`` (MI-FGSM default 1.0)."""
+    """Accumulate L1-normalised gradients with decay μ = ``momentum`` (MI-FGSM default 1.0; Dong et al., CVPR 2018).
 
-    def __init__(self, mu: float = 1.0) -> None:
-        check_positive(mu, "mu (momentum decay)", allow_zero=True)
-        self.mu = float(mu)
+    Args:
+        momentum: the decay μ >= 0 (the preset key ``momentum``; ``mu`` is a deprecated alias).
+    """
+
+    def __init__(self, momentum: float = 1.0, *, mu: float | None = None) -> None:
+        if mu is not None:
+            warnings.warn("Momentum(mu=...) is deprecated; use momentum", DeprecationWarning, stacklevel=2)
+            momentum = mu
+        check_positive(momentum, "momentum (MI decay μ)", allow_zero=True)
+        self.momentum = float(momentum)
         self._velocity: torch.Tensor | None = None
 
+    @property
+    def mu(self) -> float:
+        """Deprecated alias of :attr:`momentum`."""
+        warnings.warn("Momentum.mu is deprecated; use momentum", DeprecationWarning, stacklevel=2)
+        return self.momentum
+
+    @override
     def start(self, x: torch.Tensor, generator: torch.Generator) -> None:
         self._velocity = torch.zeros_like(x)
 
+    @override
     def update_direction(self, grad: torch.Tensor) -> torch.Tensor:
         if self._velocity is None or self._velocity.shape != grad.shape:
             self._velocity = torch.zeros_like(grad)
-        self._velocity = self.mu * self._velocity + grad
+        self._velocity = self.momentum * self._velocity + grad
         return self._velocity
