@@ -35,8 +35,8 @@ def test_all_pairs_estimate_converges_within_standard_errors(game_and_exact):
         enumerate_contexts=False,
     )
     assert result.per_pair.shape == (2, 8, 36) and result.pairs.shape == (2, 36, 2)
-    assert _within(result.per_image, result.per_image_stderr, exact.mean_interaction)
-    assert _within(result.values, result.stderr, exact.mean_interaction.mean(0))
+    assert _within(result.per_image, result.per_image_stderr, exact.all_pairs_interaction)
+    assert _within(result.values, result.stderr, exact.all_pairs_interaction.mean(0))
     iu = result.pairs[0]
     exact_pairs = exact.multi_order[:, :, iu[:, 0], iu[:, 1]]
     # 576 per-pair estimates: all within 5 SE, and the standard errors are calibrated (~95% within 2 SE)
@@ -53,7 +53,7 @@ def test_sampled_pairs_estimate_converges(game_and_exact):
     result = multi_order_interactions(
         game, ORDERS, num_pairs=12, num_contexts=30, pairs="uniform", generator=torch.Generator().manual_seed(1)
     )
-    assert _within(result.per_image, result.per_image_stderr, exact.mean_interaction)
+    assert _within(result.per_image, result.per_image_stderr, exact.all_pairs_interaction)
     assert bool((result.per_image_stderr[:, 1:7] > 0).all())
 
 
