@@ -174,6 +174,15 @@ class MaskedGame:
         return self.present.device
 
     # ------------------------------------------------------------------ classes
+    def full_logits(self, *, grad: bool = False) -> torch.Tensor:
+        """Logits ``(B, C)`` of the full coalition of every image (counted in :attr:`forward_passes`)."""
+        with eval_mode(self.model), torch.set_grad_enabled(grad):
+            logits = torch.cat(
+                [self.model(self.present[s : s + self.batch_size]) for s in range(0, self.num_images, self.batch_size)]
+            )
+        self.forward_passes += self.num_images
+        return logits
+
     def resolve_classes(self, full_logits: torch.Tensor | None = None) -> None:
         """Fill in missing labels (prediction on the full coalition) and the fixed runner-up class.
 
@@ -183,13 +192,7 @@ class MaskedGame:
         needs_runner_up = self.value.second_class == "runner_up" and self.targets is None
         if not (needs_labels or needs_runner_up):
             return
-        if full_logits is None:
-            with eval_mode(self.model), torch.no_grad():
-                full_logits = torch.cat(
-                    [self.model(self.present[s : s + self.batch_size]) for s in range(0, self.num_images, self.batch_size)]
-                )
-            self.forward_passes += self.num_images
-        full_logits = full_logits.detach()
+        full_logits = (self.full_logits() if full_logits is None else full_logits).detach()
         if needs_labels:
             self.labels = full_logits.argmax(dim=1)
         if needs_runner_up:
