@@ -85,10 +85,7 @@ class InteractionChangeApproximator(PairSampling):
         return InteractionChangeResult(
             clean=clean,
             adversarial=adversarial,
-            values=change.values,
-            stderr=change.stderr,
-            per_image=change.per_image,
-            per_image_stderr=change.per_image_stderr,
+            **change.aggregates(),
             per_pair=change.per_pair,
             weights=weights,
             utility=weights * change.values,

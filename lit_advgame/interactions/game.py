@@ -40,7 +40,13 @@ from lit_advgame.interactions.values import (
     resolve_value,
     runner_up_class,
 )
-from lit_advgame.utils.checks import as_model_dtype, check_images, check_int, check_labels, check_module
+from lit_advgame.utils.checks import (
+    as_model_dtype,
+    check_images,
+    check_int,
+    check_labels,
+    check_module,
+)
 
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_GRID = 16
@@ -317,6 +323,16 @@ class MaskedGame:
         return self.value(logits, labels, targets)
 
 
+def _checked_players(
+    model: nn.Module, x: torch.Tensor, grid: GridSpec, player_map: torch.Tensor | None
+) -> tuple[torch.Tensor, int]:
+    """Check the model and images of a game and return its ``(player_map, n)``."""
+    check_module(model, "model")
+    check_images(x, "x", allow_empty=False)
+    _, _, height, width = x.shape
+    return resolve_player_map(height, width, grid=grid, player_map=player_map, device=x.device)
+
+
 class InputGame(MaskedGame):
     """Input game (Ren et al., NeurIPS 2021, §3): ``v(S)`` on ``x`` with absent players set to a baseline.
 
@@ -353,10 +369,7 @@ class InputGame(MaskedGame):
         blur_sigma: float = DEFAULT_BLUR_SIGMA,
         batch_size: int | None = None,
     ) -> None:
-        check_module(model, "model")
-        check_images(x, "x", allow_empty=False)
-        _, _, height, width = x.shape
-        pmap, n = resolve_player_map(height, width, grid=grid, player_map=player_map, device=x.device)
+        pmap, n = _checked_players(model, x, grid, player_map)
         x = as_model_dtype(x.detach(), model)
         absent = make_baseline(baseline, x, model, blur_sigma=blur_sigma)
         super().__init__(model, x, absent, y, pmap, n, value, target=target, batch_size=batch_size)
@@ -388,11 +401,8 @@ class PerturbationGame(MaskedGame):
         target: torch.Tensor | None = None,
         batch_size: int | None = None,
     ) -> None:
-        check_module(model, "model")
-        check_images(x, "x", allow_empty=False)
+        pmap, n = _checked_players(model, x, grid, player_map)
         check_perturbation(delta, x)
-        _, _, height, width = x.shape
-        pmap, n = resolve_player_map(height, width, grid=grid, player_map=player_map, device=x.device)
         x, delta = as_model_dtype(x.detach(), model), as_model_dtype(delta, model, "delta")
         super().__init__(model, x + delta, x, y, pmap, n, value, target=target, batch_size=batch_size)
         self.delta = delta

@@ -122,7 +122,7 @@ def unit_context_coalitions(units: torch.Tensor, contexts: torch.Tensor) -> torc
 def unit_signs(unit_size: int) -> torch.Tensor:
     """``(-1)^(e - |T|)`` for the coalitions of :func:`unit_context_coalitions` (float64, ``(2^e,)``)."""
     # row k of unit_context_coalitions leaves out the unit members whose bits are set in k
-    dropped = torch.tensor([bin(k).count("1") for k in range(1 << unit_size)])
+    dropped = torch.tensor([k.bit_count() for k in range(1 << unit_size)])
     return torch.where(dropped % 2 == 0, 1.0, -1.0).to(torch.float64)
 
 
@@ -233,23 +233,16 @@ def evaluate_context_terms(
 
 
 @dataclass
-class PairSampling:
-    """How the pair estimators draw pairs and contexts, their forward-pass budget and random state.
-
-    The estimators of ``I^(m)`` (:class:`MultiOrderApproximator`), ``ΔI^(m)``
-    (:class:`~lit_advgame.interactions.attacking_utility.InteractionChangeApproximator`) and
-    ``D^(m)`` (:class:`~lit_advgame.interactions.disentanglement.DisentanglementApproximator`)
-    share these settings (shapiq style: settings, budget and random state at construction,
-    ``approximate(game)`` to run). Defaults follow the reference code of Ren et al. (NeurIPS 2021).
+class ContextSampling:
+    """Settings shared by the context-sampling estimators: orders, contexts, budget and random state.
 
     Args:
         orders: preset name, ratios of n or explicit orders (:mod:`~lit_advgame.interactions.orders`).
-        num_pairs: pairs per image (``None``: every pair of the kind, no pair sampling).
-        num_contexts: contexts per pair and order. An order with ``C(n-2, m) <= num_contexts``
-            possible contexts uses each of them once instead (exact per-pair values, zero standard
-            error) unless ``enumerate_contexts=False``; the random stream is consumed as if it
-            sampled, so the other orders' draws do not depend on which orders are enumerated.
-        pairs: ``"neighbour"`` (reference: adjacent players) or ``"uniform"``.
+        num_contexts: contexts per unit (pair or player) and order. An order with at most
+            ``num_contexts`` possible contexts (``C(n-2, m)`` for a pair, ``C(n-1, m)`` for a player)
+            uses each of them once instead (exact values, zero standard error) unless
+            ``enumerate_contexts=False``; the random stream is consumed as if it sampled, so the
+            other orders' draws do not depend on which orders are enumerated.
         max_forward_passes: the budget: refuse before any work when the planned count is larger
             (``None``: no cap).
         random_state: an ``int`` seeds a fresh generator for every call (the same draws each call), a
@@ -260,9 +253,7 @@ class PairSampling:
     """
 
     orders: OrderSpec = "reference"
-    num_pairs: int | None = 200
     num_contexts: int = 100
-    pairs: str = "neighbour"
     max_forward_passes: int | None = DEFAULT_MAX_FORWARD_PASSES
     random_state: int | torch.Generator | None = None
     dedupe: bool | str = "auto"
@@ -270,12 +261,34 @@ class PairSampling:
 
     def __post_init__(self) -> None:
         check_int(self.num_contexts, "num_contexts", minimum=1)
+        if self.dedupe not in (True, False, "auto"):
+            raise ValueError(f"dedupe must be True, False or 'auto'; got {self.dedupe!r}")
+
+
+@dataclass
+class PairSampling(ContextSampling):
+    """How the pair estimators draw pairs and contexts (plus :class:`ContextSampling`'s settings).
+
+    The estimators of ``I^(m)`` (:class:`MultiOrderApproximator`), ``ΔI^(m)``
+    (:class:`~lit_advgame.interactions.attacking_utility.InteractionChangeApproximator`) and
+    ``D^(m)`` (:class:`~lit_advgame.interactions.disentanglement.DisentanglementApproximator`)
+    share these settings (shapiq style: settings, budget and random state at construction,
+    ``approximate(game)`` to run). Defaults follow the reference code of Ren et al. (NeurIPS 2021).
+
+    Args:
+        num_pairs: pairs per image (``None``: every pair of the kind, no pair sampling).
+        pairs: ``"neighbour"`` (reference: adjacent players) or ``"uniform"``.
+    """
+
+    num_pairs: int | None = 200
+    pairs: str = "neighbour"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.num_pairs is not None:
             check_int(self.num_pairs, "num_pairs", minimum=1)
         if self.pairs not in PAIR_KINDS:
             raise ValueError(f"unknown pair sampler {self.pairs!r}; choose one of {', '.join(PAIR_KINDS)}")
-        if self.dedupe not in (True, False, "auto"):
-            raise ValueError(f"dedupe must be True, False or 'auto'; got {self.dedupe!r}")
 
     def sample(self, games: MaskedGame | Sequence[MaskedGame]) -> PairDeltaSamples:
         """Draw pairs and contexts once and evaluate ``Δv_ij(S)`` on every game with the same coalitions.
@@ -333,10 +346,7 @@ def multi_order_from_samples(samples: PairDeltaSamples, game_index: int = 0) -> 
         orders=samples.orders.orders,
         ratios=samples.orders.ratios,
         num_players=samples.num_players,
-        values=summary.values,
-        stderr=summary.stderr,
-        per_image=summary.per_image,
-        per_image_stderr=summary.per_image_stderr,
+        **summary.aggregates(),
         per_pair=summary.per_pair,
         per_pair_stderr=summary.per_pair_stderr,
         pairs=samples.pairs,

@@ -154,22 +154,14 @@ class PerturbationInteractionApproximator:
 
 
 def _game_and_approximator(
-    model: nn.Module,
-    x: torch.Tensor,
-    delta: torch.Tensor,
-    y: torch.Tensor,
-    grid: int,
-    player_map: torch.Tensor | None,
-    value: str | Callable[..., torch.Tensor],
-    batch_size: int | None,
-    generator: torch.Generator | None,
-    options: dict[str, Any],
+    model: nn.Module, x: torch.Tensor, delta: torch.Tensor, y: torch.Tensor, options: dict[str, Any]
 ) -> tuple[PerturbationGame, PerturbationInteractionApproximator]:
-    approximator = PerturbationInteractionApproximator(random_state=generator, **options)
+    """Split the keywords of the functional API into the game's and the approximator's."""
+    game_options = {key: options.pop(key) for key in ("grid", "player_map", "value", "batch_size") if key in options}
+    approximator = PerturbationInteractionApproximator(random_state=options.pop("generator", None), **options)
     if y is None:
         raise ValueError("y (the true class of each image) is required for the perturbation interaction")
-    game = PerturbationGame(model, x, delta, y, grid=grid, player_map=player_map, value=value, batch_size=batch_size)
-    return game, approximator
+    return PerturbationGame(model, x, delta, y, **game_options), approximator
 
 
 def perturbation_interaction(
@@ -205,29 +197,20 @@ def perturbation_interaction(
         options: :class:`PerturbationInteractionApproximator`'s fields: ``form="coalition"``,
             ``num_samples=32``, ``group_size=32``, ``scale="reference"``, ``max_forward_passes``.
     """
-    game, approximator = _game_and_approximator(model, x, delta, y, grid, player_map, value, batch_size, generator, options)
+    options.update(grid=grid, player_map=player_map, value=value, batch_size=batch_size, generator=generator)
+    game, approximator = _game_and_approximator(model, x, delta, y, options)
     return approximator.interaction(game)
 
 
 def perturbation_interaction_estimate(
-    model: nn.Module,
-    x: torch.Tensor,
-    delta: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    grid: int = 16,
-    player_map: torch.Tensor | None = None,
-    value: str | Callable[..., torch.Tensor] = "margin_fixed",
-    batch_size: int | None = None,
-    generator: torch.Generator | None = None,
-    **options: Any,
+    model: nn.Module, x: torch.Tensor, delta: torch.Tensor, y: torch.Tensor, **options: Any
 ) -> PerturbationInteractionResult:
     """Non-differentiable :func:`perturbation_interaction` (Wang et al., ICLR 2021, Eq. 4 / 39) with standard errors.
 
-    Arguments as :func:`perturbation_interaction`; see
+    Keyword arguments as :func:`perturbation_interaction` (``grid=16``, ``player_map``,
+    ``value="margin_fixed"``, ``batch_size``, ``generator`` and the approximator's ``form``,
+    ``num_samples``, ``group_size``, ``scale``, ``max_forward_passes``); see
     :meth:`PerturbationInteractionApproximator.approximate` for the standard errors.
     """
-    game, approximator = _game_and_approximator(
-        model, x, delta.detach(), y, grid, player_map, value, batch_size, generator, options
-    )
+    game, approximator = _game_and_approximator(model, x, delta.detach(), y, dict(options))
     return approximator.approximate(game)

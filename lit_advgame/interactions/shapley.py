@@ -17,7 +17,11 @@ import torch
 from lit_advgame.interactions.budget import DEFAULT_MAX_FORWARD_PASSES, check_budget
 from lit_advgame.interactions.deprecation import renamed_keyword
 from lit_advgame.interactions.game import MaskedGame
-from lit_advgame.interactions.multi_order import context_counts, evaluate_context_terms
+from lit_advgame.interactions.multi_order import (
+    ContextSampling,
+    context_counts,
+    evaluate_context_terms,
+)
 from lit_advgame.interactions.orders import OrderSpec, resolve_orders
 from lit_advgame.interactions.results import MultiOrderShapleyResult, ShapleyResult
 from lit_advgame.interactions.sampling import (
@@ -25,7 +29,11 @@ from lit_advgame.interactions.sampling import (
     sample_permutations,
     sample_players,
 )
-from lit_advgame.interactions.stats import combine_stderr, mean_and_stderr, summarize_two_stage
+from lit_advgame.interactions.stats import (
+    combine_stderr,
+    mean_and_stderr,
+    summarize_two_stage,
+)
 from lit_advgame.utils.checks import check_int
 
 
@@ -88,29 +96,21 @@ class ShapleyApproximator:
 
 
 @dataclass
-class MultiOrderShapleyApproximator:
+class MultiOrderShapleyApproximator(ContextSampling):
     """Multi-order Shapley values ``φ^(m)(i)`` by context sampling, with a budget and a random state.
 
+    Settings as :class:`~lit_advgame.interactions.multi_order.ContextSampling` (orders in
+    ``[0, n-1]``: ratios map to ``m = int((n-1) r)``; an order with ``C(n-1, m) <= num_contexts``
+    contexts uses each once), plus:
+
     Args:
-        orders: preset, ratios or explicit orders in ``[0, n-1]`` (ratios map to ``m = int((n-1) r)``).
-        num_contexts: contexts per player and order; an order with ``C(n-1, m) <= num_contexts``
-            contexts uses each once (exact, zero standard error) unless ``enumerate_contexts=False``.
         num_sampled_players: players per image drawn without replacement (``None``: all players).
-        max_forward_passes, random_state: the budget and random state (as :class:`ShapleyApproximator`).
-        dedupe: ``True``, ``False`` or ``"auto"`` (only where duplicate coalitions are plausible).
-        enumerate_contexts: see ``num_contexts``.
     """
 
-    orders: OrderSpec = "reference"
-    num_contexts: int = 100
     num_sampled_players: int | None = None
-    max_forward_passes: int | None = DEFAULT_MAX_FORWARD_PASSES
-    random_state: int | torch.Generator | None = None
-    dedupe: bool | str = "auto"
-    enumerate_contexts: bool = True
 
     def __post_init__(self) -> None:
-        check_int(self.num_contexts, "num_contexts", minimum=1)
+        super().__post_init__()
         if self.num_sampled_players is not None:
             check_int(self.num_sampled_players, "num_sampled_players", minimum=1)
 
@@ -139,10 +139,7 @@ class MultiOrderShapleyApproximator:
             ratios=resolved.ratios,
             num_players=n,
             players=players,
-            values=summary.values,
-            stderr=summary.stderr,
-            per_image=summary.per_image,
-            per_image_stderr=summary.per_image_stderr,
+            **summary.aggregates(),
             per_player=summary.per_pair,
             per_player_stderr=summary.per_pair_stderr,
             num_contexts=self.num_contexts,

@@ -90,6 +90,15 @@ class TwoStageSummary:
     values: torch.Tensor
     stderr: torch.Tensor
 
+    def aggregates(self) -> dict[str, torch.Tensor]:
+        """``values``, ``stderr`` (over images) and ``per_image``, ``per_image_stderr``: the result fields."""
+        return {
+            "values": self.values,
+            "stderr": self.stderr,
+            "per_image": self.per_image,
+            "per_image_stderr": self.per_image_stderr,
+        }
+
 
 def summarize_two_stage(
     deltas: torch.Tensor, exhaustive_pairs: bool, enumerated: Sequence[bool] | None = None
