@@ -166,7 +166,8 @@ class ExactInteractions(ResultMixin):
         return _nan_ratio(numerator, denominator)
 
     def efficiency_residual(self) -> torch.Tensor:
-        """``v(N) - v(∅) - Σ_i [v({i}) - v(∅)] - Σ_m J^(m)`` per image (zero up to rounding)."""
+        """``v(N) - v(∅) - Σ_i [v({i}) - v(∅)] - Σ_m J^(m)`` per image: zero up to rounding by the
+        efficiency property (Ren et al., NeurIPS 2021, Eq. 3 / supplement B.1 (5))."""
         singles = (self.singleton_values - self.empty_value.unsqueeze(1)).sum(dim=1)
         return self.full_value - self.empty_value - singles - self.utility_sum.sum(dim=1)
 
@@ -321,7 +322,8 @@ def exact_interactions(
     num_players: int | None = None,
     max_forward_passes: int = DEFAULT_MAX_FORWARD_PASSES,
 ) -> ExactInteractions:
-    """Exact oracle for a game with ``n <= 16`` players.
+    """Exact oracle for a game with ``n <= 16`` players: every index of :func:`exact_from_values`
+    (Ren et al., NeurIPS 2021, Eq. 1-4 and supplement Eq. 10; Wang et al., ICLR 2021, Eq. 4).
 
     Args:
         game: a :class:`~lit_advgame.interactions.game.MaskedGame` (all ``2^n`` coalitions are

@@ -118,7 +118,7 @@ class PerturbationInteractionApproximator:
         return terms, exhaustive
 
     def interaction(self, game: PerturbationGame) -> torch.Tensor:
-        """Per-image interaction ``(B,)``, differentiable w.r.t. ``game.delta`` (the IR loss term)."""
+        """Per-image ``E_ij[I_ij(δ)]`` (Wang et al., ICLR 2021, Eq. 4 / 39), ``(B,)``, differentiable w.r.t. ``game.delta`` (the IR loss term)."""
         terms, _ = self.terms(game)
         return terms.mean(dim=1)
 
