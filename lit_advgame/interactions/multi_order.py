@@ -3,13 +3,17 @@
 ``I^(m)_ij = E_{S ⊆ N\\{i,j}, |S| = m} Δv_ij(S)`` with
 ``Δv_ij(S) = v(S ∪ {i,j}) - v(S ∪ {i}) - v(S ∪ {j}) + v(S)``, estimated as the reference code does:
 ``num_pairs`` pairs per image (neighbour pairs by default), ``num_contexts`` uniform contexts per
-pair and order, four masked inputs per context. :func:`sample_pair_deltas` is the shared sampling
-core: it draws pairs and contexts once and evaluates every given game on the *same* coalitions
-(paired estimates of clean vs adversarial inputs). ``I^(m) = E_x E_ij I^(m)_ij``.
+pair and order, four masked inputs per context; an order with no more than ``num_contexts``
+possible contexts (``C(n-2, m)``, e.g. ``m = 0`` or ``m = n-2``) uses each of them once instead
+(exact per-pair values). :class:`PairSampling` is the shared sampling core (settings, budget and
+random state; :func:`sample_pair_deltas` its functional form): it draws pairs and contexts once and
+evaluates every given game on the *same* coalitions (paired estimates of clean vs adversarial
+inputs). ``I^(m) = E_x E_ij I^(m)_ij``.
 
-Cost: ``B · O · P · T · 4`` masked inputs per game before deduplication (identical coalitions of
-an image -- e.g. all contexts at ``m = 0`` or ``m = n-2``, or the shared empty set -- are evaluated
-once). The reference recipe (16x16 grid, 200 pairs, 100 contexts) is 80,000 per image and order.
+Cost: ``B · P · 4 · Σ_m T_m`` masked inputs per game (``T_m = min(T, C(n-2, m))`` contexts) before
+deduplication (identical coalitions of an image, e.g. the sets shared by pairs at ``m = 0``, are
+evaluated once). The reference recipe (16x16 grid, 200 pairs, 100 contexts) is 80,000 per image
+and order.
 """
 from __future__ import annotations
 
@@ -76,8 +80,7 @@ class PairDeltaSamples:
     def contexts_per_order(self) -> tuple[int, ...]:
         """Contexts actually used per order: ``C(n-2, m)`` where enumerated, else ``num_contexts``."""
         flags = self.enumerated or (False,) * len(self.orders)
-        n = self.num_players
-        return tuple(comb(n - 2, m) if e else self.num_contexts for m, e in zip(self.orders.orders, flags))
+        return tuple(comb(self.num_players - 2, m) if e else self.num_contexts for m, e in zip(self.orders.orders, flags))
 
 
 def check_games(games: Sequence[MaskedGame]) -> None:
