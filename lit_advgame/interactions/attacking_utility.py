@@ -20,6 +20,7 @@ import torch
 
 from lit_advgame.interactions.game import MaskedGame
 from lit_advgame.interactions.multi_order import PairSampling, multi_order_from_samples
+from lit_advgame.interactions.options import build_approximator
 from lit_advgame.interactions.orders import OrderSpec, utility_weights
 from lit_advgame.interactions.results import InteractionChangeResult
 from lit_advgame.interactions.stats import summarize_two_stage
@@ -112,9 +113,9 @@ def interaction_change(
             function and labels (e.g. ``InputGame(model, x, y)`` and ``InputGame(model, x_adv, y)``).
         orders, generator, options: as :func:`~lit_advgame.interactions.multi_order.multi_order_interactions`.
     """
-    return InteractionChangeApproximator(orders=orders, random_state=generator, **options).approximate(
-        clean_game, adversarial_game
-    )
+    return build_approximator(
+        InteractionChangeApproximator, "interaction_change", orders=orders, random_state=generator, **options
+    ).approximate(clean_game, adversarial_game)
 
 
 #: the attacking utility ``ΔJ^(m)`` comes with the interaction change

@@ -30,6 +30,7 @@ import torch
 
 from lit_advgame.interactions.game import MaskedGame
 from lit_advgame.interactions.multi_order import PairDeltaSamples, PairSampling
+from lit_advgame.interactions.options import build_approximator
 from lit_advgame.interactions.orders import OrderSpec
 from lit_advgame.interactions.results import DisentanglementResult
 from lit_advgame.interactions.stats import (
@@ -123,4 +124,6 @@ def disentanglement(
     ``options`` as :func:`~lit_advgame.interactions.multi_order.multi_order_interactions`
     (:class:`PairSampling`'s fields) plus ``rounding_ulps``.
     """
-    return DisentanglementApproximator(orders=orders, random_state=generator, **options).approximate(game)
+    return build_approximator(
+        DisentanglementApproximator, "disentanglement", orders=orders, random_state=generator, **options
+    ).approximate(game)

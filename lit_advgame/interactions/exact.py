@@ -39,8 +39,8 @@ from math import comb, factorial
 import torch
 
 from lit_advgame.interactions.budget import DEFAULT_MAX_FORWARD_PASSES, check_budget
-from lit_advgame.interactions.deprecation import deprecated_alias
 from lit_advgame.interactions.game import MaskedGame
+from lit_advgame.interactions.options import deprecated_alias
 from lit_advgame.interactions.results import ResultMixin
 from lit_advgame.interactions.stats import ROUNDING_ULPS, rounding_floor
 

@@ -27,6 +27,7 @@ import torch
 
 from lit_advgame.interactions.budget import DEFAULT_MAX_FORWARD_PASSES, check_budget
 from lit_advgame.interactions.game import MaskedGame
+from lit_advgame.interactions.options import build_approximator
 from lit_advgame.interactions.orders import Orders, OrderSpec, resolve_orders
 from lit_advgame.interactions.results import MultiOrderResult
 from lit_advgame.interactions.sampling import (
@@ -335,7 +336,9 @@ def sample_pair_deltas(
     """Functional form of :meth:`PairSampling.sample`: ``options`` are :class:`PairSampling`'s fields
     (``num_pairs=200``, ``num_contexts=100``, ``pairs="neighbour"``, ``max_forward_passes``,
     ``dedupe="auto"``, ``enumerate_contexts=True``); ``generator`` is its ``random_state``."""
-    return PairSampling(orders=orders, random_state=generator, **options).sample(games)
+    return build_approximator(
+        PairSampling, "sample_pair_deltas", orders=orders, random_state=generator, **options
+    ).sample(games)
 
 
 def multi_order_from_samples(samples: PairDeltaSamples, game_index: int = 0) -> MultiOrderResult:
@@ -385,4 +388,6 @@ def multi_order_interactions(
     fields. Defaults follow the reference code: neighbour pairs, 200 pairs, 100 contexts, the
     ``"reference"`` orders. Returns a :class:`~lit_advgame.interactions.results.MultiOrderResult`.
     """
-    return MultiOrderApproximator(orders=orders, random_state=generator, **options).approximate(game)
+    return build_approximator(
+        MultiOrderApproximator, "multi_order_interactions", orders=orders, random_state=generator, **options
+    ).approximate(game)

@@ -36,6 +36,7 @@ from torch import nn
 
 from lit_advgame.interactions.budget import DEFAULT_MAX_FORWARD_PASSES, check_budget
 from lit_advgame.interactions.game import PerturbationGame
+from lit_advgame.interactions.options import build_approximator
 from lit_advgame.interactions.results import PerturbationInteractionResult
 from lit_advgame.interactions.sampling import (
     make_generator,
@@ -154,11 +155,15 @@ class PerturbationInteractionApproximator:
 
 
 def _game_and_approximator(
-    model: nn.Module, x: torch.Tensor, delta: torch.Tensor, y: torch.Tensor, options: dict[str, Any]
+    model: nn.Module, x: torch.Tensor, delta: torch.Tensor, y: torch.Tensor, options: dict[str, Any], owner: str
 ) -> tuple[PerturbationGame, PerturbationInteractionApproximator]:
     """Split the keywords of the functional API into the game's and the approximator's."""
-    game_options = {key: options.pop(key) for key in ("grid", "player_map", "value", "batch_size") if key in options}
-    approximator = PerturbationInteractionApproximator(random_state=options.pop("generator", None), **options)
+    game_keys = ("grid", "player_map", "value", "batch_size")
+    game_options = {key: options.pop(key) for key in game_keys if key in options}
+    approximator = build_approximator(
+        PerturbationInteractionApproximator, owner, extra=game_keys, random_state=options.pop("generator", None),
+        **options,
+    )
     if y is None:
         raise ValueError("y (the true class of each image) is required for the perturbation interaction")
     return PerturbationGame(model, x, delta, y, **game_options), approximator
@@ -198,7 +203,7 @@ def perturbation_interaction(
             ``num_samples=32``, ``group_size=32``, ``scale="reference"``, ``max_forward_passes``.
     """
     options.update(grid=grid, player_map=player_map, value=value, batch_size=batch_size, generator=generator)
-    game, approximator = _game_and_approximator(model, x, delta, y, options)
+    game, approximator = _game_and_approximator(model, x, delta, y, options, "perturbation_interaction")
     return approximator.interaction(game)
 
 
@@ -212,5 +217,7 @@ def perturbation_interaction_estimate(
     ``num_samples``, ``group_size``, ``scale``, ``max_forward_passes``); see
     :meth:`PerturbationInteractionApproximator.approximate` for the standard errors.
     """
-    game, approximator = _game_and_approximator(model, x, delta.detach(), y, dict(options))
+    game, approximator = _game_and_approximator(
+        model, x, delta.detach(), y, dict(options), "perturbation_interaction_estimate"
+    )
     return approximator.approximate(game)

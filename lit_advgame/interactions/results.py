@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from lit_advgame.interactions.deprecation import deprecated_alias
+from lit_advgame.interactions.options import deprecated_alias
 from lit_advgame.interactions.orders import Orders
 
 

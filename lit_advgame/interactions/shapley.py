@@ -15,13 +15,13 @@ from typing import Any
 import torch
 
 from lit_advgame.interactions.budget import DEFAULT_MAX_FORWARD_PASSES, check_budget
-from lit_advgame.interactions.deprecation import renamed_keyword
 from lit_advgame.interactions.game import MaskedGame
 from lit_advgame.interactions.multi_order import (
     ContextSampling,
     context_counts,
     evaluate_context_terms,
 )
+from lit_advgame.interactions.options import build_approximator, renamed_keyword
 from lit_advgame.interactions.orders import OrderSpec, resolve_orders
 from lit_advgame.interactions.results import MultiOrderShapleyResult, ShapleyResult
 from lit_advgame.interactions.sampling import (
@@ -154,7 +154,7 @@ def shapley_values(game: MaskedGame, *, generator: torch.Generator | None = None
     :class:`~lit_advgame.interactions.results.ShapleyResult` (``values`` averaged over images,
     ``per_image`` per image).
     """
-    return ShapleyApproximator(random_state=generator, **options).approximate(game)
+    return build_approximator(ShapleyApproximator, "shapley_values", random_state=generator, **options).approximate(game)
 
 
 def multi_order_shapley(
@@ -167,4 +167,6 @@ def multi_order_shapley(
     ``enumerate_contexts=True``.
     """
     renamed_keyword(options, "num_players", "num_sampled_players", "multi_order_shapley")
-    return MultiOrderShapleyApproximator(orders=orders, random_state=generator, **options).approximate(game)
+    return build_approximator(
+        MultiOrderShapleyApproximator, "multi_order_shapley", orders=orders, random_state=generator, **options
+    ).approximate(game)

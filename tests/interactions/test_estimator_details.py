@@ -268,3 +268,14 @@ def test_grid_shape_errors(grid, error, match):
     with pytest.raises(error, match=match):
         grid_shape(grid, min_players=2)
     assert math.prod(grid_shape([1, 1])) == 1  # one cell is a valid grid for a game without pairs
+
+
+def test_unknown_keywords_name_the_allowed_ones():
+    game = _table_game(2)
+    with pytest.raises(TypeError, match=r"multi_order_interactions\(\) got unknown keyword\(s\) num_pair; allowed: .*num_pairs"):
+        multi_order_interactions(game, [1], num_pair=3)
+    with pytest.raises(TypeError, match=r"perturbation_interaction_estimate\(\) got unknown keyword\(s\) samples; allowed: grid"):
+        x = make_images()
+        perturbation_interaction_estimate(make_tiny_cnn(), x, torch.zeros_like(x), Y, grid=3, samples=3)
+    with pytest.raises(TypeError, match="pass num_sampled_players= only"):
+        multi_order_shapley(game, [1], num_players=2, num_sampled_players=2)
