@@ -92,8 +92,8 @@ class PerturbationInteractionApproximator:
         n, batch, device = game.num_players, game.num_images, game.device
         if n < 2:
             raise ValueError("the perturbation interaction needs at least 2 players")
-        check_budget(batch * (2 + 2 * min(self.num_samples, n if self.form == "single" else self.num_samples)),
-                     self.max_forward_passes, f"{self.num_samples} {self.form} samples")
+        samples = min(self.num_samples, n) if self.form == "single" else self.num_samples
+        check_budget(batch * (2 + 2 * samples), self.max_forward_passes, f"{samples} {self.form}-form samples per image")
         generator = make_generator(self.random_state)
         grad = game.delta.requires_grad and torch.is_grad_enabled()
         full_logits = game.full_logits(grad=grad)
