@@ -15,6 +15,7 @@ numbers, the orders (``orders`` = context sizes m, ``ratios`` = the ratios they 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import ClassVar
 
 import torch
 
@@ -42,7 +43,38 @@ def _per_order(prefix: str, labels: tuple[str, ...], values: torch.Tensor, stder
 
 
 @dataclass
-class MultiOrderResult(ResultMixin):
+class OrderResult(ResultMixin):
+    """Fields shared by the per-order results: ``orders``, ``ratios``, ``num_players`` and the
+    image-aggregated ``values`` / ``stderr`` of shape ``(O,)``; ``labels`` names the orders for logging."""
+
+    orders: tuple[int, ...]
+    ratios: tuple[float, ...] | None
+    num_players: int
+    values: torch.Tensor
+    stderr: torch.Tensor
+
+    #: the ``to_dict`` prefix when none is given
+    default_prefix: ClassVar[str] = "orders"
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return Orders(self.orders, self.ratios).labels
+
+    def extra_metrics(self, prefix: str) -> dict[str, float]:
+        """Per-order scalars logged besides ``values`` and ``stderr`` (none here)."""
+        return {}
+
+    def to_dict(self, prefix: str | None = None) -> dict[str, float]:
+        """``{prefix}/{label}``, ``{prefix}/{label}_stderr`` per order, the extra metrics and the forward passes."""
+        prefix = self.default_prefix if prefix is None else prefix
+        out = _per_order(prefix, self.labels, self.values, self.stderr)
+        out.update(self.extra_metrics(prefix))
+        out[f"{prefix}/num_forward_passes"] = float(self.num_forward_passes)  # type: ignore[attr-defined]
+        return out
+
+
+@dataclass
+class MultiOrderResult(OrderResult):
     """Multi-order interactions ``I^(m) = E_x E_{(i,j)} I^(m)_ij(x)`` (Ren et al., NeurIPS 2021, §4.1).
 
     Attributes:
@@ -61,11 +93,6 @@ class MultiOrderResult(ResultMixin):
         exhaustive_pairs: every pair of the kind was used.
     """
 
-    orders: tuple[int, ...]
-    ratios: tuple[float, ...] | None
-    num_players: int
-    values: torch.Tensor
-    stderr: torch.Tensor
     per_image: torch.Tensor
     per_image_stderr: torch.Tensor
     per_pair: torch.Tensor
@@ -76,14 +103,7 @@ class MultiOrderResult(ResultMixin):
     pair_kind: str = "neighbour"
     exhaustive_pairs: bool = False
 
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return Orders(self.orders, self.ratios).labels
-
-    def to_dict(self, prefix: str = "interaction") -> dict[str, float]:
-        out = _per_order(prefix, self.labels, self.values, self.stderr)
-        out[f"{prefix}/num_forward_passes"] = float(self.num_forward_passes)
-        return out
+    default_prefix: ClassVar[str] = "interaction"
 
 
 @dataclass
@@ -150,7 +170,7 @@ class InteractionChangeResult(ResultMixin):
 
 
 @dataclass
-class DisentanglementResult(ResultMixin):
+class DisentanglementResult(OrderResult):
     """Interaction disentanglement ``D^(m)`` (Ren et al., NeurIPS 2021, Eq. 4).
 
     Attributes:
@@ -169,11 +189,6 @@ class DisentanglementResult(ResultMixin):
     Note ``|Î|`` with T contexts is biased upwards for small ``|I|`` (by about ``se/sqrt(T)``).
     """
 
-    orders: tuple[int, ...]
-    ratios: tuple[float, ...] | None
-    num_players: int
-    values: torch.Tensor
-    stderr: torch.Tensor
     per_pair_form: torch.Tensor
     per_image: torch.Tensor
     numerator: torch.Tensor
@@ -182,16 +197,12 @@ class DisentanglementResult(ResultMixin):
     num_forward_passes: int
     num_skipped_pairs: torch.Tensor | None = None
 
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return Orders(self.orders, self.ratios).labels
+    default_prefix: ClassVar[str] = "disentanglement"
 
-    def to_dict(self, prefix: str = "disentanglement") -> dict[str, float]:
-        out = _per_order(prefix, self.labels, self.values, self.stderr)
-        out.update(_per_order(f"{prefix}/per_pair_form", self.labels, self.per_pair_form, None))
+    def extra_metrics(self, prefix: str) -> dict[str, float]:
+        out = _per_order(f"{prefix}/per_pair_form", self.labels, self.per_pair_form, None)
         if self.num_skipped_pairs is not None:
             out.update(_per_order(f"{prefix}/num_skipped_pairs", self.labels, self.num_skipped_pairs, None))
-        out[f"{prefix}/num_forward_passes"] = float(self.num_forward_passes)
         return out
 
 
@@ -221,7 +232,7 @@ class ShapleyResult(ResultMixin):
 
 
 @dataclass
-class MultiOrderShapleyResult(ResultMixin):
+class MultiOrderShapleyResult(OrderResult):
     """Multi-order Shapley values ``φ^(m)(i) = E_{S ⊆ N\\{i}, |S|=m} [v(S ∪ {i}) - v(S)]`` (Ren et al., supplement B.2, Eq. 10).
 
     Attributes:
@@ -235,12 +246,7 @@ class MultiOrderShapleyResult(ResultMixin):
         num_forward_passes: masked inputs evaluated.
     """
 
-    orders: tuple[int, ...]
-    ratios: tuple[float, ...] | None
-    num_players: int
     players: torch.Tensor
-    values: torch.Tensor
-    stderr: torch.Tensor
     per_image: torch.Tensor
     per_image_stderr: torch.Tensor
     per_player: torch.Tensor
@@ -251,14 +257,7 @@ class MultiOrderShapleyResult(ResultMixin):
     mean_over_players = deprecated_alias("values", "mean_over_players")
     mean_over_players_stderr = deprecated_alias("stderr", "mean_over_players_stderr")
 
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return Orders(self.orders, self.ratios).labels
-
-    def to_dict(self, prefix: str = "multi_order_shapley") -> dict[str, float]:
-        out = _per_order(prefix, self.labels, self.values, self.stderr)
-        out[f"{prefix}/num_forward_passes"] = float(self.num_forward_passes)
-        return out
+    default_prefix: ClassVar[str] = "multi_order_shapley"
 
 
 @dataclass
