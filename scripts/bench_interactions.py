@@ -31,9 +31,10 @@ import torch
 from lit_advgame.interactions import (
     ORDER_PRESETS,
     InputGame,
-    multi_order_interactions,
+    MultiOrderApproximator,
     resolve_orders,
 )
+from lit_advgame.interactions.multi_order import context_counts
 
 MODEL_SPECS = {
     "small_cnn": {"name": "small_cnn", "num_classes": 10, "in_channels": 1, "input_size": (28, 28)},
@@ -91,12 +92,10 @@ def estimator_throughput(model, shape, args, seed: int) -> tuple[float, float, f
     x = torch.rand(1, *shape)
     timed = TimedModel(model)
     game = InputGame(timed, x, torch.tensor([0]), grid=args.grid, batch_size=args.batch_size)
-    generator = torch.Generator().manual_seed(seed)
-    wall, cpu, _ = _timed(
-        lambda: multi_order_interactions(
-            game, args.orders, num_pairs=args.pairs, num_contexts=args.contexts, pairs="neighbour", generator=generator
-        )
+    estimator = MultiOrderApproximator(
+        orders=args.orders, num_pairs=args.pairs, num_contexts=args.contexts, pairs="neighbour", random_state=seed
     )
+    wall, cpu, _ = _timed(lambda: estimator.approximate(game))
     # every masked evaluation counts, including any forward pass that resolves the classes
     evaluations = game.forward_passes
     return evaluations / wall, evaluations / cpu, timed.cpu_seconds / cpu, evaluations
@@ -109,12 +108,14 @@ def print_budget(grid: int, pairs: int, contexts: int) -> None:
     print(f"  per order and image: {per_order:,} forward passes per input, {2 * per_order:,} for clean + adversarial")
     for preset in ORDER_PRESETS:
         orders = resolve_orders(preset, n)
-        total = len(orders) * per_order
+        # an order with at most `contexts` possible contexts (m = 0, m = n-2) enumerates them: C(n-2, m) each
+        _, used = context_counts(n, 2, orders.orders, contexts, enumerate_contexts=True)
+        total = sum(pairs * t * 4 for t in used)
         print(
             f"  preset {preset!r:17} ({len(orders):2d} orders, m = {list(orders.orders)}): "
             f"{total:,} per input, {2 * total:,} clean + adversarial"
         )
-    print("  (before deduplication; identical coalitions, e.g. at m = 0 or m = n-2, are evaluated once)")
+    print("  (before deduplication of identical coalitions, e.g. the sets shared by pairs at m = 0 or m = n-2)")
 
 
 def parse_args() -> argparse.Namespace:

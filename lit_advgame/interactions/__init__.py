@@ -7,24 +7,38 @@ the clean pixel), over an ``L x L`` grid or any player map, with a named or cust
 Exact oracle (``exact.py``, n <= 16): :func:`exact_interactions` -> Shapley values, SII, BII,
 ``I^(m)_ij``, ``φ^(m)_i``, ``J^(m)``, ``D^(m)``, the IR paper's ``E_ij[I_ij]``.
 
-Estimators (seeded by a ``torch.Generator``, chunked by ``batch_size``, with standard errors):
+Estimators, as objects (shapiq style: settings, a forward-pass budget ``max_forward_passes`` and
+a ``random_state`` at construction, ``approximate(game)`` to run; the game counts its forward
+passes) and as the functions they back (``generator=`` is the random state), chunked by
+``batch_size``, with standard errors:
 
-* :func:`perturbation_interaction` / :func:`perturbation_interaction_estimate` -- ``E_ij[I_ij(δ)]``;
-* :func:`multi_order_interactions` -- ``I^(m)``;
-* :func:`interaction_change` (alias :func:`attacking_utility`) -- ``ΔI^(m)``, ``ΔJ^(m)``, shares;
-* :func:`disentanglement` -- ``D^(m)``;
-* :func:`shapley_values`, :func:`multi_order_shapley`.
+* :class:`PerturbationInteractionApproximator` / :func:`perturbation_interaction`,
+  :func:`perturbation_interaction_estimate` -- ``E_ij[I_ij(δ)]``;
+* :class:`MultiOrderApproximator` / :func:`multi_order_interactions` -- ``I^(m)``;
+* :class:`InteractionChangeApproximator` / :func:`interaction_change` (alias
+  :func:`attacking_utility`) -- ``ΔI^(m)``, ``ΔJ^(m)``, shares;
+* :class:`DisentanglementApproximator` / :func:`disentanglement` -- ``D^(m)``;
+* :class:`ShapleyApproximator` / :func:`shapley_values`, :class:`MultiOrderShapleyApproximator` /
+  :func:`multi_order_shapley`.
+
+Every result's ``values`` / ``stderr`` are aggregated over the images; per-image numbers are
+``per_image`` (see :mod:`~lit_advgame.interactions.results`).
 
 Example::
 
-    from lit_advgame.interactions import InputGame, interaction_change
+    from lit_advgame.interactions import InputGame, InteractionChangeApproximator, interaction_change
     clean = InputGame(model, x, y, grid=16)          # log p(y | x_S), mean-colour baseline
-    adv = InputGame(model, x_adv, y, grid=16)
+    adv = InputGame(model, x_adv, y, grid=16)        # the same labels y
     result = interaction_change(clean, adv, "reference", generator=torch.Generator().manual_seed(0))
+    # the same estimate as an object with an explicit budget and random state
+    estimator = InteractionChangeApproximator(orders="reference", max_forward_passes=10**8, random_state=0)
+    result = estimator.approximate(clean, adv)
     logger.log_metrics(result.to_dict("interaction"))
 """
 from lit_advgame.interactions.attacking_utility import (
+    InteractionChangeApproximator,
     attacking_utility,
+    check_paired_games,
     interaction_change,
 )
 from lit_advgame.interactions.baselines import (
@@ -34,6 +48,7 @@ from lit_advgame.interactions.baselines import (
 )
 from lit_advgame.interactions.budget import DEFAULT_MAX_FORWARD_PASSES, check_budget
 from lit_advgame.interactions.disentanglement import (
+    DisentanglementApproximator,
     disentanglement,
     disentanglement_from_samples,
 )
@@ -53,7 +68,10 @@ from lit_advgame.interactions.game import (
     pack_coalitions,
 )
 from lit_advgame.interactions.multi_order import (
+    ContextSampling,
+    MultiOrderApproximator,
     PairDeltaSamples,
+    PairSampling,
     multi_order_from_samples,
     multi_order_interactions,
     pair_context_coalitions,
@@ -66,11 +84,13 @@ from lit_advgame.interactions.orders import (
     utility_weights,
 )
 from lit_advgame.interactions.perturbation import (
+    PerturbationInteractionApproximator,
     perturbation_interaction,
     perturbation_interaction_estimate,
 )
 from lit_advgame.interactions.players import (
     grid_player_map,
+    grid_shape,
     neighbour_pairs,
     player_adjacency,
     resolve_player_map,
@@ -86,6 +106,7 @@ from lit_advgame.interactions.results import (
 )
 from lit_advgame.interactions.sampling import (
     all_pairs,
+    enumerate_subsets,
     make_generator,
     sample_groups_with_replacement,
     sample_pairs,
@@ -93,7 +114,12 @@ from lit_advgame.interactions.sampling import (
     sample_players,
     sample_subsets,
 )
-from lit_advgame.interactions.shapley import multi_order_shapley, shapley_values
+from lit_advgame.interactions.shapley import (
+    MultiOrderShapleyApproximator,
+    ShapleyApproximator,
+    multi_order_shapley,
+    shapley_values,
+)
 from lit_advgame.interactions.values import VALUE_NAMES, ValueFunction, resolve_value
 
 __all__ = [
@@ -103,30 +129,41 @@ __all__ = [
     "MAX_EXACT_PLAYERS",
     "ORDER_PRESETS",
     "VALUE_NAMES",
+    "ContextSampling",
+    "DisentanglementApproximator",
     "DisentanglementResult",
     "ExactInteractions",
     "InputGame",
+    "InteractionChangeApproximator",
     "InteractionChangeResult",
     "MaskedGame",
+    "MultiOrderApproximator",
     "MultiOrderResult",
+    "MultiOrderShapleyApproximator",
     "MultiOrderShapleyResult",
     "Orders",
     "PairDeltaSamples",
+    "PairSampling",
     "PerturbationGame",
+    "PerturbationInteractionApproximator",
     "PerturbationInteractionResult",
+    "ShapleyApproximator",
     "ShapleyResult",
     "ValueFunction",
     "all_coalitions",
     "all_pairs",
     "attacking_utility",
     "check_budget",
+    "check_paired_games",
     "disentanglement",
     "disentanglement_from_samples",
+    "enumerate_subsets",
     "eval_mode",
     "exact_from_values",
     "exact_interactions",
     "gaussian_blur",
     "grid_player_map",
+    "grid_shape",
     "interaction_change",
     "make_baseline",
     "make_generator",

@@ -6,7 +6,7 @@ absent pixels exactly the baseline). Choices:
 * ``"mean"`` (default, the reference): the per-channel dataset mean, read from the model's
   :class:`~lit_advgame.models.normalize.Normalize` layer. The official code of Ren et al.
   (NeurIPS 2021) multiplies the *normalized* image by the mask, so absent cells are 0 after
-  normalization, i.e. exactly this mean colour in pixel space (``interactions.md`` §1.4).
+  normalization, i.e. exactly this mean colour in pixel space.
 * ``"zeros"``: black pixels.
 * ``"blur"``: a Gaussian-blurred copy of each image (``blur_sigma`` pixels, kernel radius
   ``ceil(3 sigma)``, replicate padding, per channel).
@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.functional as TF
 from torch import nn
 
 from lit_advgame.models.normalize import find_normalizer
@@ -32,18 +33,19 @@ Baseline = str | Sequence[float] | torch.Tensor
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Depthwise Gaussian blur of a ``(B, C, H, W)`` batch (replicate padding, radius ``ceil(3 sigma)``)."""
+    """Per-channel Gaussian blur of a ``(B, C, H, W)`` batch (replicate padding, radius ``ceil(3 sigma)``).
+
+    :func:`torchvision.transforms.functional.gaussian_blur` with a ``2 ceil(3σ) + 1`` kernel on the
+    image padded by the radius with **replicate** padding (torchvision itself pads by reflection;
+    after the replicate padding its reflected border is cropped away, so border pixels average
+    copies of the edge, as the blur baseline always did).
+    """
     check_positive(sigma, "blur_sigma")
     radius = max(1, math.ceil(3.0 * float(sigma)))
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64, device=x.device)
-    kernel = torch.exp(-0.5 * (offsets / float(sigma)) ** 2)
-    kernel = (kernel / kernel.sum()).to(x.dtype)
-    channels = x.shape[1]
-    out = F.pad(x, (radius, radius, 0, 0), mode="replicate")
-    out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
-    out = F.pad(out, (0, 0, radius, radius), mode="replicate")
-    out = F.conv2d(out, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
-    return out
+    padded = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    size = 2 * radius + 1
+    blurred = TF.gaussian_blur(padded, [size, size], [float(sigma), float(sigma)])
+    return blurred[..., radius:-radius, radius:-radius]
 
 
 def _mean_from_model(model: nn.Module | None, x: torch.Tensor) -> torch.Tensor:

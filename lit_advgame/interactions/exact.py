@@ -16,12 +16,18 @@ Definitions (Ren et al., NeurIPS 2021, Eq. 1-4 and supplement B; Wang et al., IC
   ``φ_i = Σ_S |S|!(n-|S|-1)!/n! [v(S ∪ {i}) - v(S)]`` (computed directly; equals ``(1/n) Σ_m φ^(m)_i``).
 * ``J^(m) = Σ_{i != j} (n-1-m)/(n(n-1)) I^(m)_ij``: the **sum over ordered pairs** (each unordered
   pair counts twice), so that ``v(N) - v(∅) = Σ_i [v({i}) - v(∅)] + Σ_m J^(m)`` (efficiency,
-  Eq. 3 / supplement B.1 (5)). The reference plot (``plot.py --type 2``) instead reports the
-  per-pair mean times the weight, ``w(m) · mean_{i<j} I^(m)_ij = J^(m) / (n(n-1))``; both are given
-  (:attr:`ExactInteractions.utility` and :attr:`ExactInteractions.utility_per_pair`).
+  Eq. 3 / supplement B.1 (5)): :attr:`ExactInteractions.utility_sum`. The reference plot
+  (``plot.py --type 2``) and the sampled :attr:`InteractionChangeResult.utility` report the
+  per-pair mean times the weight, ``w(m) · mean_{i<j} I^(m)_ij = J^(m) / (n(n-1))``:
+  :attr:`ExactInteractions.utility_per_pair`.
 * ``D^(m)`` (Eq. 4): ratio of means ``mean_{i<j} |I^(m)_ij| / mean_{i<j} E_S |Δv_ij(S)|`` as the
   reference code (per image, and pooled over images), and the per-pair form
-  ``mean_{i<j} |I^(m)_ij| / E_S |Δv_ij(S)|`` (pairs with a zero denominator are skipped).
+  ``mean_{i<j} |I^(m)_ij| / E_S |Δv_ij(S)|``. Pairs whose ``E_S |Δv_ij(S)|`` is rounding noise
+  (:func:`~lit_advgame.interactions.stats.rounding_floor` of the image's largest ``|v|``) are
+  skipped in both (counted in :attr:`ExactInteractions.num_skipped_pairs`); NaN when all are.
+
+Means over pairs here run over **all** pairs (``all_pairs_interaction``); the sampled estimators
+default to neighbour pairs, so compare a sampled result with ``exact.mean_over_pairs(result.pairs)``.
 * IR paper Eq. 4 / Appendix F: ``mean_{i<j} SII_ij = 1/(n-1) · mean_i [v(N) - v(N\\{i}) - v({i}) + v(∅)]``.
 """
 from __future__ import annotations
@@ -34,7 +40,9 @@ import torch
 
 from lit_advgame.interactions.budget import DEFAULT_MAX_FORWARD_PASSES, check_budget
 from lit_advgame.interactions.game import MaskedGame
+from lit_advgame.interactions.options import deprecated_alias
 from lit_advgame.interactions.results import ResultMixin
+from lit_advgame.interactions.stats import ROUNDING_ULPS, rounding_floor
 
 MAX_EXACT_PLAYERS = 16
 
@@ -66,74 +74,111 @@ def _size_onehot(sizes: torch.Tensor, num_sizes: int) -> torch.Tensor:
 class ExactInteractions(ResultMixin):
     """Exact indices of ``B`` games with ``n`` players (all float64 tensors with a leading ``B``).
 
+    Every field is per image (leading ``B``): the oracle has no sampling, hence no ``stderr``.
+
     Attributes:
         num_players: n.
-        values: ``(B, 2^n)`` value table.
+        value_table: ``(B, 2^n)`` value table (``values`` is its deprecated old name).
         shapley: ``(B, n)`` Shapley values.
         multi_order_shapley: ``(B, n, n)``; ``[:, m, i]`` = ``φ^(m)_i`` for ``m = 0 .. n-1``.
         shapley_interaction: ``(B, n, n)`` symmetric SII, zero diagonal.
         banzhaf_interaction: ``(B, n, n)`` symmetric BII, zero diagonal.
         multi_order: ``(B, n-1, n, n)``; ``[:, m, i, j]`` = ``I^(m)_ij`` (symmetric, zero diagonal).
         multi_order_abs: ``(B, n-1, n, n)``; ``E_{|S|=m} |Δv_ij(S)|``.
-        mean_interaction: ``(B, n-1)`` mean over unordered pairs of ``I^(m)_ij`` (what the sampled
-            estimator with uniform pairs targets).
-        utility: ``(B, n-1)`` ``J^(m)`` (sum over ordered pairs).
-        utility_per_pair: ``(B, n-1)`` ``w(m) · mean_{i<j} I^(m)_ij`` (reference-plot convention).
+        all_pairs_interaction: ``(B, n-1)`` mean over **all** unordered pairs of ``I^(m)_ij`` (what
+            the sampled estimator with ``pairs="uniform"`` targets; the default neighbour pairs
+            target ``mean_over_pairs(neighbour_pairs(...))``). Old name: ``mean_interaction``.
+        utility_sum: ``(B, n-1)`` ``J^(m)`` (sum over ordered pairs, Eq. 3). Old name: ``utility``.
+        utility_per_pair: ``(B, n-1)`` ``w(m) · mean_{i<j} I^(m)_ij`` (reference-plot convention,
+            the same quantity as the sampled ``InteractionChangeResult.utility``).
         disentanglement: ``(B, n-1)`` ratio-of-means ``D^(m)`` per image.
         disentanglement_per_pair: ``(B, n-1)`` mean over pairs of per-pair ratios.
         average_interaction: ``(B,)`` ``mean_{i<j} SII_ij`` from the IR paper's Eq. 4 formula.
+        num_skipped_pairs: ``(B, n-1)`` pairs left out of ``D^(m)`` as rounding noise.
     """
 
     num_players: int
-    values: torch.Tensor
+    value_table: torch.Tensor
     shapley: torch.Tensor
     multi_order_shapley: torch.Tensor
     shapley_interaction: torch.Tensor
     banzhaf_interaction: torch.Tensor
     multi_order: torch.Tensor
     multi_order_abs: torch.Tensor
-    mean_interaction: torch.Tensor
-    utility: torch.Tensor
+    all_pairs_interaction: torch.Tensor
+    utility_sum: torch.Tensor
     utility_per_pair: torch.Tensor
     disentanglement: torch.Tensor
     disentanglement_per_pair: torch.Tensor
     average_interaction: torch.Tensor
     num_forward_passes: int = 0
     orders: tuple[int, ...] = field(default=())
+    num_skipped_pairs: torch.Tensor | None = None
+
+    values = deprecated_alias("value_table", "values")
+    mean_interaction = deprecated_alias("all_pairs_interaction", "mean_interaction")
+    utility = deprecated_alias(
+        "utility_sum", "utility", " (the sum over ordered pairs; utility_per_pair is the per-pair convention of "
+        "InteractionChangeResult.utility)"
+    )
 
     @property
     def empty_value(self) -> torch.Tensor:
         """``v(∅)``, shape ``(B,)``."""
-        return self.values[:, 0]
+        return self.value_table[:, 0]
 
     @property
     def full_value(self) -> torch.Tensor:
         """``v(N)``, shape ``(B,)``."""
-        return self.values[:, -1]
+        return self.value_table[:, -1]
 
     @property
     def singleton_values(self) -> torch.Tensor:
         """``v({i})``, shape ``(B, n)``."""
-        return self.values[:, [1 << i for i in range(self.num_players)]]
+        return self.value_table[:, [1 << i for i in range(self.num_players)]]
+
+    def mean_over_pairs(self, pairs: torch.Tensor) -> torch.Tensor:
+        """``(B, n-1)`` mean of ``I^(m)_ij`` over the given pairs: ``(P, 2)`` for every image or ``(B, P, 2)``.
+
+        The like-for-like target of a sampled estimate: ``exact.mean_over_pairs(result.pairs)``
+        (e.g. the reference's neighbour pairs, which :attr:`all_pairs_interaction` is not).
+        """
+        pairs = torch.as_tensor(pairs, dtype=torch.long, device=self.multi_order.device)
+        if pairs.dim() == 2:
+            pairs = pairs.unsqueeze(0).expand(self.multi_order.shape[0], -1, -1)
+        if pairs.dim() != 3 or pairs.shape[-1] != 2 or pairs.shape[0] != self.multi_order.shape[0]:
+            raise ValueError(f"pairs must have shape (P, 2) or (B, P, 2) with B = {self.multi_order.shape[0]}; got {tuple(pairs.shape)}")
+        images = torch.arange(pairs.shape[0], device=pairs.device).view(-1, 1)
+        per_pair = self.multi_order[images, :, pairs[..., 0], pairs[..., 1]]  # (B, P, n-1)
+        return per_pair.mean(dim=1)
 
     def disentanglement_pooled(self) -> torch.Tensor:
-        """``D^(m)`` as a ratio of means over all images and pairs (the reference ``plot.py``), ``(n-1,)``."""
+        """``D^(m)`` (Ren et al., NeurIPS 2021, Eq. 4) as a ratio of means over all images and pairs (the reference ``plot.py``), ``(n-1,)``.
+
+        Pairs whose ``E_S |Δv_ij(S)|`` is rounding noise are left out (NaN when all are).
+        """
         iu = torch.triu_indices(self.num_players, self.num_players, offset=1)
-        numerator = self.multi_order[:, :, iu[0], iu[1]].abs().mean(dim=(0, 2))
-        denominator = self.multi_order_abs[:, :, iu[0], iu[1]].mean(dim=(0, 2))
-        return numerator / denominator
+        numerator = self.multi_order[:, :, iu[0], iu[1]].abs()
+        denominator = self.multi_order_abs[:, :, iu[0], iu[1]]
+        keep = denominator > _noise_floor(self.value_table).view(-1, 1, 1)
+        numerator = torch.where(keep, numerator, 0.0).mean(dim=(0, 2))
+        denominator = torch.where(keep, denominator, 0.0).mean(dim=(0, 2))
+        return _nan_ratio(numerator, denominator)
 
     def efficiency_residual(self) -> torch.Tensor:
-        """``v(N) - v(∅) - Σ_i [v({i}) - v(∅)] - Σ_m J^(m)`` per image (zero up to rounding)."""
+        """``v(N) - v(∅) - Σ_i [v({i}) - v(∅)] - Σ_m J^(m)`` per image: zero up to rounding by the
+        efficiency property (Ren et al., NeurIPS 2021, Eq. 3 / supplement B.1 (5))."""
         singles = (self.singleton_values - self.empty_value.unsqueeze(1)).sum(dim=1)
-        return self.full_value - self.empty_value - singles - self.utility.sum(dim=1)
+        return self.full_value - self.empty_value - singles - self.utility_sum.sum(dim=1)
 
     def to_dict(self, prefix: str = "exact") -> dict[str, float]:
-        """Image-averaged scalars: ``{prefix}/interaction/m{m}``, ``{prefix}/utility/m{m}``, ... ."""
+        """Image-averaged scalars: ``{prefix}/all_pairs_interaction/m{m}``, ``{prefix}/utility/m{m}`` (per
+        pair, as the sampled results), ``{prefix}/utility_sum/m{m}``, ``{prefix}/disentanglement/m{m}``, ... ."""
         out: dict[str, float] = {}
         for name, table in (
-            ("interaction", self.mean_interaction),
-            ("utility", self.utility),
+            ("all_pairs_interaction", self.all_pairs_interaction),
+            ("utility", self.utility_per_pair),
+            ("utility_sum", self.utility_sum),
             ("disentanglement", self.disentanglement),
         ):
             for m, value in enumerate(table.mean(dim=0).tolist()):
@@ -143,8 +188,26 @@ class ExactInteractions(ResultMixin):
         return out
 
 
-def exact_from_values(values: torch.Tensor, num_forward_passes: int = 0) -> ExactInteractions:
-    """All exact indices from a value table ``(2^n,)`` or ``(B, 2^n)`` (index = bitmask of the coalition)."""
+def _noise_floor(table: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Per image: the rounding floor of ``Δv`` for values of size ``max |v|`` (see :func:`rounding_floor`)."""
+    return rounding_floor(table.abs().amax(dim=1), dtype or table.dtype, ROUNDING_ULPS)
+
+
+def _nan_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    return torch.where(denominator > 0, numerator / torch.where(denominator > 0, denominator, 1.0), torch.nan)
+
+
+def exact_from_values(
+    values: torch.Tensor, num_forward_passes: int = 0, *, value_dtype: torch.dtype | None = None
+) -> ExactInteractions:
+    """All exact indices from a value table ``(2^n,)`` or ``(B, 2^n)`` (index = bitmask of the coalition).
+
+    Shapley value (Ren et al., NeurIPS 2021, Eq. 1), ``I^(m)_ij`` and the Shapley interaction index
+    (Eq. 2), ``J^(m)`` (Eq. 3), ``D^(m)`` (Eq. 4), ``φ^(m)(i)`` (supplement Eq. 10) and
+    ``E_ij[I_ij]`` (Wang et al., ICLR 2021, Eq. 4); see the module docstring. ``value_dtype``: the
+    dtype the values were computed in (default: the table's), which sets the rounding floor of
+    ``D^(m)``.
+    """
     if not isinstance(values, torch.Tensor):
         values = torch.as_tensor(values)
     table = values.detach().to(torch.float64)
@@ -219,11 +282,12 @@ def exact_from_values(values: torch.Tensor, num_forward_passes: int = 0) -> Exac
     weights = (n - 1 - orders) / (n * (n - 1))
     utility = 2.0 * pair_orders.sum(dim=1) * weights
     utility_per_pair = mean_interaction * weights
-    disentanglement = pair_orders.abs().mean(dim=1) / pair_orders_abs.mean(dim=1)
-    valid = pair_orders_abs > 0
-    ratios = torch.where(valid, pair_orders.abs() / torch.where(valid, pair_orders_abs, 1.0), 0.0)
-    disentanglement_per_pair = ratios.sum(dim=1) / valid.sum(dim=1).clamp(min=1)
-    disentanglement_per_pair = torch.where(valid.any(dim=1), disentanglement_per_pair, torch.nan)
+    valid = pair_orders_abs > _noise_floor(table, value_dtype or values.dtype).view(-1, 1, 1)  # not rounding noise
+    kept_abs = torch.where(valid, pair_orders.abs(), 0.0)
+    kept_denominator = torch.where(valid, pair_orders_abs, 0.0)
+    disentanglement = _nan_ratio(kept_abs.mean(dim=1), kept_denominator.mean(dim=1))
+    ratios = _nan_ratio(kept_abs, kept_denominator).nan_to_num(0.0)
+    disentanglement_per_pair = _nan_ratio(ratios.sum(dim=1), valid.sum(dim=1).to(ratios.dtype))
 
     full = table[:, -1:]
     empty = table[:, :1]
@@ -233,21 +297,22 @@ def exact_from_values(values: torch.Tensor, num_forward_passes: int = 0) -> Exac
 
     return ExactInteractions(
         num_players=n,
-        values=table,
+        value_table=table,
         shapley=shapley,
         multi_order_shapley=multi_order_shapley,
         shapley_interaction=symmetric(sii_pairs),
         banzhaf_interaction=symmetric(bii_pairs),
         multi_order=multi_order,
         multi_order_abs=multi_order_abs,
-        mean_interaction=mean_interaction,
-        utility=utility,
+        all_pairs_interaction=mean_interaction,
+        utility_sum=utility,
         utility_per_pair=utility_per_pair,
         disentanglement=disentanglement,
         disentanglement_per_pair=disentanglement_per_pair,
         average_interaction=average_interaction,
         num_forward_passes=num_forward_passes,
         orders=tuple(range(n - 1)),
+        num_skipped_pairs=(~valid).sum(dim=1),
     )
 
 
@@ -257,7 +322,8 @@ def exact_interactions(
     num_players: int | None = None,
     max_forward_passes: int = DEFAULT_MAX_FORWARD_PASSES,
 ) -> ExactInteractions:
-    """Exact oracle for a game with ``n <= 16`` players.
+    """Exact oracle for a game with ``n <= 16`` players: every index of :func:`exact_from_values`
+    (Ren et al., NeurIPS 2021, Eq. 1-4 and supplement Eq. 10; Wang et al., ICLR 2021, Eq. 4).
 
     Args:
         game: a :class:`~lit_advgame.interactions.game.MaskedGame` (all ``2^n`` coalitions are

@@ -40,7 +40,13 @@ from lit_advgame.interactions.values import (
     resolve_value,
     runner_up_class,
 )
-from lit_advgame.utils.checks import as_model_dtype, check_images, check_int, check_labels, check_module
+from lit_advgame.utils.checks import (
+    as_model_dtype,
+    check_images,
+    check_int,
+    check_labels,
+    check_module,
+)
 
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_GRID = 16
@@ -174,6 +180,15 @@ class MaskedGame:
         return self.present.device
 
     # ------------------------------------------------------------------ classes
+    def full_logits(self, *, grad: bool = False) -> torch.Tensor:
+        """Logits ``(B, C)`` of the full coalition of every image (counted in :attr:`forward_passes`)."""
+        with eval_mode(self.model), torch.set_grad_enabled(grad):
+            logits = torch.cat(
+                [self.model(self.present[s : s + self.batch_size]) for s in range(0, self.num_images, self.batch_size)]
+            )
+        self.forward_passes += self.num_images
+        return logits
+
     def resolve_classes(self, full_logits: torch.Tensor | None = None) -> None:
         """Fill in missing labels (prediction on the full coalition) and the fixed runner-up class.
 
@@ -183,13 +198,7 @@ class MaskedGame:
         needs_runner_up = self.value.second_class == "runner_up" and self.targets is None
         if not (needs_labels or needs_runner_up):
             return
-        if full_logits is None:
-            with eval_mode(self.model), torch.no_grad():
-                full_logits = torch.cat(
-                    [self.model(self.present[s : s + self.batch_size]) for s in range(0, self.num_images, self.batch_size)]
-                )
-            self.forward_passes += self.num_images
-        full_logits = full_logits.detach()
+        full_logits = (self.full_logits() if full_logits is None else full_logits).detach()
         if needs_labels:
             self.labels = full_logits.argmax(dim=1)
         if needs_runner_up:
@@ -314,6 +323,16 @@ class MaskedGame:
         return self.value(logits, labels, targets)
 
 
+def _checked_players(
+    model: nn.Module, x: torch.Tensor, grid: GridSpec, player_map: torch.Tensor | None
+) -> tuple[torch.Tensor, int]:
+    """Check the model and images of a game and return its ``(player_map, n)``."""
+    check_module(model, "model")
+    check_images(x, "x", allow_empty=False)
+    _, _, height, width = x.shape
+    return resolve_player_map(height, width, grid=grid, player_map=player_map, device=x.device)
+
+
 class InputGame(MaskedGame):
     """Input game (Ren et al., NeurIPS 2021, §3): ``v(S)`` on ``x`` with absent players set to a baseline.
 
@@ -350,10 +369,7 @@ class InputGame(MaskedGame):
         blur_sigma: float = DEFAULT_BLUR_SIGMA,
         batch_size: int | None = None,
     ) -> None:
-        check_module(model, "model")
-        check_images(x, "x", allow_empty=False)
-        _, _, height, width = x.shape
-        pmap, n = resolve_player_map(height, width, grid=grid, player_map=player_map, device=x.device)
+        pmap, n = _checked_players(model, x, grid, player_map)
         x = as_model_dtype(x.detach(), model)
         absent = make_baseline(baseline, x, model, blur_sigma=blur_sigma)
         super().__init__(model, x, absent, y, pmap, n, value, target=target, batch_size=batch_size)
@@ -385,11 +401,8 @@ class PerturbationGame(MaskedGame):
         target: torch.Tensor | None = None,
         batch_size: int | None = None,
     ) -> None:
-        check_module(model, "model")
-        check_images(x, "x", allow_empty=False)
+        pmap, n = _checked_players(model, x, grid, player_map)
         check_perturbation(delta, x)
-        _, _, height, width = x.shape
-        pmap, n = resolve_player_map(height, width, grid=grid, player_map=player_map, device=x.device)
         x, delta = as_model_dtype(x.detach(), model), as_model_dtype(delta, model, "delta")
         super().__init__(model, x + delta, x, y, pmap, n, value, target=target, batch_size=batch_size)
         self.delta = delta

@@ -4,7 +4,7 @@ A ratio ``r`` maps to ``m = int((n - 2) * r)`` exactly as the official code of R
 (NeurIPS 2021, ``gene_pairs.py``), so ``r = 1`` is the full context ``m = n - 2``. For multi-order
 Shapley values (orders ``0 .. n - 1``) the same rule uses ``n - 1``: ``m = int((n - 1) * r)``.
 
-Presets (the reference lists are discussed in ``interactions.md`` §1.3):
+Presets (the lists of the official code and of the paper's supplement, Table 2):
 
 * ``"reference"`` (default): ``0.1, 0.2, ..., 0.8, 0.85, 0.9, 0.95`` -- the 11 orders of the
   paper's supplementary Table 2, i.e. the official code's argparse default without ``r = 1.0``.
@@ -92,6 +92,6 @@ def resolve_orders(orders: OrderSpec, num_players: int, *, shapley: bool = False
 
 
 def utility_weights(orders: Sequence[int], num_players: int) -> list[float]:
-    """``w(m) = (n - 1 - m) / (n (n - 1))``: the weight of ``I^(m)_ij`` in ``J^(m)_ij`` (Ren et al., Eq. 3)."""
+    """``w(m) = (n - 1 - m) / (n (n - 1))``: the weight of ``I^(m)_ij`` in ``J^(m)_ij`` (Ren et al., NeurIPS 2021, Eq. 3)."""
     n = num_players
     return [(n - 1 - m) / (n * (n - 1)) for m in orders]

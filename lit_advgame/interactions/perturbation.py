@@ -2,7 +2,7 @@
 
 Players are the grid cells of the perturbation ``δ``; ``v(S)`` is evaluated at ``x + δ ⊙ M_S``
 (absent cells keep the clean pixel), so ``v(Ω)`` is the value at ``x + δ`` and ``v(∅)`` at ``x``.
-Appendix F proves (exactly, see ``interactions.md`` §1.8)::
+Appendix F proves (exactly; the exact oracle checks it numerically)::
 
     E_ij[I_ij(δ)] = 1/(n-1) · E_i [ v(Ω) - v(Ω \\ {i}) - v({i}) + v(∅) ]          (Eq. 4 / 39)
 
@@ -27,79 +27,146 @@ Cost per image: ``1`` (``x + δ``) ``+ 1`` (``x``) ``+ 2 · num_samples`` forwar
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from lit_advgame.interactions.game import PerturbationGame, eval_mode
+from lit_advgame.interactions.budget import DEFAULT_MAX_FORWARD_PASSES, check_budget
+from lit_advgame.interactions.game import PerturbationGame
+from lit_advgame.interactions.options import build_approximator
 from lit_advgame.interactions.results import PerturbationInteractionResult
 from lit_advgame.interactions.sampling import (
+    make_generator,
     sample_groups_with_replacement,
     sample_players,
 )
+from lit_advgame.interactions.stats import combine_stderr, mean_and_stderr
 from lit_advgame.utils.checks import check_choice, check_int
 
 FORMS = ("coalition", "single")
 SCALES = ("reference", "paper")
 
 
-def _terms(
-    model: nn.Module,
-    x: torch.Tensor,
-    delta: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    grid: int,
-    player_map: torch.Tensor | None,
-    form: str,
-    num_samples: int,
-    group_size: int,
-    value: str | Callable[..., torch.Tensor],
-    generator: torch.Generator | None,
-    batch_size: int | None,
-    scale: str,
-) -> tuple[torch.Tensor, PerturbationGame, bool]:
-    """Per-sample terms ``(B, k)`` of ``v(Ω) - v(Ω\\S) - v(S) + v(∅)`` (scaled), the game, exhaustiveness."""
-    check_choice(form, "form", FORMS)
-    check_choice(scale, "scale", SCALES)
-    check_int(num_samples, "num_samples", minimum=1)
-    check_int(group_size, "group_size", minimum=1)
+@dataclass
+class PerturbationInteractionApproximator:
+    """Estimator of ``E_ij[I_ij(δ)]`` on a :class:`~lit_advgame.interactions.game.PerturbationGame`.
+
+    Args:
+        form: ``"coalition"`` (reference code) or ``"single"`` (paper Eq. 4 / 39).
+        num_samples: groups (coalition form) or players (single form) per image; the single form
+            uses every player (exact) when ``num_samples >= n``.
+        group_size: cells per group, drawn with replacement (coalition form).
+        scale: ``"reference"`` (no ``1/(n-1)``, default) or ``"paper"``.
+        max_forward_passes: the budget, ``B · (2 + 2 · num_samples)`` (``None``: no cap).
+        random_state: an ``int`` seeds a fresh generator for every call, a ``torch.Generator``
+            continues its stream, ``None`` uses the global RNG.
+    """
+
+    form: str = "coalition"
+    num_samples: int = 32
+    group_size: int = 32
+    scale: str = "reference"
+    max_forward_passes: int | None = DEFAULT_MAX_FORWARD_PASSES
+    random_state: int | torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        check_choice(self.form, "form", FORMS)
+        check_choice(self.scale, "scale", SCALES)
+        check_int(self.num_samples, "num_samples", minimum=1)
+        check_int(self.group_size, "group_size", minimum=1)
+
+    def terms(self, game: PerturbationGame) -> tuple[torch.Tensor, bool]:
+        """Per-sample terms ``(B, k)`` of ``v(Ω) - v(Ω \\ S) - v(S) + v(∅)`` (scaled) and whether they are exhaustive.
+
+        Wang et al., ICLR 2021, Eq. 4 / 39: ``E_ij[I_ij(δ)] = 1/(n-1) · E_i [v(Ω) - v(Ω\\{i}) - v({i}) + v(∅)]``
+        (single form, ``S = {i}``); the coalition form uses groups ``S`` instead. Differentiable
+        w.r.t. ``game.delta`` when it requires grad and grad mode is on.
+        """
+        if not isinstance(game, PerturbationGame):
+            raise TypeError(f"game must be a PerturbationGame; got {type(game).__name__}")
+        if game.labels is None:
+            raise ValueError("y (the true class of each image) is required for the perturbation interaction")
+        n, batch, device = game.num_players, game.num_images, game.device
+        if n < 2:
+            raise ValueError("the perturbation interaction needs at least 2 players")
+        samples = min(self.num_samples, n) if self.form == "single" else self.num_samples
+        check_budget(batch * (2 + 2 * samples), self.max_forward_passes, f"{samples} {self.form}-form samples per image")
+        generator = make_generator(self.random_state)
+        grad = game.delta.requires_grad and torch.is_grad_enabled()
+        full_logits = game.full_logits(grad=grad)
+        game.resolve_classes(full_logits)
+        with torch.set_grad_enabled(grad):
+            full = game.value(full_logits, game.labels, game.targets)
+        empty = game.evaluate(torch.zeros(1, n, dtype=torch.bool, device=device)).squeeze(1)
+        exhaustive = self.form == "single" and self.num_samples >= n
+        if self.form == "coalition":
+            groups = sample_groups_with_replacement(batch, self.num_samples, self.group_size, n, generator).to(device)
+        else:
+            if exhaustive:
+                players = torch.arange(n, device=device).expand(batch, n)
+            else:
+                players = sample_players(batch, self.num_samples, n, generator).to(device)
+            groups = torch.zeros(batch, players.shape[1], n, dtype=torch.bool, device=device)
+            groups.scatter_(2, players.unsqueeze(2), True)
+        k = groups.shape[1]
+        values = game.evaluate(torch.cat([~groups, groups], dim=1), grad=grad)  # (B, 2k): Ω \ S, then S
+        terms = full.unsqueeze(1) - values[:, :k] - values[:, k:] + empty.unsqueeze(1)
+        if self.scale == "paper":
+            terms = terms / (n - 1)
+        return terms, exhaustive
+
+    def interaction(self, game: PerturbationGame) -> torch.Tensor:
+        """Per-image ``E_ij[I_ij(δ)]`` (Wang et al., ICLR 2021, Eq. 4 / 39), ``(B,)``, differentiable w.r.t. ``game.delta`` (the IR loss term)."""
+        terms, _ = self.terms(game)
+        return terms.mean(dim=1)
+
+    def approximate(self, game: PerturbationGame) -> PerturbationInteractionResult:
+        """Non-differentiable estimate with standard errors (for metrics).
+
+        Standard errors: over the ``k`` sampled groups (iid), ``scipy.stats.sem``; for the single
+        form (``k`` of the ``n`` players drawn without replacement) times the finite-population
+        factor ``sqrt((n - k) / n)`` (the ddof=1 sample variance estimates ``S²``, whose mean
+        has variance ``S²/k · (n-k)/n``), hence 0 when every player is used. Over images:
+        ``sqrt(Σ se_b²) / B``.
+        """
+        before = game.forward_passes
+        with torch.no_grad():
+            terms, exhaustive = self.terms(game)
+        terms = terms.to(torch.float64)
+        k, n = terms.shape[1], game.num_players
+        population = n if self.form == "single" else None
+        per_image, per_image_stderr = mean_and_stderr(terms, dim=1, population=population)
+        if exhaustive:
+            per_image_stderr = torch.zeros_like(per_image)
+        return PerturbationInteractionResult(
+            values=per_image.mean(),
+            stderr=combine_stderr(per_image_stderr, dim=0),
+            per_image=per_image,
+            per_image_stderr=per_image_stderr,
+            form=self.form,
+            scale=self.scale,
+            num_samples=k,
+            num_players=n,
+            num_forward_passes=game.forward_passes - before,
+        )
+
+
+def _game_and_approximator(
+    model: nn.Module, x: torch.Tensor, delta: torch.Tensor, y: torch.Tensor, options: dict[str, Any], owner: str
+) -> tuple[PerturbationGame, PerturbationInteractionApproximator]:
+    """Split the keywords of the functional API into the game's and the approximator's."""
+    game_keys = ("grid", "player_map", "value", "batch_size")
+    game_options = {key: options.pop(key) for key in game_keys if key in options}
+    approximator = build_approximator(
+        PerturbationInteractionApproximator, owner, extra=game_keys, random_state=options.pop("generator", None),
+        **options,
+    )
     if y is None:
         raise ValueError("y (the true class of each image) is required for the perturbation interaction")
-    game = PerturbationGame(model, x, delta, y, grid=grid, player_map=player_map, value=value, batch_size=batch_size)
-    n, batch, device = game.num_players, game.num_images, game.device
-    if n < 2:
-        raise ValueError("the perturbation interaction needs at least 2 players")
-    grad = delta.requires_grad and torch.is_grad_enabled()
-    with eval_mode(model), torch.set_grad_enabled(grad):
-        full_logits = torch.cat(
-            [model(game.present[s : s + game.batch_size]) for s in range(0, batch, game.batch_size)]
-        )
-    game.forward_passes += batch
-    game.resolve_classes(full_logits)
-    with torch.set_grad_enabled(grad):
-        full = game.value(full_logits, game.labels, game.targets)
-    empty = game.evaluate(torch.zeros(1, n, dtype=torch.bool, device=device)).squeeze(1)
-
-    exhaustive = False
-    if form == "coalition":
-        groups = sample_groups_with_replacement(batch, num_samples, group_size, n, generator).to(device)
-    else:
-        if num_samples >= n:
-            players = torch.arange(n, device=device).expand(batch, n)
-            exhaustive = True
-        else:
-            players = sample_players(batch, num_samples, n, generator).to(device)
-        groups = torch.zeros(batch, players.shape[1], n, dtype=torch.bool, device=device)
-        groups.scatter_(2, players.unsqueeze(2), True)
-    k = groups.shape[1]
-    values = game.evaluate(torch.cat([~groups, groups], dim=1), grad=grad)  # (B, 2k): Ω \ S, then S
-    terms = full.unsqueeze(1) - values[:, :k] - values[:, k:] + empty.unsqueeze(1)
-    if scale == "paper":
-        terms = terms / (n - 1)
-    return terms, game, exhaustive
+    return PerturbationGame(model, x, delta, y, **game_options), approximator
 
 
 def perturbation_interaction(
@@ -110,15 +177,12 @@ def perturbation_interaction(
     *,
     grid: int = 16,
     player_map: torch.Tensor | None = None,
-    form: str = "coalition",
-    num_samples: int = 32,
-    group_size: int = 32,
-    value: str = "margin_fixed",
-    generator: torch.Generator | None = None,
+    value: str | Callable[..., torch.Tensor] = "margin_fixed",
     batch_size: int | None = None,
-    scale: str = "reference",
+    generator: torch.Generator | None = None,
+    **options: Any,
 ) -> torch.Tensor:
-    """Per-image interaction inside ``δ``, shape ``(B,)``, differentiable w.r.t. ``delta``.
+    """Per-image interaction inside ``δ`` (Wang et al., ICLR 2021, Eq. 4 / 39), shape ``(B,)``, differentiable w.r.t. ``delta``.
 
     Gradients flow when ``delta.requires_grad`` and grad mode is on (no ``inference_mode``
     inside; under Lightning's inference mode wrap the call in ``torch.inference_mode(False)`` /
@@ -132,69 +196,28 @@ def perturbation_interaction(
         y: true classes ``(B,)``.
         grid: ``L`` for an ``L x L`` grid of perturbation cells (ignored with ``player_map``).
         player_map: explicit ``(H, W)`` player ids.
-        form: ``"coalition"`` (reference code) or ``"single"`` (paper Eq. 39).
-        num_samples: groups (coalition form) or players (single form) per image; the single form
-            uses every player (exact) when ``num_samples >= n``.
-        group_size: cells per group, drawn with replacement (coalition form).
         value: ``"margin_fixed"`` (code) or ``"margin_max"`` (paper), or another value function.
-        generator: source of the random groups/players.
         batch_size: masked inputs per forward pass (default 256).
-        scale: ``"reference"`` (no ``1/(n-1)``, default) or ``"paper"``.
+        generator: source of the random groups/players (the approximator's ``random_state``).
+        options: :class:`PerturbationInteractionApproximator`'s fields: ``form="coalition"``,
+            ``num_samples=32``, ``group_size=32``, ``scale="reference"``, ``max_forward_passes``.
     """
-    terms, _, _ = _terms(
-        model, x, delta, y, grid=grid, player_map=player_map, form=form, num_samples=num_samples,
-        group_size=group_size, value=value, generator=generator, batch_size=batch_size, scale=scale,
-    )
-    return terms.mean(dim=1)
+    options.update(grid=grid, player_map=player_map, value=value, batch_size=batch_size, generator=generator)
+    game, approximator = _game_and_approximator(model, x, delta, y, options, "perturbation_interaction")
+    return approximator.interaction(game)
 
 
 def perturbation_interaction_estimate(
-    model: nn.Module,
-    x: torch.Tensor,
-    delta: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    grid: int = 16,
-    player_map: torch.Tensor | None = None,
-    form: str = "coalition",
-    num_samples: int = 32,
-    group_size: int = 32,
-    value: str = "margin_fixed",
-    generator: torch.Generator | None = None,
-    batch_size: int | None = None,
-    scale: str = "reference",
+    model: nn.Module, x: torch.Tensor, delta: torch.Tensor, y: torch.Tensor, **options: Any
 ) -> PerturbationInteractionResult:
-    """Non-differentiable :func:`perturbation_interaction` with standard errors (for metrics).
+    """Non-differentiable :func:`perturbation_interaction` (Wang et al., ICLR 2021, Eq. 4 / 39) with standard errors.
 
-    Standard errors: ``std / sqrt(k)`` over the ``k`` sampled groups (iid); for the single form
-    (players without replacement) times the finite-population factor ``sqrt((n - k) / (n - 1))``,
-    hence 0 when every player is used. Over images: ``sqrt(Σ se_b²) / B``.
+    Keyword arguments as :func:`perturbation_interaction` (``grid=16``, ``player_map``,
+    ``value="margin_fixed"``, ``batch_size``, ``generator`` and the approximator's ``form``,
+    ``num_samples``, ``group_size``, ``scale``, ``max_forward_passes``); see
+    :meth:`PerturbationInteractionApproximator.approximate` for the standard errors.
     """
-    with torch.no_grad():
-        terms, game, exhaustive = _terms(
-            model, x, delta.detach(), y, grid=grid, player_map=player_map, form=form, num_samples=num_samples,
-            group_size=group_size, value=value, generator=generator, batch_size=batch_size, scale=scale,
-        )
-    terms = terms.to(torch.float64)
-    k, n = terms.shape[1], game.num_players
-    per_image = terms.mean(dim=1)
-    if exhaustive:
-        per_image_stderr = torch.zeros_like(per_image)
-    elif k < 2:
-        per_image_stderr = torch.full_like(per_image, math.nan)
-    else:
-        per_image_stderr = terms.std(dim=1, correction=1) / math.sqrt(k)
-        if form == "single":
-            per_image_stderr = per_image_stderr * math.sqrt((n - k) / (n - 1))
-    batch = per_image.shape[0]
-    return PerturbationInteractionResult(
-        values=per_image.mean(),
-        stderr=per_image_stderr.pow(2).sum().sqrt() / batch,
-        per_image=per_image,
-        per_image_stderr=per_image_stderr,
-        form=form,
-        scale=scale,
-        num_samples=k,
-        num_players=n,
-        num_forward_passes=game.forward_passes,
+    game, approximator = _game_and_approximator(
+        model, x, delta.detach(), y, dict(options), "perturbation_interaction_estimate"
     )
+    return approximator.approximate(game)

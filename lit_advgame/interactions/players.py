@@ -22,20 +22,28 @@ import torch
 GridSpec = int | Sequence[int]
 
 
-def _grid_shape(grid: GridSpec) -> tuple[int, int]:
+def grid_shape(grid: GridSpec, *, min_players: int = 1) -> tuple[int, int]:
+    """``(L_h, L_w)`` of a grid given as ``L`` (an ``L x L`` grid) or ``[L_h, L_w]`` (a list or tuple).
+
+    Raises ``TypeError`` for anything else (a bool, a float, a string, three sizes, non-integer
+    sizes) and ``ValueError`` for a size below 1 or fewer than ``min_players`` cells (players),
+    each message naming ``grid`` and what is allowed.
+    """
     if isinstance(grid, bool):
-        raise TypeError(f"grid must be an int L (an L x L grid) or a pair (L_h, L_w); got {grid!r}")
+        raise TypeError(f"grid must be an int L (an L x L grid) or a pair [L_h, L_w]; got {grid!r}")
     if isinstance(grid, int):
         rows = cols = grid
     elif isinstance(grid, Sequence) and not isinstance(grid, str) and len(grid) == 2:
         rows, cols = grid
     else:
-        raise TypeError(f"grid must be an int L (an L x L grid) or a pair (L_h, L_w); got {grid!r}")
+        raise TypeError(f"grid must be an int L (an L x L grid) or a pair [L_h, L_w]; got {grid!r}")
     for value in (rows, cols):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"grid sizes must be integers; got grid={grid!r}")
         if value < 1:
             raise ValueError(f"grid sizes must be >= 1; got grid={grid!r}")
+    if rows * cols < min_players:
+        raise ValueError(f"grid must have at least {min_players} cells (players); got grid={grid!r}")
     return int(rows), int(cols)
 
 
@@ -63,7 +71,7 @@ def grid_player_map(height: int, width: int, grid: GridSpec, device: torch.devic
     for value, name in ((height, "height"), (width, "width")):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"image {name} must be a positive integer; got {value!r}")
-    rows, cols = _grid_shape(grid)
+    rows, cols = grid_shape(grid)
     if rows > height or cols > width:
         raise ValueError(
             f"grid {rows}x{cols} is larger than the image ({height}x{width} pixels): every grid cell needs at "
@@ -116,7 +124,7 @@ def resolve_player_map(
         if grid is None:
             raise ValueError("pass grid (an int L for an L x L grid) or an explicit player_map")
         pm = grid_player_map(height, width, grid, device=device)
-        rows, cols = _grid_shape(grid)
+        rows, cols = grid_shape(grid)
         return pm, rows * cols
     n = validate_player_map(player_map, height, width)
     return player_map.to(device=device, dtype=torch.long), n

@@ -17,8 +17,12 @@ Pairs (Ren et al., NeurIPS 2021 code, ``gene_pairs.py``):
 Contexts: ``S`` uniform among the ``m``-subsets of ``N \\ {i, j}`` (``np.random.choice(..,
 replace=False)`` in the reference), independently for each (pair, context, order): the ``m``
 smallest of ``n`` iid float64 keys, with the excluded players' keys set above all others.
+When there are no more ``m``-subsets than contexts asked for, :func:`enumerate_subsets` lists
+every one of them once instead (exact, no sampling).
 """
 from __future__ import annotations
+
+import itertools
 
 import torch
 
@@ -163,6 +167,31 @@ def sample_subsets(
     dropped = torch.topk(keys, num_players - size, dim=1, largest=True, sorted=False).indices
     member.fill_(True)
     return member.scatter_(1, dropped, False)
+
+
+def enumerate_subsets(excluded: torch.Tensor, size: int, num_players: int) -> torch.Tensor:
+    """Every ``size``-subset of ``N`` minus the players ``excluded[r]``, for every row ``r``.
+
+    Args:
+        excluded: ``(R, e)`` long player ids to leave out of row ``r`` (distinct within a row).
+        size: subset size ``m`` (``0 <= m <= n - e``).
+
+    Returns:
+        ``(R, C, n)`` boolean membership with ``C = comb(n - e, m)`` subsets per row, in the
+        lexicographic order of :func:`itertools.combinations` over the remaining players (ascending ids).
+    """
+    rows, num_excluded = excluded.shape
+    free = num_players - num_excluded
+    if not 0 <= size <= free:
+        raise ValueError(f"subset size {size} is outside [0, {free}]")
+    keep = torch.ones(rows, num_players, dtype=torch.bool)
+    keep.scatter_(1, excluded.cpu().long(), False)
+    others = torch.nonzero(keep)[:, 1].view(rows, free)  # remaining players of each row, ascending
+    combos = torch.tensor(list(itertools.combinations(range(free), size)), dtype=torch.long)
+    combos = combos.view(len(combos), size)
+    chosen = others[:, combos]  # (R, C, m)
+    member = torch.zeros(rows, combos.shape[0], num_players, dtype=torch.bool)
+    return member.scatter_(2, chosen, True)
 
 
 def sample_groups_with_replacement(

@@ -8,14 +8,16 @@ Named value functions:
 * ``"log_prob"``: ``log p(y | x_S) = log_softmax(z)[y]`` -- Ren et al. (NeurIPS 2021) and their code
   (``compute_interactions.py``). Pass ``y`` = the ground truth, or the adversarial prediction for
   the paper's target-category variant (footnote 6).
-* ``"logit"``: the raw logit ``z_y`` (the dropout paper's value, ``interactions.md`` §2).
+* ``"logit"``: the raw logit ``z_y`` (the value of Zhang et al., "Interpreting and boosting dropout
+  from a game-theoretic view", ICLR 2021).
 * ``"margin_max"``: ``max_{y' != y} z_{y'} - z_y`` with the max taken **inside each subset** -- the
   IR paper's ``v(S)`` (Wang et al., ICLR 2021, §3.1 / Eq. 25).
 * ``"margin_fixed"``: ``z_t - z_y`` with ``t`` = the runner-up class (argmax over ``y' != y``) of the
   **full** coalition (x + delta for perturbation games, x for input games), computed once, detached,
   and held fixed for every subset -- the IR reference code (``interaction_loss.py``, ``other_max``).
 * ``"target_minus_true"``: ``z_t - z_y`` for a *given* target class ``t`` (``target=`` argument of the
-  game) -- the value of Wang et al. (ICCV 2021, ``interactions.md`` §4.2).
+  game) -- the reward of Wang et al., "Interpreting attributions and interactions of adversarial
+  attacks" (ICCV 2021, §3, the targeted attack of Eq. 2).
 
 A user callable ``fn(logits, labels) -> values`` (``(K, C)``, ``(K,)`` -> ``(K,)``) is accepted too.
 """
@@ -31,7 +33,7 @@ VALUE_NAMES = ("log_prob", "logit", "margin_max", "margin_fixed", "target_minus_
 
 
 def log_prob_value(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``log p(y | x_S)`` of the given class (log-softmax of the logits)."""
+    """``log p(y | x_S)`` of the given class (log-softmax of the logits): Ren et al., NeurIPS 2021, footnote 4."""
     return F.log_softmax(logits, dim=1).gather(1, labels.view(-1, 1)).squeeze(1)
 
 
@@ -41,7 +43,7 @@ def logit_value(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def margin_max_value(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``max_{y' != y} z_{y'} - z_y`` (IR paper, max inside each subset)."""
+    """``max_{y' != y} z_{y'} - z_y`` (Wang et al., ICLR 2021, §3.1, from Eq. 2; max inside each subset)."""
     true = logits.gather(1, labels.view(-1, 1))
     others = logits.scatter(1, labels.view(-1, 1), float("-inf"))
     return others.max(dim=1).values - true.squeeze(1)

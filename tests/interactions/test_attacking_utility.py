@@ -49,13 +49,13 @@ def test_change_and_utility_converge_to_the_oracle(games):
         clean, adv, ORDERS, num_pairs=None, num_contexts=80, pairs="uniform", generator=torch.Generator().manual_seed(1)
     )
     n = 9
-    exact_delta = (exact_clean.mean_interaction - exact_adv.mean_interaction)[:, ORDERS]
+    exact_delta = (exact_clean.all_pairs_interaction - exact_adv.all_pairs_interaction)[:, ORDERS]
     assert bool(((change.per_image - exact_delta).abs() <= 4 * change.per_image_stderr + 1e-12).all())
     weights = torch.tensor([(n - 1 - m) / (n * (n - 1)) for m in ORDERS], dtype=torch.float64)
     assert torch.allclose(change.weights, weights)
     assert torch.allclose(change.utility, weights * change.values)
     # with all pairs, the ordered-pair sum estimates the exact ΔJ^(m) of the efficiency decomposition
-    exact_utility = (exact_clean.utility - exact_adv.utility).mean(0)[ORDERS]
+    exact_utility = (exact_clean.utility_sum - exact_adv.utility_sum).mean(0)[ORDERS]
     assert bool(((change.utility_sum - exact_utility).abs() <= 4 * n * (n - 1) * change.utility_stderr + 1e-12).all())
     assert torch.allclose(change.share.sum(), torch.tensor(1.0, dtype=torch.float64))
     assert bool((change.share >= 0).all())
@@ -72,5 +72,5 @@ def test_efficiency_decomposition_of_the_attack_on_the_oracle(games):
     delta_empty = exact_clean.empty_value - exact_adv.empty_value
     delta_phi0 = ((exact_clean.singleton_values - exact_clean.empty_value[:, None])
                   - (exact_adv.singleton_values - exact_adv.empty_value[:, None])).sum(1)
-    delta_j = (exact_clean.utility - exact_adv.utility).sum(1)
+    delta_j = (exact_clean.utility_sum - exact_adv.utility_sum).sum(1)
     assert torch.allclose(delta_full, delta_empty + delta_phi0 + delta_j, atol=1e-12)

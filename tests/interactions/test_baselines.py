@@ -1,8 +1,11 @@
 """Baselines for absent players."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lit_advgame.interactions import InputGame, gaussian_blur, make_baseline
@@ -51,6 +54,27 @@ def test_blur_baseline():
     impulse = torch.zeros(1, 1, 21, 21, dtype=torch.float64)
     impulse[0, 0, 10, 10] = 1.0
     assert gaussian_blur(impulse, 1.0).sum().item() == pytest.approx(1.0, abs=1e-12)
+
+
+def _separable_blur(x, sigma):
+    """The blur baseline's previous hand-written form: separable depthwise convolutions, replicate padding."""
+    radius = max(1, math.ceil(3.0 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(x.dtype)
+    channels = x.shape[1]
+    out = F.pad(x, (radius, radius, 0, 0), mode="replicate")
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    out = F.pad(out, (0, 0, radius, radius), mode="replicate")
+    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-13), (torch.float32, 3e-6)])
+@pytest.mark.parametrize("sigma", [0.4, 1.5, 5.0])
+def test_blur_is_torchvision_gaussian_blur_with_replicate_padding(dtype, atol, sigma):
+    # torchvision pads by reflection; padding by replicate first keeps the previous border behaviour
+    x = make_images(channels=3, height=12, width=9).to(dtype)
+    assert torch.allclose(gaussian_blur(x, sigma), _separable_blur(x, sigma), atol=atol, rtol=0)
 
 
 def test_baseline_errors():

@@ -30,7 +30,7 @@ def test_additive_game_has_no_interactions():
     assert torch.allclose(exact.shapley_interaction, torch.zeros(1, 5, 5, dtype=torch.float64), atol=1e-12)
     assert torch.allclose(exact.shapley[0], weights)
     assert torch.allclose(exact.multi_order_shapley[0], weights.expand(5, 5))
-    assert torch.allclose(exact.utility, torch.zeros_like(exact.utility), atol=1e-12)
+    assert torch.allclose(exact.utility_sum, torch.zeros_like(exact.utility_sum), atol=1e-12)
     assert torch.allclose(exact.average_interaction, torch.zeros(1, dtype=torch.float64), atol=1e-12)
 
 
@@ -44,8 +44,8 @@ def test_pair_indicator_game():
     assert torch.allclose(exact.shapley[0, [p, q]], torch.tensor([0.5, 0.5], dtype=torch.float64))
     # J^(m) sums over ordered pairs: 2 * w(m) with w(m) = (n-1-m)/(n(n-1)); sum over m = v(N) - v(empty) = 1
     w = torch.tensor([(n - 1 - m) / (n * (n - 1)) for m in range(n - 1)], dtype=torch.float64)
-    assert torch.allclose(exact.utility[0], 2 * w)
-    assert exact.utility.sum().item() == pytest.approx(1.0)
+    assert torch.allclose(exact.utility_sum[0], 2 * w)
+    assert exact.utility_sum.sum().item() == pytest.approx(1.0)
     assert torch.allclose(exact.disentanglement[0], torch.ones(n - 1, dtype=torch.float64))
 
 
@@ -112,7 +112,7 @@ def _check_identities(exact):
     step = exact.multi_order_shapley[:, 1:] - exact.multi_order_shapley[:, :-1]  # (B, n-1, n)
     assert torch.allclose(step, exact.multi_order.sum(dim=3) / (n - 1), atol=1e-12)
     # the per-pair-mean convention of the reference plot is J / (n(n-1))
-    assert torch.allclose(exact.utility_per_pair * n * (n - 1), exact.utility, atol=1e-12)
+    assert torch.allclose(exact.utility_per_pair * n * (n - 1), exact.utility_sum, atol=1e-12)
 
 
 @pytest.mark.parametrize("grid, size, batch", [(3, 9, 2), ((3, 4), 12, 1)])
@@ -126,7 +126,7 @@ def test_identities_on_a_tiny_cnn(grid, size, batch):
     assert exact.multi_order.abs().max() > 1e-4  # a non-trivial game
     _check_identities(exact)
     # the value table is the engine's
-    assert torch.allclose(exact.values, game.evaluate(all_coalitions(n)).double(), atol=1e-12)
+    assert torch.allclose(exact.value_table, game.evaluate(all_coalitions(n)).double(), atol=1e-12)
 
 
 def test_identities_on_a_perturbation_game():
@@ -145,7 +145,11 @@ def test_inputs_forms_agree_and_dict():
     assert torch.equal(from_table.multi_order, from_callable.multi_order)
     d = from_table.to_dict()
     assert all(isinstance(v, float) for v in d.values())
-    assert set(d) >= {"exact/interaction/m0", "exact/utility/m2", "exact/disentanglement/m1", "exact/average_interaction"}
+    assert set(d) >= {"exact/all_pairs_interaction/m0", "exact/utility/m2", "exact/utility_sum/m2", "exact/disentanglement/m1",
+                      "exact/average_interaction"}
+    # utility is per pair, as in the sampled results; utility_sum sums over ordered pairs (Eq. 3)
+    assert d["exact/utility/m2"] == pytest.approx(float(from_table.utility_per_pair[:, 2].mean()))
+    assert d["exact/utility_sum/m2"] == pytest.approx(float(from_table.utility_sum[:, 2].mean()))
 
 
 def test_exact_errors():

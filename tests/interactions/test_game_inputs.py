@@ -4,7 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_advgame.interactions import InputGame, PerturbationGame, perturbation_interaction
+from lit_advgame.interactions import (
+    InputGame,
+    PerturbationGame,
+    perturbation_interaction,
+)
 from tests.interactions.helpers import make_images, make_tiny_cnn
 
 Y = torch.tensor([1, 3])
