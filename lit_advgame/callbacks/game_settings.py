@@ -48,7 +48,7 @@ from lit_advgame.interactions import (
 )
 from lit_advgame.interactions.game import DEFAULT_GRID
 from lit_advgame.interactions.perturbation_spec import IMAGE_VALUES, ImageValue
-from lit_advgame.interactions.players import _grid_shape as grid_shape  # C makes it public as grid_shape
+from lit_advgame.interactions.players import grid_shape
 from lit_advgame.utils.checks import check_choice, check_int
 
 PairKind = Literal["neighbour", "uniform"]
@@ -86,7 +86,7 @@ class GameSettings:
     max_forward_passes: int = DEFAULT_MAX_FORWARD_PASSES
 
     def __post_init__(self) -> None:
-        rows, cols = grid_shape(self.grid)
+        rows, cols = grid_shape(self.grid, min_players=2)
         if rows * cols < 2:
             raise ValueError(f"grid must have at least 2 cells (players); got {self.grid!r}")
         object.__setattr__(self, "grid", rows if rows == cols else (rows, cols))

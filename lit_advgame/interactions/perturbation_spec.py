@@ -38,7 +38,7 @@ from lit_advgame.interactions.perturbation import (
     perturbation_interaction,
     perturbation_interaction_estimate,
 )
-from lit_advgame.interactions.players import _grid_shape as grid_shape  # C makes it public as grid_shape
+from lit_advgame.interactions.players import grid_shape
 from lit_advgame.interactions.results import PerturbationInteractionResult
 from lit_advgame.utils.checks import check_choice, check_int
 
@@ -74,7 +74,7 @@ class PerturbationInteraction:
     scale: PerturbationScale = "paper"
 
     def __post_init__(self) -> None:
-        rows, cols = grid_shape(self.grid)
+        rows, cols = grid_shape(self.grid, min_players=2)
         if rows * cols < 2:
             raise ValueError(f"grid must have at least 2 cells (players); got {self.grid!r}")
         object.__setattr__(self, "grid", rows if rows == cols else (rows, cols))
@@ -113,12 +113,12 @@ class PerturbationInteraction:
     @property
     def num_players(self) -> int:
         """``n``, the number of grid cells."""
-        rows, cols = grid_shape(self.grid)
+        rows, cols = grid_shape(self.grid, min_players=2)
         return rows * cols
 
     def fit_grid(self, height: int, width: int) -> PerturbationInteraction:
         """The same specification with the grid clipped to an ``height x width`` image (a square grid stays square)."""
-        rows, cols = grid_shape(self.grid)
+        rows, cols = grid_shape(self.grid, min_players=2)
         if rows == cols:
             return dataclasses.replace(self, grid=min(rows, height, width))
         return dataclasses.replace(self, grid=(min(rows, height), min(cols, width)))
