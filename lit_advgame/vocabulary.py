@@ -173,6 +173,5 @@ TransferSubset = Literal["source_correct", "all", "both_correct"]
 TRANSFER_SUBSETS = choices(TransferSubset)
 
 
-__all__ = [
-    name for name in dir() if not name.startswith("_") and name not in ("annotations", "Any", "Literal", "get_args", "get_origin")
-]
+_IMPORTED = ("annotations", "Any", "Literal", "get_args", "get_origin")
+__all__ = [name for name in dir() if not name.startswith("_") and name not in _IMPORTED]

@@ -260,8 +260,8 @@ def test_digits_in_a_trainer():
 
     dm = DigitsDataModule(batch_size=32, predict_limit=40)
     model = Linear(dm.input_shape, dm.num_classes)
-    trainer = pl.Trainer(max_steps=3, limit_val_batches=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu")
+    trainer = pl.Trainer(max_steps=3, limit_val_batches=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
     trainer.fit(model, datamodule=dm)
     predictions = trainer.predict(model, datamodule=dm)
     assert sum(len(p) for p in predictions) == 40

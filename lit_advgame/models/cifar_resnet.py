@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_advgame.models.registry import register_model
+from lit_advgame.models.catalog import register_model
 from lit_advgame.utils.checks import check_choice, check_int
 
 CIFAR_RESNET_DEPTHS = (8, 14, 20, 32, 44, 56, 110)
