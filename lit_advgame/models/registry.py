@@ -210,6 +210,12 @@ def build_model(
 
     Returns:
         The model on CPU, in training mode.
+
+    >>> model = build_model("small_cnn", num_classes=10, in_channels=1, mean=[0.3], std=[0.3])
+    >>> model(torch.rand(2, 1, 16, 16)).shape  # pixel-space input; normalization is the first layer
+    torch.Size([2, 10])
+    >>> model.normalize.mean.flatten().tolist()
+    [0.30000001192092896]
     """
     net = build_net(name, num_classes, in_channels, input_size, **kwargs)
     file_mean = file_std = None
