@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from typing_extensions import override
 
 from lit_advgame.models.catalog import register_model
 from lit_advgame.utils.checks import check_choice, check_int
@@ -41,25 +42,44 @@ class ZeroPadShortcut(nn.Module):
         return F.pad(x, (0, 0, 0, 0, 0, self.extra))
 
 
-class CifarBasicBlock(nn.Module):
-    """``relu(bn2(conv2(relu1(bn1(conv1(x))))) + shortcut(x))``.
+class BasicResidualBlock(nn.Module):
+    """The basic block of He et al. (2016): ``relu(bn2(conv2(relu1(bn1(conv1(x))))) + skip(x))``.
 
-    ReLUs: ``relu1`` is on the residual branch only; ``relu`` follows the addition (it acts on
-    the sum of both paths). Both are separate, non-inplace ``nn.ReLU`` modules so that
-    backward hooks (e.g. SGM's gradient decay on the residual branch) can be attached.
+    ReLUs: ``relu1`` is on the residual branch only; ``relu`` (set by the subclass, after its
+    shortcut) follows the addition (it acts on the sum of both paths). Both are separate,
+    non-inplace ``nn.ReLU`` modules so that backward hooks (e.g. SGM's gradient decay on the
+    residual branch) can be attached. Subclasses name the shortcut as their checkpoint format does
+    and implement :meth:`skip`.
     """
 
     is_skip_block = True
     branch_relus = ("relu1",)
     expansion = 1
+    relu: nn.Module
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "B") -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu1 = nn.ReLU()
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
+
+    def skip(self, x: torch.Tensor) -> torch.Tensor:
+        """The shortcut path."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        return self.relu(out + self.skip(x))
+
+
+class CifarBasicBlock(BasicResidualBlock):
+    """:class:`BasicResidualBlock` with the identity shortcut, or where the shape changes a 1×1
+    projection (``shortcut="B"``, as ``downsample``) or zero padding (``"A"``)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "B") -> None:
+        super().__init__(in_planes, planes, stride)
         self.downsample: nn.Module | None = None
         if stride != 1 or in_planes != planes:
             if shortcut == "B":
@@ -70,10 +90,9 @@ class CifarBasicBlock(nn.Module):
                 self.downsample = ZeroPadShortcut(in_planes, planes, stride)
         self.relu = nn.ReLU()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + identity)
+    @override
+    def skip(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.downsample is None else self.downsample(x)
 
 
 class CifarResNet(nn.Module):
