@@ -25,6 +25,7 @@ from typing_extensions import override
 
 from lit_advgame.models.catalog import register_model
 from lit_advgame.utils.checks import check_choice, check_int
+from lit_advgame.vocabulary import RESNET_SHORTCUTS, ResNetShortcut
 
 CIFAR_RESNET_DEPTHS = (8, 14, 20, 32, 44, 56, 110)
 
@@ -78,7 +79,7 @@ class CifarBasicBlock(BasicResidualBlock):
     """:class:`BasicResidualBlock` with the identity shortcut, or where the shape changes a 1×1
     projection (``shortcut="B"``, as ``downsample``) or zero padding (``"A"``)."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "B") -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: ResNetShortcut = "B") -> None:
         super().__init__(in_planes, planes, stride)
         self.downsample: nn.Module | None = None
         if stride != 1 or in_planes != planes:
@@ -99,14 +100,19 @@ class CifarResNet(nn.Module):
     """He et al. (2016) CIFAR ResNet of depth ``6n+2`` (n BasicBlocks per stage)."""
 
     def __init__(
-        self, depth: int = 20, num_classes: int = 10, in_channels: int = 3, width: int = 16, shortcut: str = "B"
+        self,
+        depth: int = 20,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        width: int = 16,
+        shortcut: ResNetShortcut = "B",
     ) -> None:
         super().__init__()
         check_int(depth, "depth", minimum=8)
         if (depth - 2) % 6 != 0:
             raise ValueError(f"depth must be 6n+2 (e.g. {', '.join(map(str, CIFAR_RESNET_DEPTHS))}); got {depth}")
         check_int(width, "width", minimum=1)
-        check_choice(shortcut, "shortcut", ("A", "B"))
+        check_choice(shortcut, "shortcut", RESNET_SHORTCUTS)
         n = (depth - 2) // 6
         self.depth = depth
         self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
@@ -145,7 +151,7 @@ def cifar_resnet(
     input_size: tuple[int, int] | None,
     depth: int = 20,
     width: int = 16,
-    shortcut: str = "B",
+    shortcut: ResNetShortcut = "B",
 ) -> CifarResNet:
     """CIFAR ResNet with ``depth`` in 6n+2 (8, 14, 20, 32, 44, 56, 110, ...)."""
     return CifarResNet(depth, num_classes, in_channels, width=width, shortcut=shortcut)
@@ -154,7 +160,11 @@ def cifar_resnet(
 def _register_depth(depth: int) -> None:
     @register_model(f"resnet{depth}")
     def builder(
-        num_classes: int, in_channels: int, input_size: tuple[int, int] | None, width: int = 16, shortcut: str = "B"
+        num_classes: int,
+        in_channels: int,
+        input_size: tuple[int, int] | None,
+        width: int = 16,
+        shortcut: ResNetShortcut = "B",
     ) -> CifarResNet:
         return CifarResNet(depth, num_classes, in_channels, width=width, shortcut=shortcut)
 
