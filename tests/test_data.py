@@ -260,8 +260,8 @@ def test_digits_in_a_trainer():
 
     dm = DigitsDataModule(batch_size=32, predict_limit=40)
     model = Linear(dm.input_shape, dm.num_classes)
-    trainer = pl.Trainer(max_steps=3, limit_val_batches=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu")
+    trainer = pl.Trainer(max_steps=3, limit_val_batches=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
     trainer.fit(model, datamodule=dm)
     predictions = trainer.predict(model, datamodule=dm)
     assert sum(len(p) for p in predictions) == 40
@@ -506,3 +506,60 @@ def test_imagefolder_missing_folder_errors(tmp_path):
     make_image_tree(tmp_path / "mismatch", splits=("train",), classes=("ant", "bee", "cow"))
     with pytest.raises(ValueError, match="classes differ"):
         ImageFolderDataModule(str(tmp_path / "mismatch")).setup()
+
+
+# --------------------------------------------------------------------------- one loader block, typed options
+LOADER_OPTIONS = ("batch_size", "num_workers", "seed", "predict_split", "predict_limit", "pin_memory")
+
+
+@pytest.mark.parametrize("cls", list(DATAMODULES.values()))
+def test_every_datamodule_exposes_the_loader_options_to_jsonargparse(cls):
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(cls, "data")
+    defaults = parser.get_defaults().data
+    assert all(name in defaults for name in LOADER_OPTIONS)
+    assert defaults.predict_split == "test" and defaults.num_workers == 0 and defaults.pin_memory is False
+
+
+@pytest.mark.parametrize(
+    "argument, value, match",
+    [
+        ("predict_split", "dev", "predict_split"),
+        ("batch_size", "0", "batch_size"),
+        ("num_workers", "-1", "num_workers"),
+        ("predict_limit", "0", "predict_limit"),
+        ("channels", "2", "channels"),
+    ],
+)
+def test_bad_digits_options_fail_when_parsed(argument, value, match):
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(DigitsDataModule, "data")
+    with pytest.raises(Exception, match=match):
+        parser.parse_args([f"--data.{argument}", value])
+
+
+def test_cli_print_config_rejects_a_bad_split(tmp_path, capsys):
+    from lit_advgame.cli import main
+    from tests.conftest import CONFIGS
+
+    config = tmp_path / "bad.yaml"
+    config.write_text("data:\n  class_path: lit_advgame.data.DigitsDataModule\n  init_args:\n    predict_split: dev\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(CONFIGS / "standard_digits.yaml"), "--config", str(config), "--print_config"])
+    assert exc.value.code != 0
+    err = capsys.readouterr().err
+    assert "predict_split" in err and "dev" in err
+
+
+def test_parsed_restricted_ints_are_saved_as_plain_ints():
+    from jsonargparse.typing import PositiveInt
+
+    dm = DigitsDataModule(image_size=PositiveInt(12), batch_size=PositiveInt(8), predict_limit=PositiveInt(5))
+    assert dm.hparams["batch_size"] == 8 and dm.hparams["predict_limit"] == 5 and dm.hparams["image_size"] == 12
+    assert all(type(v) in (int, float, bool, str, type(None)) for v in dm.hparams.values())
+    assert dm.hparams["num_workers"] == 0 and dm.hparams["seed"] == 0  # base defaults are saved too
+    assert all(type(v) is int for v in dm.input_shape) and type(dm.batch_size) is int

@@ -172,7 +172,7 @@ def test_skip_blocks_are_marked_and_hookable():
             for relu_name in block.branch_relus:
                 relu = getattr(block, relu_name)
                 assert isinstance(relu, nn.ReLU) and not relu.inplace
-                relu.register_full_backward_hook(lambda m, gi, go: calls.append(1))
+                relu.register_full_backward_hook(lambda m, gi, go, calls=calls: calls.append(1))
         x = _rand_images(2, 1, 16).requires_grad_(True)
         model(x).sum().backward()
         assert len(calls) == sum(len(b.branch_relus) for b in blocks)

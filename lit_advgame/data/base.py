@@ -9,17 +9,19 @@ can link them into the model with ``link_arguments(..., apply_on="instantiate")`
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Subset
 from typing_extensions import override
 
 from lit_advgame.utils.checks import check_choice, check_int
-
-SPLITS = ("train", "val", "test")
+from lit_advgame.utils.hparams import save_builtin_hyperparameters
+from lit_advgame.vocabulary import SPLITS, Split
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -38,8 +40,11 @@ def missing_data_message(what: str, searched: Sequence[str], how: Sequence[str])
 class ImageDataModule(pl.LightningDataModule):
     """Base DataModule for image classification in pixel space [0, 1].
 
-    Subclasses set ``mean``, ``std``, ``num_classes`` and ``input_shape`` in ``__init__`` and
-    implement :meth:`_load_splits` (called once by :meth:`setup`), returning the un-augmented
+    Subclasses take their own options and forward the loader options below with ``**kwargs``
+    (``super().__init__(**kwargs)``; jsonargparse follows the call, so ``--help`` and
+    ``--print_config`` list every option); this ``__init__`` saves the hyperparameters of the whole
+    class chain. Subclasses set ``mean``, ``std``, ``num_classes`` and ``input_shape`` in ``__init__``
+    and implement :meth:`_load_splits` (called once by :meth:`setup`), returning the un-augmented
     datasets of each split and, optionally, an augmented view of the training split.
 
     Args:
@@ -65,25 +70,28 @@ class ImageDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        batch_size: int = 64,
-        num_workers: int = 0,
+        batch_size: PositiveInt = 64,
+        num_workers: NonNegativeInt = 0,
         seed: int = 0,
-        predict_split: str = "test",
-        predict_limit: int | None = None,
+        predict_split: Split = "test",
+        predict_limit: PositiveInt | None = None,
         pin_memory: bool = False,
     ) -> None:
         super().__init__()
+        # jsonargparse checks the types when a config is parsed; these checks serve Python callers
         check_int(batch_size, "batch_size", minimum=1)
         check_int(num_workers, "num_workers", minimum=0)
         check_int(seed, "seed")
         check_choice(predict_split, "predict_split", SPLITS)
         if predict_limit is not None:
             check_int(predict_limit, "predict_limit", minimum=1)
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.seed = seed
+        save_builtin_hyperparameters(self)  # the init arguments of this class and of the subclasses calling it
+        # plain values (jsonargparse passes PositiveInt/NonNegativeInt instances)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.seed = int(seed)
         self.predict_split = predict_split
-        self.predict_limit = predict_limit
+        self.predict_limit = None if predict_limit is None else int(predict_limit)
         self.pin_memory = bool(pin_memory)
         self._splits: dict[str, Dataset | None] | None = None
         self._train_augmented: Dataset | None = None

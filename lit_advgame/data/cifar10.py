@@ -7,8 +7,10 @@ only converted to tensors in [0, 1].
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
+from jsonargparse.typing import PositiveInt
 from torch.utils.data import Subset
 from torchvision import transforms
 from torchvision.datasets import CIFAR10
@@ -33,8 +35,9 @@ class CIFAR10DataModule(ImageDataModule):
         download: let torchvision download and extract the archive when missing (needs internet).
         augment: ``RandomCrop(32, padding=4)`` + horizontal flip on training images.
         val_fraction: fraction of the 50000 training images held out for validation, in (0, 1).
-        seed: seed of the split and of the training shuffle.
-        batch_size, num_workers, predict_split, predict_limit, pin_memory: see :class:`ImageDataModule`.
+        batch_size: examples per batch (default 128).
+        **kwargs: the other loader options of :class:`ImageDataModule` (``num_workers``, ``seed``: of the
+            split and of the training shuffle, ``predict_split``, ``predict_limit``, ``pin_memory``).
 
     ``mean``/``std`` are the usual CIFAR-10 constants (0.4914, 0.4822, 0.4465)/(0.2023, 0.1994, 0.2010).
     """
@@ -48,22 +51,10 @@ class CIFAR10DataModule(ImageDataModule):
         download: bool = False,
         augment: bool = True,
         val_fraction: float = 0.1,
-        seed: int = 0,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        predict_split: str = "test",
-        predict_limit: int | None = None,
-        pin_memory: bool = False,
+        batch_size: PositiveInt = 128,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            predict_split=predict_split,
-            predict_limit=predict_limit,
-            pin_memory=pin_memory,
-        )
-        self.save_hyperparameters()
+        super().__init__(batch_size=batch_size, **kwargs)
         check_fractions(val_fraction, 0.0, allow_zero_test=True)
         self.data_dir = Path(data_dir).expanduser()
         self.download = bool(download)

@@ -1,7 +1,7 @@
 """Small dataset wrappers that yield ``(image float32 C×H×W in [0, 1], label int64 scalar)``."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -45,7 +45,11 @@ class InMemoryImageDataset(Dataset):
     """
 
     def __init__(
-        self, images: torch.Tensor, labels: torch.Tensor, channels: int | None = None, transform: Transform | None = None
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        channels: int | None = None,
+        transform: Transform | None = None,
     ) -> None:
         if images.dim() != 4 or images.shape[0] != len(labels):
             raise ValueError(

@@ -5,7 +5,10 @@ it is the default dataset of lit_advgame's small, fast experiments.
 """
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import torch
+from jsonargparse.typing import PositiveInt
 from torchvision.transforms import RandomCrop
 
 from lit_advgame.data.base import ImageDataModule
@@ -41,53 +44,40 @@ class DigitsDataModule(ImageDataModule):
     Args:
         image_size: side of the square images (>= 8; default 16 so a grid of players fits).
         channels: 1 (grayscale) or 3 (the gray image repeated).
-        batch_size: examples per batch.
         val_fraction: fraction of all images in the validation split, in (0, 1).
         test_fraction: fraction of all images in the test split, in (0, 1).
-        seed: seed of the split and of the training shuffle.
         augment: random translation of the training images by up to one original (8×8) pixel
             (``RandomCrop`` with zero padding ``image_size // 8``).
-        num_workers, predict_split, predict_limit, pin_memory: see :class:`ImageDataModule`.
+        **kwargs: the loader options of :class:`ImageDataModule` (``batch_size`` 64, ``num_workers``,
+            ``seed``: of the split and of the training shuffle, ``predict_split``, ``predict_limit``,
+            ``pin_memory``).
     """
 
     num_classes = 10
 
     def __init__(
         self,
-        image_size: int = 16,
-        channels: int = 1,
-        batch_size: int = 64,
+        image_size: PositiveInt = 16,
+        channels: Literal[1, 3] = 1,
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
-        seed: int = 0,
         augment: bool = False,
-        num_workers: int = 0,
-        predict_split: str = "test",
-        predict_limit: int | None = None,
-        pin_memory: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            predict_split=predict_split,
-            predict_limit=predict_limit,
-            pin_memory=pin_memory,
-        )
-        self.save_hyperparameters()
+        super().__init__(**kwargs)
         check_int(image_size, "image_size", minimum=8)
         check_int(channels, "channels")
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grayscale) or 3 (gray repeated); got {channels}")
         check_fractions(val_fraction, test_fraction)
-        self.image_size = image_size
+        self.image_size = int(image_size)  # a plain int (jsonargparse passes a PositiveInt)
         self.channels = channels
         self.augment = bool(augment)
-        self.input_shape = (channels, image_size, image_size)
+        self.input_shape = (int(channels), self.image_size, self.image_size)
 
         images, labels = load_digits_tensors()
-        images = resize_images(images, image_size)
-        train_idx, val_idx, test_idx = stratified_split(labels, val_fraction, test_fraction, seed)
+        images = resize_images(images, self.image_size)
+        train_idx, val_idx, test_idx = stratified_split(labels, val_fraction, test_fraction, self.seed)
         self._indices = {"train": train_idx, "val": val_idx, "test": test_idx}
         self._images, self._labels = images, labels
 

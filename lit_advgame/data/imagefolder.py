@@ -7,9 +7,11 @@ serves val/test/predict only.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
+from jsonargparse.typing import PositiveInt
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
@@ -45,7 +47,8 @@ class ImageFolderDataModule(ImageDataModule):
         num_classes: number of classes; counted from the class folders of the val folder when it
             exists at construction (a given value must then match), else this value is used.
         augment: augment training images.
-        batch_size, num_workers, seed, predict_split, predict_limit, pin_memory: see :class:`ImageDataModule`.
+        **kwargs: the loader options of :class:`ImageDataModule` (``batch_size`` 64, ``num_workers``,
+            ``seed``, ``predict_split``, ``predict_limit``, ``pin_memory``).
     """
 
     def __init__(
@@ -54,28 +57,15 @@ class ImageFolderDataModule(ImageDataModule):
         train_dir: str = "train",
         val_dir: str = "val",
         test_dir: str | None = None,
-        image_size: int = 224,
-        resize: int = 256,
+        image_size: PositiveInt = 224,
+        resize: PositiveInt = 256,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
-        num_classes: int | None = None,
+        num_classes: PositiveInt | None = None,
         augment: bool = True,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        seed: int = 0,
-        predict_split: str = "test",
-        predict_limit: int | None = None,
-        pin_memory: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            predict_split=predict_split,
-            predict_limit=predict_limit,
-            pin_memory=pin_memory,
-        )
-        self.save_hyperparameters()
+        super().__init__(**kwargs)
         check_int(image_size, "image_size", minimum=1)
         check_int(resize, "resize", minimum=image_size)
         if len(mean) != 3 or len(std) != 3 or any(float(s) <= 0 for s in std):
@@ -84,10 +74,10 @@ class ImageFolderDataModule(ImageDataModule):
             check_int(num_classes, "num_classes", minimum=1)
         self.root = Path(root).expanduser()
         self.train_dir, self.val_dir, self.test_dir = train_dir, val_dir, test_dir
-        self.image_size, self.resize, self.augment = image_size, resize, bool(augment)
+        self.image_size, self.resize, self.augment = int(image_size), int(resize), bool(augment)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
-        self.input_shape = (3, image_size, image_size)
+        self.input_shape = (3, self.image_size, self.image_size)
 
         val_path = self.root / val_dir
         if val_path.is_dir():
@@ -98,7 +88,7 @@ class ImageFolderDataModule(ImageDataModule):
                 raise ValueError(f"num_classes={num_classes} but {val_path} has {counted} class folders")
             self.num_classes = counted
         elif num_classes is not None:
-            self.num_classes = num_classes
+            self.num_classes = int(num_classes)
         else:
             raise DataNotFoundError(
                 self._layout_message(val_path, "does not exist")

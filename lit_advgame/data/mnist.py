@@ -16,14 +16,17 @@ images are split, seeded and stratified, into train/val/test with ``val_fraction
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
+from jsonargparse.typing import PositiveInt
 
 from lit_advgame.data.base import DataNotFoundError, ImageDataModule, missing_data_message
 from lit_advgame.data.datasets import InMemoryImageDataset, resize_images
 from lit_advgame.data.idx import IdxFormatError, read_idx
 from lit_advgame.data.splits import check_fractions, stratified_split
 from lit_advgame.utils.checks import check_int
+from lit_advgame.vocabulary import MNISTMode
 
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
@@ -87,8 +90,9 @@ class MNISTDataModule(ImageDataModule):
             images (test-set-only mode) used for validation.
         test_fraction: fraction of the 10000 test images used as test split in test-set-only mode
             (ignored in standard mode).
-        seed: seed of the split and of the training shuffle.
-        batch_size, num_workers, predict_split, predict_limit, pin_memory: see :class:`ImageDataModule`.
+        batch_size: examples per batch (default 128).
+        **kwargs: the other loader options of :class:`ImageDataModule` (``num_workers``, ``seed``: of the
+            split and of the training shuffle, ``predict_split``, ``predict_limit``, ``pin_memory``).
 
     ``mean``/``std`` are the standard MNIST constants (0.1307, 0.3081), repeated per channel.
     """
@@ -99,26 +103,14 @@ class MNISTDataModule(ImageDataModule):
         self,
         data_dir: str = "data/mnist",
         download: bool = False,
-        image_size: int = 28,
-        channels: int = 1,
+        image_size: PositiveInt = 28,
+        channels: Literal[1, 3] = 1,
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
-        seed: int = 0,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        predict_split: str = "test",
-        predict_limit: int | None = None,
-        pin_memory: bool = False,
+        batch_size: PositiveInt = 128,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            num_workers=num_workers,
-            seed=seed,
-            predict_split=predict_split,
-            predict_limit=predict_limit,
-            pin_memory=pin_memory,
-        )
-        self.save_hyperparameters()
+        super().__init__(batch_size=batch_size, **kwargs)
         check_int(image_size, "image_size", minimum=8)
         check_int(channels, "channels")
         if channels not in (1, 3):
@@ -126,14 +118,14 @@ class MNISTDataModule(ImageDataModule):
         check_fractions(val_fraction, test_fraction)
         self.data_dir = Path(data_dir).expanduser()
         self.download = bool(download)
-        self.image_size = image_size
+        self.image_size = int(image_size)  # a plain int (jsonargparse passes a PositiveInt)
         self.channels = channels
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.mean = (MNIST_MEAN,) * channels
         self.std = (MNIST_STD,) * channels
-        self.input_shape = (channels, image_size, image_size)
-        self.mode: str | None = None  # "standard" or "test_only", known after setup
+        self.input_shape = (int(channels), self.image_size, self.image_size)
+        self.mode: MNISTMode | None = None  # known after setup
 
     # ----------------------------------------------------------------- locating / downloading
     def _missing_message(self, extra: str | None = None) -> str:

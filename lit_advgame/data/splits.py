@@ -40,6 +40,11 @@ def stratified_split(
     to its size (up to rounding). The result depends only on ``labels`` and ``seed``.
 
     Returns three sorted int64 index tensors. ``test_fraction`` may be 0 (empty test split).
+
+    >>> labels = torch.arange(20) % 2
+    >>> train, val, test = stratified_split(labels, 0.2, 0.1, seed=0)
+    >>> len(train), len(val), len(test), labels[val].tolist().count(1)
+    (14, 4, 2, 2)
     """
     check_fractions(val_fraction, test_fraction, allow_zero_test=True)
     labels = torch.as_tensor(labels).flatten().long()

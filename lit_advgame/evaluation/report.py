@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lit_advgame.evaluation.transfer import RowResult
+from lit_advgame.evaluation.results import RowResult
 from lit_advgame.utils.io import atomic_write, atomic_write_text
 
 CSV_COLUMNS = (
     "name", "source", "method", "target", "num_images", "whitebox_success", "interaction", "interaction_stderr",
-    "perturbation_l2", "perturbation_linf", "success", "success_loo", "utility", "utility_stderr", "target_clean_accuracy",
+    "perturbation_l2", "perturbation_linf", "success", "success_loo", "utility", "utility_stderr",
+    "target_clean_accuracy",
 )
 METRICS = {
     "success_loo": "LOO-selected success rate (%)",
@@ -95,8 +96,8 @@ class TransferReport:
                 cell = row.targets[target]
                 writer.writerow([
                     row.name, row.source, row.method, target, cell.num_images, row.whitebox_success, row.interaction,
-                    row.interaction_stderr, row.perturbation_l2, row.perturbation_linf, cell.success, cell.success_loo, cell.utility, cell.utility_stderr,
-                    cell.clean_accuracy,
+                    row.interaction_stderr, row.perturbation_l2, row.perturbation_linf, cell.success, cell.success_loo,
+                    cell.utility, cell.utility_stderr, cell.clean_accuracy,
                 ])
         return buffer.getvalue()
 
@@ -108,7 +109,8 @@ class TransferReport:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         previous = None
         for row in self.rows:
-            cells = [row.source if row.source != previous else "", row.method, _pct(row.whitebox_success, row.num_images, with_se)]
+            source = row.source if row.source != previous else ""
+            cells = [source, row.method, _pct(row.whitebox_success, row.num_images, with_se)]
             for target in self.targets:
                 cell = row.targets[target]
                 if metric == "utility":

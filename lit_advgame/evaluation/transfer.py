@@ -30,14 +30,15 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 from torchmetrics.aggregation import MeanMetric
 
 from lit_advgame.evaluation.loo import loo_success_rate
+from lit_advgame.evaluation.report import TransferReport
+from lit_advgame.evaluation.results import RowResult, TargetResult
 from lit_advgame.evaluation.scores import batched_margins, candidate_margins
 from lit_advgame.interactions.perturbation_spec import FIELDS as SPEC_FIELDS
 from lit_advgame.interactions.perturbation_spec import PerturbationInteraction
@@ -45,9 +46,6 @@ from lit_advgame.predict.models import LoadedModel, ModelSpec, load_classifiers
 from lit_advgame.predict.shards import AdversarialSet, load_adversarial
 from lit_advgame.predict.writer import meta_differences
 from lit_advgame.utils.checks import check_choice, check_int
-
-if TYPE_CHECKING:
-    from lit_advgame.evaluation.report import TransferReport
 
 SUBSETS = ("source_correct", "all", "both_correct")
 #: options of the interaction measurement: the fields of the one
@@ -69,47 +67,6 @@ def _mean(values: torch.Tensor) -> float:
 def _stderr(values: torch.Tensor) -> float:
     n = values.numel()
     return float(values.double().std(correction=1) / math.sqrt(n)) if n > 1 else float("nan")
-
-
-@dataclass
-class TargetResult:
-    """One (row, target) cell of the transfer evaluation."""
-
-    num_images: int
-    success: float
-    success_loo: float
-    utility: float
-    utility_stderr: float
-    clean_accuracy: float
-    step_success: list[float] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class RowResult:
-    """One attack run (source × attack) evaluated on every target."""
-
-    name: str
-    source: str
-    method: str
-    num_images: int
-    whitebox_success: float
-    interaction: float
-    interaction_stderr: float
-    perturbation_l2: float = float("nan")
-    perturbation_linf: float = float("nan")
-    targets: dict[str, TargetResult] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k not in ("targets", "meta")}
-        out["targets"] = {k: v.to_dict() for k, v in self.targets.items()}
-        out["attack"] = self.meta.get("attack")
-        out["overrides"] = self.meta.get("overrides")
-        out["config"] = self.meta.get("config")
-        return out
 
 
 #: run metadata that does not change the adversarial examples (ignored when runs share a label)
@@ -292,8 +249,6 @@ def evaluate_transfer(
         output_dir: if given, write ``report.json``, ``report.csv``, ``report.md``, the figure
             ``utility_vs_interaction.png`` and (with ``tensorboard``) TensorBoard events there.
     """
-    from lit_advgame.evaluation.report import TransferReport
-
     check_choice(subset, "subset", SUBSETS)
     check_int(batch_size, "batch_size", minimum=1)
     runs = list(adversarial) if isinstance(adversarial, (list, tuple)) else [adversarial]

@@ -9,7 +9,10 @@ residual / new-feature branch); ``TORCHVISION_SKIP_BLOCK_TYPES`` lists torchvisi
 """
 from __future__ import annotations
 
+from lit_advgame.models.cifar_resnet import CifarBasicBlock, CifarResNet, ZeroPadShortcut
+from lit_advgame.models.densenet_small import DenseLayer, DenseNetSmall
 from lit_advgame.models.normalize import Normalize, NormalizedModel, find_normalizer
+from lit_advgame.models.preact_resnet import PreActBlock, PreActResNet18
 from lit_advgame.models.registry import (
     TORCHVISION_PREFIX,
     available_models,
@@ -18,15 +21,12 @@ from lit_advgame.models.registry import (
     get_builder,
     register_model,
 )
-from lit_advgame.models.small_nets import MLP, LeNet5, SmallCNN, VGGSmall
-from lit_advgame.models.cifar_resnet import CifarBasicBlock, CifarResNet, ZeroPadShortcut
-from lit_advgame.models.preact_resnet import PreActBlock, PreActResNet18
-from lit_advgame.models.densenet_small import DenseLayer, DenseNetSmall
 from lit_advgame.models.robustness_cifar import RobustnessBasicBlock, RobustnessBottleneck, RobustnessCifarResNet
-from lit_advgame.models.torchvision_models import torchvision_architectures, wide_resnet50
-from lit_advgame.models.weights import UnsafeCheckpointError, load_weights_into_net, read_checkpoint
 from lit_advgame.models.robustness_loader import extract_robustness_state, load_robustness_checkpoint
 from lit_advgame.models.skip_blocks import TORCHVISION_SKIP_BLOCK_TYPES, is_skip_block
+from lit_advgame.models.small_nets import MLP, LeNet5, SmallCNN, VGGSmall
+from lit_advgame.models.torchvision_models import torchvision_architectures, wide_resnet50
+from lit_advgame.models.weights import UnsafeCheckpointError, load_weights_into_net, read_checkpoint
 
 SKIP_BLOCK_TYPES: tuple[type, ...] = (
     CifarBasicBlock,

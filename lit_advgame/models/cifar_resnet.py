@@ -21,9 +21,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from typing_extensions import override
 
-from lit_advgame.models.registry import register_model
+from lit_advgame.models.catalog import register_model
 from lit_advgame.utils.checks import check_choice, check_int
+from lit_advgame.vocabulary import RESNET_SHORTCUTS, ResNetShortcut
 
 CIFAR_RESNET_DEPTHS = (8, 14, 20, 32, 44, 56, 110)
 
@@ -41,25 +43,44 @@ class ZeroPadShortcut(nn.Module):
         return F.pad(x, (0, 0, 0, 0, 0, self.extra))
 
 
-class CifarBasicBlock(nn.Module):
-    """``relu(bn2(conv2(relu1(bn1(conv1(x))))) + shortcut(x))``.
+class BasicResidualBlock(nn.Module):
+    """The basic block of He et al. (2016): ``relu(bn2(conv2(relu1(bn1(conv1(x))))) + skip(x))``.
 
-    ReLUs: ``relu1`` is on the residual branch only; ``relu`` follows the addition (it acts on
-    the sum of both paths). Both are separate, non-inplace ``nn.ReLU`` modules so that
-    backward hooks (e.g. SGM's gradient decay on the residual branch) can be attached.
+    ReLUs: ``relu1`` is on the residual branch only; ``relu`` (set by the subclass, after its
+    shortcut) follows the addition (it acts on the sum of both paths). Both are separate,
+    non-inplace ``nn.ReLU`` modules so that backward hooks (e.g. SGM's gradient decay on the
+    residual branch) can be attached. Subclasses name the shortcut as their checkpoint format does
+    and implement :meth:`skip`.
     """
 
     is_skip_block = True
     branch_relus = ("relu1",)
     expansion = 1
+    relu: nn.Module
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "B") -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu1 = nn.ReLU()
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
+
+    def skip(self, x: torch.Tensor) -> torch.Tensor:
+        """The shortcut path."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        return self.relu(out + self.skip(x))
+
+
+class CifarBasicBlock(BasicResidualBlock):
+    """:class:`BasicResidualBlock` with the identity shortcut, or where the shape changes a 1×1
+    projection (``shortcut="B"``, as ``downsample``) or zero padding (``"A"``)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: ResNetShortcut = "B") -> None:
+        super().__init__(in_planes, planes, stride)
         self.downsample: nn.Module | None = None
         if stride != 1 or in_planes != planes:
             if shortcut == "B":
@@ -70,24 +91,28 @@ class CifarBasicBlock(nn.Module):
                 self.downsample = ZeroPadShortcut(in_planes, planes, stride)
         self.relu = nn.ReLU()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + identity)
+    @override
+    def skip(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.downsample is None else self.downsample(x)
 
 
 class CifarResNet(nn.Module):
     """He et al. (2016) CIFAR ResNet of depth ``6n+2`` (n BasicBlocks per stage)."""
 
     def __init__(
-        self, depth: int = 20, num_classes: int = 10, in_channels: int = 3, width: int = 16, shortcut: str = "B"
+        self,
+        depth: int = 20,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        width: int = 16,
+        shortcut: ResNetShortcut = "B",
     ) -> None:
         super().__init__()
         check_int(depth, "depth", minimum=8)
         if (depth - 2) % 6 != 0:
             raise ValueError(f"depth must be 6n+2 (e.g. {', '.join(map(str, CIFAR_RESNET_DEPTHS))}); got {depth}")
         check_int(width, "width", minimum=1)
-        check_choice(shortcut, "shortcut", ("A", "B"))
+        check_choice(shortcut, "shortcut", RESNET_SHORTCUTS)
         n = (depth - 2) // 6
         self.depth = depth
         self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
@@ -126,7 +151,7 @@ def cifar_resnet(
     input_size: tuple[int, int] | None,
     depth: int = 20,
     width: int = 16,
-    shortcut: str = "B",
+    shortcut: ResNetShortcut = "B",
 ) -> CifarResNet:
     """CIFAR ResNet with ``depth`` in 6n+2 (8, 14, 20, 32, 44, 56, 110, ...)."""
     return CifarResNet(depth, num_classes, in_channels, width=width, shortcut=shortcut)
@@ -135,7 +160,11 @@ def cifar_resnet(
 def _register_depth(depth: int) -> None:
     @register_model(f"resnet{depth}")
     def builder(
-        num_classes: int, in_channels: int, input_size: tuple[int, int] | None, width: int = 16, shortcut: str = "B"
+        num_classes: int,
+        in_channels: int,
+        input_size: tuple[int, int] | None,
+        width: int = 16,
+        shortcut: ResNetShortcut = "B",
     ) -> CifarResNet:
         return CifarResNet(depth, num_classes, in_channels, width=width, shortcut=shortcut)
 

@@ -10,12 +10,12 @@ layers) it has about 0.1M parameters and works for inputs >= 8x8.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from lit_advgame.models.registry import register_model
+from lit_advgame.models.catalog import register_model
 from lit_advgame.utils.checks import check_int, check_positive
 
 

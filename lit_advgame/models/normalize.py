@@ -9,7 +9,7 @@ operation is ``(x - mean) / std`` with ``mean``/``std`` stored as registered buf
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lit_advgame.models.registry import register_model
+from lit_advgame.models.catalog import register_model
 from lit_advgame.utils.checks import check_int
 
 

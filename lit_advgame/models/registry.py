@@ -19,57 +19,36 @@ Names:
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+# The architecture modules register their names in the leaf ``catalog`` when imported.
+import lit_advgame.models.cifar_resnet  # noqa: F401
+import lit_advgame.models.densenet_small  # noqa: F401
+import lit_advgame.models.preact_resnet  # noqa: F401
+import lit_advgame.models.robustness_cifar  # noqa: F401
+import lit_advgame.models.small_nets  # noqa: F401
+from lit_advgame.models.catalog import TORCHVISION_PREFIX, Builder, register_model, registered_builder, registered_names
 from lit_advgame.models.normalize import NormalizedModel
+from lit_advgame.models.torchvision_models import torchvision_architectures, torchvision_builder
+from lit_advgame.models.weights import load_weights_into_net
 from lit_advgame.utils.checks import check_int
 
-Builder = Callable[..., nn.Module]
-
-TORCHVISION_PREFIX = "torchvision:"
-
-_REGISTRY: dict[str, Builder] = {}
-
-# Modules whose import registers the built-in architectures (imported lazily to avoid cycles).
-_BUILTIN_MODULES = (
-    "lit_advgame.models.small_nets",
-    "lit_advgame.models.cifar_resnet",
-    "lit_advgame.models.preact_resnet",
-    "lit_advgame.models.densenet_small",
-    "lit_advgame.models.robustness_cifar",
-    "lit_advgame.models.torchvision_models",
-)
-
-
-def _load_builtin_models() -> None:
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
-
-
-def register_model(name: str) -> Callable[[Builder], Builder]:
-    """Decorator registering ``builder(num_classes, in_channels, input_size, **kwargs) -> nn.Module``.
-
-    The builder returns the bare network (it sees standardised input); :func:`build_model` adds
-    the normalization layer. ``input_size`` is ``(H, W)`` or ``None``.
-    """
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"model name must be a non-empty string; got {name!r}")
-    if name.startswith(TORCHVISION_PREFIX):
-        raise ValueError(f"names starting with {TORCHVISION_PREFIX!r} are reserved for torchvision architectures")
-
-    def decorator(builder: Builder) -> Builder:
-        if name in _REGISTRY and _REGISTRY[name] is not builder:
-            raise ValueError(f"a model named {name!r} is already registered")
-        _REGISTRY[name] = builder
-        return builder
-
-    return decorator
+__all__ = [
+    "TORCHVISION_PREFIX",
+    "Builder",
+    "available_models",
+    "build_model",
+    "build_net",
+    "get_builder",
+    "register_model",
+    "resolve_normalization",
+]
 
 
 def available_models(include_torchvision: bool = False) -> list[str]:
@@ -77,12 +56,14 @@ def available_models(include_torchvision: bool = False) -> list[str]:
 
     With ``include_torchvision`` the ``"torchvision:<arch>"`` names are listed too; they are
     always accepted whether listed or not.
-    """
-    _load_builtin_models()
-    names = sorted(_REGISTRY)
-    if include_torchvision:
-        from lit_advgame.models.torchvision_models import torchvision_architectures
 
+    >>> {"small_cnn", "resnet20", "wide_resnet50_4"} <= set(available_models())
+    True
+    >>> "torchvision:resnet18" in available_models(include_torchvision=True)
+    True
+    """
+    names = registered_names()
+    if include_torchvision:
         names += [TORCHVISION_PREFIX + arch for arch in torchvision_architectures()]
     return names
 
@@ -91,17 +72,15 @@ def get_builder(name: str) -> Builder:
     """Return the builder registered as ``name`` (or the torchvision builder for ``torchvision:<arch>``)."""
     if not isinstance(name, str):
         raise TypeError(f"model name must be a string; got {type(name).__name__}")
-    _load_builtin_models()
-    if name in _REGISTRY:
-        return _REGISTRY[name]
+    builder = registered_builder(name)
+    if builder is not None:
+        return builder
     if name.startswith(TORCHVISION_PREFIX):
-        from lit_advgame.models.torchvision_models import torchvision_builder
-
         return torchvision_builder(name[len(TORCHVISION_PREFIX):])
-    close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+    close = difflib.get_close_matches(name, registered_names(), n=3)
     hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
     raise ValueError(
-        f"unknown model name {name!r}{hint}. Available: {', '.join(sorted(_REGISTRY))}; "
+        f"unknown model name {name!r}{hint}. Available: {', '.join(registered_names())}; "
         f"or '{TORCHVISION_PREFIX}<arch>' for any torchvision classification architecture, "
         f"e.g. '{TORCHVISION_PREFIX}resnet34'"
     )
@@ -231,12 +210,16 @@ def build_model(
 
     Returns:
         The model on CPU, in training mode.
+
+    >>> model = build_model("small_cnn", num_classes=10, in_channels=1, mean=[0.3], std=[0.3])
+    >>> model(torch.rand(2, 1, 16, 16)).shape  # pixel-space input; normalization is the first layer
+    torch.Size([2, 10])
+    >>> model.normalize.mean.flatten().tolist()
+    [0.30000001192092896]
     """
     net = build_net(name, num_classes, in_channels, input_size, **kwargs)
     file_mean = file_std = None
     if weights is not None:
-        from lit_advgame.models.weights import load_weights_into_net
-
         file_mean, file_std = load_weights_into_net(net, weights, num_classes, trusted=trusted_weights)
     mean_l, std_l = resolve_normalization(mean, std, in_channels, file_mean, file_std, source=str(weights))
     return NormalizedModel(net, mean_l, std_l, clamp=clamp)

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from typing_extensions import override
 
-from lit_advgame.models.registry import register_model
+from lit_advgame.models.catalog import register_model
+from lit_advgame.models.cifar_resnet import BasicResidualBlock
 from lit_advgame.utils.checks import check_positive
 
 
@@ -29,29 +31,19 @@ def _projection(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False), nn.BatchNorm2d(out_planes))
 
 
-class RobustnessBasicBlock(nn.Module):
-    """``relu(bn2(conv2(relu1(bn1(conv1(x))))) + shortcut(x))``.
-
-    ReLUs: ``relu1`` is on the residual branch; ``relu`` follows the addition.
+class RobustnessBasicBlock(BasicResidualBlock):
+    """:class:`~lit_advgame.models.cifar_resnet.BasicResidualBlock` with ``robustness``'s ``shortcut``
+    (identity, or a 1×1 projection where the shape changes): ``relu(bn2(conv2(relu1(bn1(conv1(x))))) + shortcut(x))``.
     """
 
-    is_skip_block = True
-    branch_relus = ("relu1",)
-    expansion = 1
-
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        super().__init__(in_planes, planes, stride)
         self.shortcut = _projection(in_planes, planes, stride)
         self.relu = nn.ReLU()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
-        return self.relu(out + self.shortcut(x))
+    @override
+    def skip(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shortcut(x)
 
 
 class RobustnessBottleneck(nn.Module):

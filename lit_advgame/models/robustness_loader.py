@@ -19,8 +19,8 @@ default (pass ``clamp=False`` for Gaussian-noised inputs of randomized smoothing
 from __future__ import annotations
 
 import os
-import warnings
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -31,12 +31,32 @@ from lit_advgame.models.registry import (
     build_net,
     resolve_normalization,
 )
-from lit_advgame.models.weights import find_head_key, key_prefixes, load_net_state, pick_state_dict, read_checkpoint
+from lit_advgame.models.torchvision_models import torchvision_architectures
+from lit_advgame.models.weights import (  # the robustness format is read in weights.py; re-exported here
+    ATTACKER_NORMALIZER_KEYS,
+    ATTACKER_PREFIX,
+    MODEL_PREFIX,
+    NORMALIZER_KEYS,
+    extract_robustness_state,
+    find_head_key,
+    is_robustness_state,
+    key_prefixes,
+    load_net_state,
+    pick_state_dict,
+    read_checkpoint,
+)
 
-MODEL_PREFIX = "module.model."
-ATTACKER_PREFIX = "module.attacker.model."
-NORMALIZER_KEYS = ("module.normalizer.new_mean", "module.normalizer.new_std")
-ATTACKER_NORMALIZER_KEYS = ("module.attacker.normalize.new_mean", "module.attacker.normalize.new_std")
+__all__ = [
+    "ATTACKER_NORMALIZER_KEYS",
+    "ATTACKER_PREFIX",
+    "MODEL_PREFIX",
+    "NORMALIZER_KEYS",
+    "SALMAN_ALIASES",
+    "extract_robustness_state",
+    "is_robustness_state",
+    "load_robustness_checkpoint",
+    "resolve_arch",
+]
 
 # Architecture names of the Salman et al. (2020) model list that are not torchvision names
 # (microsoft/robust-models-transfer, src/main.py).
@@ -48,63 +68,6 @@ SALMAN_ALIASES = {
 }
 
 
-def is_robustness_state(state: Mapping[str, Any]) -> bool:
-    """True if ``state`` has ``robustness``'s ``module.model.`` / ``module.attacker.model.`` keys."""
-    return any(k.startswith(MODEL_PREFIX) or k.startswith(ATTACKER_PREFIX) for k in state)
-
-
-def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def _strip_dummy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    if state and all(k.startswith("model.") for k in state):
-        return _strip(state, "model.")
-    return state
-
-
-def extract_robustness_state(
-    state: Mapping[str, torch.Tensor], source: str = "checkpoint"
-) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
-    """Split a ``robustness`` state dict into the classifier's state dict and the stored mean/std.
-
-    Keeps the ``module.model.`` keys with the prefix stripped (and one more ``model.`` in the
-    ``DummyModel`` case). If the ``module.attacker.model.`` duplicates exist they are compared
-    with them and a warning is issued if they differ. Mean/std come from
-    ``module.normalizer.new_mean/new_std`` (else the attacker's copies), flattened, or ``None``.
-    """
-    model_part = _strip_dummy(_strip(state, MODEL_PREFIX))
-    attacker_part = _strip_dummy(_strip(state, ATTACKER_PREFIX))
-    if not model_part and not attacker_part:
-        raise ValueError(
-            f"{source}: not a robustness checkpoint: no '{MODEL_PREFIX}' or '{ATTACKER_PREFIX}' keys; "
-            f"key prefixes found: {key_prefixes(state)}"
-        )
-    if model_part and attacker_part:
-        differ = sorted(set(model_part) ^ set(attacker_part))
-        differ += [
-            k for k in model_part
-            if k in attacker_part and (model_part[k].shape != attacker_part[k].shape
-                                       or not torch.equal(model_part[k], attacker_part[k]))
-        ]
-        if differ:
-            warnings.warn(
-                f"{source}: the '{MODEL_PREFIX}' and '{ATTACKER_PREFIX}' copies of the classifier differ "
-                f"({len(differ)} key(s), e.g. {differ[:3]}); using '{MODEL_PREFIX}'",
-                UserWarning,
-                stacklevel=2,
-            )
-    net_state = model_part or attacker_part
-    mean, std = (state.get(k) for k in NORMALIZER_KEYS)
-    if mean is None or std is None:
-        mean, std = (state.get(k) for k in ATTACKER_NORMALIZER_KEYS)
-    if mean is None or std is None:
-        mean = std = None
-    else:
-        mean, std = mean.detach().flatten().cpu(), std.detach().flatten().cpu()
-    return net_state, mean, std
-
-
 def resolve_arch(arch: str) -> str:
     """Registry name for ``arch``: registered names and ``torchvision:<arch>`` as they are; bare
     torchvision names (``resnet50``, ``wide_resnet50_2``) and the Salman aliases (``densenet``,
@@ -113,8 +76,6 @@ def resolve_arch(arch: str) -> str:
         raise TypeError(f"arch must be a string; got {type(arch).__name__}")
     if arch in available_models() or arch.startswith(TORCHVISION_PREFIX):
         return arch
-    from lit_advgame.models.torchvision_models import torchvision_architectures
-
     if arch in SALMAN_ALIASES:
         return TORCHVISION_PREFIX + SALMAN_ALIASES[arch]
     if arch in torchvision_architectures():

@@ -13,12 +13,12 @@ normalization layer.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from lit_advgame.models.registry import register_model
+from lit_advgame.models.catalog import register_model
 from lit_advgame.utils.checks import check_int
 
 

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import difflib
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torchvision
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from lit_advgame.models.registry import register_model
+from lit_advgame.models.catalog import register_model
 
 
 @functools.lru_cache(maxsize=1)

@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
+
+# MadryLab ``robustness`` checkpoints (see :mod:`lit_advgame.models.robustness_loader` for the format)
+MODEL_PREFIX = "module.model."
+ATTACKER_PREFIX = "module.attacker.model."
+NORMALIZER_KEYS = ("module.normalizer.new_mean", "module.normalizer.new_std")
+ATTACKER_NORMALIZER_KEYS = ("module.attacker.normalize.new_mean", "module.attacker.normalize.new_std")
 
 
 class UnsafeCheckpointError(ValueError):
@@ -210,6 +218,63 @@ def load_net_state(net: nn.Module, state: Mapping[str, torch.Tensor], num_classe
     net.load_state_dict(state, strict=True)
 
 
+def is_robustness_state(state: Mapping[str, Any]) -> bool:
+    """True if ``state`` has ``robustness``'s ``module.model.`` / ``module.attacker.model.`` keys."""
+    return any(k.startswith(MODEL_PREFIX) or k.startswith(ATTACKER_PREFIX) for k in state)
+
+
+def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _strip_dummy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if state and all(k.startswith("model.") for k in state):
+        return _strip(state, "model.")
+    return state
+
+
+def extract_robustness_state(
+    state: Mapping[str, torch.Tensor], source: str = "checkpoint"
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+    """Split a ``robustness`` state dict into the classifier's state dict and the stored mean/std.
+
+    Keeps the ``module.model.`` keys with the prefix stripped (and one more ``model.`` in the
+    ``DummyModel`` case). If the ``module.attacker.model.`` duplicates exist they are compared
+    with them and a warning is issued if they differ. Mean/std come from
+    ``module.normalizer.new_mean/new_std`` (else the attacker's copies), flattened, or ``None``.
+    """
+    model_part = _strip_dummy(_strip(state, MODEL_PREFIX))
+    attacker_part = _strip_dummy(_strip(state, ATTACKER_PREFIX))
+    if not model_part and not attacker_part:
+        raise ValueError(
+            f"{source}: not a robustness checkpoint: no '{MODEL_PREFIX}' or '{ATTACKER_PREFIX}' keys; "
+            f"key prefixes found: {key_prefixes(state)}"
+        )
+    if model_part and attacker_part:
+        differ = sorted(set(model_part) ^ set(attacker_part))
+        differ += [
+            k for k in model_part
+            if k in attacker_part and (model_part[k].shape != attacker_part[k].shape
+                                       or not torch.equal(model_part[k], attacker_part[k]))
+        ]
+        if differ:
+            warnings.warn(
+                f"{source}: the '{MODEL_PREFIX}' and '{ATTACKER_PREFIX}' copies of the classifier differ "
+                f"({len(differ)} key(s), e.g. {differ[:3]}); using '{MODEL_PREFIX}'",
+                UserWarning,
+                stacklevel=2,
+            )
+    net_state = model_part or attacker_part
+    mean, std = (state.get(k) for k in NORMALIZER_KEYS)
+    if mean is None or std is None:
+        mean, std = (state.get(k) for k in ATTACKER_NORMALIZER_KEYS)
+    if mean is None or std is None:
+        mean = std = None
+    else:
+        mean, std = mean.detach().flatten().cpu(), std.detach().flatten().cpu()
+    return net_state, mean, std
+
+
 def load_weights_into_net(
     net: nn.Module, path: str | os.PathLike, num_classes: int, *, trusted: bool = False
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -217,8 +282,6 @@ def load_weights_into_net(
 
     Returns the normalization mean/std stored in the file, or ``(None, None)``.
     """
-    from lit_advgame.models.robustness_loader import extract_robustness_state, is_robustness_state
-
     source = f"weights file {str(path)!r}"
     obj = read_checkpoint(path, trusted=trusted, what="weights file")
     state = pick_state_dict(obj, source)

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from fractions import Fraction
-from typing import Any, Sequence
+from typing import Any, Literal, get_args, get_origin
 
 import torch
 from torch import nn
@@ -66,8 +67,18 @@ def check_int(value: int, name: str, *, minimum: int | None = None, maximum: int
         raise ValueError(f"{name} must be <= {maximum}; got {value}")
 
 
-def check_choice(value: str, name: str, choices: Sequence[str]) -> None:
-    """Check ``value`` is one of ``choices``."""
+def check_choice(value: str, name: str, choices: Sequence[str] | Any) -> None:
+    """Check ``value`` is one of ``choices`` (a sequence of names or a ``Literal`` alias of
+    :mod:`lit_advgame.vocabulary`).
+
+    >>> check_choice("val", "split", ("train", "val", "test"))
+    >>> check_choice("dev", "split", Literal["train", "val", "test"])
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown split 'dev'; choose one of: train, val, test
+    """
+    if get_origin(choices) is Literal:
+        choices = get_args(choices)
     if value not in choices:
         raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(map(str, choices))}")
 

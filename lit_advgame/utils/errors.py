@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 

@@ -1,0 +1,177 @@
+"""One vocabulary: every string choice of the package as a ``Literal`` alias, and its tuple of names.
+
+Annotate an argument with an alias (``norm: Norm = "linf"``) and jsonargparse/LightningCLI reject a
+bad string when the config is parsed (``--print_config`` included), naming the allowed values. The
+tuple of allowed names next to each alias is derived from it with :func:`typing.get_args`, so one
+definition serves the signature, the runtime check and the error message:
+
+>>> from lit_advgame.utils.checks import check_choice
+>>> NORMS
+('linf', 'l2')
+>>> check_choice("l2", "norm", Norm)  # a Literal alias works as the choices
+>>> check_choice("l3", "norm", NORMS)
+Traceback (most recent call last):
+...
+ValueError: unknown norm 'l3'; choose one of: linf, l2
+>>> choices(Split)
+('train', 'val', 'test')
+
+Aliases name one concept each; two concepts that used to share a name have two names here
+(``RadiusScaling`` of an attack's ε vs ``RegularizerScaling`` of an ensemble regularizer).
+Registries that users extend at run time (model architectures, regularizers registered with
+``register_regularizer``) list their built-in names only.
+
+This module imports nothing from the package (it is a leaf of the import graph).
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, get_args, get_origin
+
+
+def choices(alias: Any) -> tuple[str, ...]:
+    """The allowed values of a ``Literal`` alias, in declaration order.
+
+    >>> choices(Literal["a", "b"])
+    ('a', 'b')
+    """
+    if get_origin(alias) is not Literal:
+        raise TypeError(f"expected a typing.Literal alias; got {alias!r}")
+    return tuple(get_args(alias))
+
+
+# ----------------------------------------------------------------------------- data
+Split = Literal["train", "val", "test"]
+"""A dataset split (``predict_split``, ``probe_split``, ``ImageDataModule.dataset``)."""
+SPLITS = choices(Split)
+
+DataModuleName = Literal["digits", "mnist", "cifar10", "imagefolder"]
+"""Names of :data:`lit_advgame.data.DATAMODULES`."""
+DATAMODULE_NAMES = choices(DataModuleName)
+
+MNISTMode = Literal["standard", "test_only"]
+"""How :class:`~lit_advgame.data.MNISTDataModule` found its files (known after ``setup``)."""
+MNIST_MODES = choices(MNISTMode)
+
+# ----------------------------------------------------------------------------- attacks
+Norm = Literal["linf", "l2"]
+"""Perturbation norm of an attack or of adversarial training."""
+NORMS = choices(Norm)
+
+Loss = Literal["ce", "margin"]
+"""Attack loss: cross-entropy or the logit margin."""
+LOSSES = choices(Loss)
+
+RadiusScaling = Literal["none", "sqrt_dim"]
+"""How an attack's ``eps``/``step_size`` scale with the input dimension n (``sqrt_dim``: times √n)."""
+RADIUS_SCALINGS = choices(RadiusScaling)
+
+Unit = Literal["pixel", "1/255"]
+"""Unit of ``eps``/``step_size``: pixel values in [0, 1] or 0–255 intensity levels."""
+UNITS = choices(Unit)
+
+RecordFormat = Literal["delta", "uint8"]
+"""How an attack records its iterates."""
+RECORD_FORMATS = choices(RecordFormat)
+
+L2Init = Literal["image", "ball"]
+"""Random start of the L2 attack: scaled like the image, or uniform in the ball."""
+L2_INITS = choices(L2Init)
+
+AttackPreset = Literal[
+    "pgd", "pgd+ir", "mi", "mi+ir", "vr", "vr+ir", "sgm", "sgm+ir", "ti", "ti+ir", "di", "hybridir"
+]
+"""Canonical names of the attack presets (:data:`lit_advgame.attacks.presets.PRESETS`); ``build_attack``
+also reads them case-insensitively, with ``-``/``_``/spaces as ``+`` and the aliases of :data:`PRESET_ALIASES`."""
+ATTACK_PRESETS = choices(AttackPreset)
+PRESET_ALIASES: dict[str, str] = {"ir": "pgd+ir", "hybrid": "hybridir", "hybrid+ir": "hybridir"}
+
+VRReduction = Literal["sum", "mean"]
+"""How variance reduction (VR) combines the gradients of its noisy copies."""
+VR_REDUCTIONS = choices(VRReduction)
+
+DIMode = Literal["bilinear", "nearest"]
+"""Interpolation of diverse-inputs (DI) resizing."""
+DI_MODES = choices(DIMode)
+
+SkipKind = Literal["identity", "concat", "projection"]
+"""Kinds of skip connection SGM recognises."""
+SKIP_KINDS = choices(SkipKind)
+
+RecordMode = Literal["none", "uint8", "scores"]
+"""What ``AttackModule`` records per step in a predict run."""
+RECORD_MODES = choices(RecordMode)
+
+# ----------------------------------------------------------------------------- interactions
+ValueName = Literal["log_prob", "logit", "margin_max", "margin_fixed", "target_minus_true"]
+"""Value functions v(S) of a game (:mod:`lit_advgame.interactions.values`)."""
+VALUE_NAMES = choices(ValueName)
+
+BaselineName = Literal["mean", "zeros", "blur"]
+"""Baseline values of absent players (:mod:`lit_advgame.interactions.baselines`)."""
+BASELINE_NAMES = choices(BaselineName)
+
+OrderPreset = Literal["reference", "reference_code", "readme", "with_zero", "fine"]
+"""Named lists of interaction orders (:data:`lit_advgame.interactions.orders.ORDER_PRESETS`)."""
+ORDER_PRESETS = choices(OrderPreset)
+
+PairKind = Literal["neighbour", "uniform"]
+"""How player pairs (i, j) are drawn: grid neighbours (the reference code's) or uniformly."""
+PAIR_KINDS = choices(PairKind)
+
+PerturbationForm = Literal["coalition", "single"]
+"""Form of the perturbation interaction: coalitions of grid cells (the IR loss) or single players."""
+PERTURBATION_FORMS = choices(PerturbationForm)
+
+InteractionScale = Literal["reference", "paper"]
+"""Scale of the perturbation interaction: the reference code's, or the paper's 1/(n−1) factor."""
+INTERACTION_SCALES = choices(InteractionScale)
+
+# ----------------------------------------------------------------------------- training
+SchedulerInterval = Literal["epoch", "step"]
+"""When a learning-rate scheduler steps."""
+SCHEDULER_INTERVALS = choices(SchedulerInterval)
+
+AdversarialMethod = Literal["pgd", "trades"]
+"""Adversarial training objective: PGD-AT (Madry et al.) or TRADES (Zhang et al.)."""
+ADVERSARIAL_METHODS = choices(AdversarialMethod)
+
+TradesStart = Literal["gaussian", "uniform"]
+"""Random start of TRADES' inner maximisation."""
+TRADES_STARTS = choices(TradesStart)
+
+PredictMethod = Literal["certify", "predict"]
+"""Randomized smoothing evaluation: CERTIFY or PREDICT (Cohen et al. 2019)."""
+PREDICT_METHODS = choices(PredictMethod)
+
+RegularizerName = Literal["none", "trs", "gal", "adp"]
+"""Built-in ensemble diversity regularizers (more can be registered with ``register_regularizer``)."""
+REGULARIZER_NAMES = choices(RegularizerName)
+
+RegularizerScaling = Literal["reference", "mean"]
+"""How an ensemble regularizer's pair terms are scaled: the reference code's sum or the mean."""
+REGULARIZER_SCALINGS = choices(RegularizerScaling)
+
+EnsembleAdvLoss = Literal["replace", "add"]
+"""How an ensemble's adversarial loss enters: replacing the clean loss or added to it."""
+ENSEMBLE_ADV_LOSSES = choices(EnsembleAdvLoss)
+
+TRSVariant = Literal["plus", "vanilla"]
+"""TRS regularizer variant (Yang et al. 2021)."""
+TRS_VARIANTS = choices(TRSVariant)
+
+BatchNormMode = Literal["eval", "train"]
+"""BatchNorm mode while a regularizer or attack runs inside training."""
+BATCHNORM_MODES = choices(BatchNormMode)
+
+# ----------------------------------------------------------------------------- models and evaluation
+ResNetShortcut = Literal["A", "B"]
+"""CIFAR ResNet shortcut (He et al. 2016): A = zero-padding identity, B = 1×1 projection."""
+RESNET_SHORTCUTS = choices(ResNetShortcut)
+
+TransferSubset = Literal["source_correct", "all", "both_correct"]
+"""Examples a transfer evaluation counts."""
+TRANSFER_SUBSETS = choices(TransferSubset)
+
+
+_IMPORTED = ("annotations", "Any", "Literal", "get_args", "get_origin")
+__all__ = [name for name in dir() if not name.startswith("_") and name not in _IMPORTED]
