@@ -17,6 +17,7 @@ at 16/255) with their own defaults.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -132,3 +133,22 @@ class PGDSettings:
             random_start=settings.random_start if random_start is None else random_start,
             loss_terms=loss_terms, seed=seed,
         )
+
+
+def settings_from_deprecated(
+    kwargs: dict[str, Any], settings: PGDSettings | Mapping[str, Any] | None, name: str,
+    keywords: Mapping[str, str], legacy_defaults: Mapping[str, Any] | None = None,
+) -> PGDSettings | Mapping[str, Any] | None:
+    """Pop the deprecated flat ``keywords`` from ``kwargs`` (warning once per keyword, naming the new
+    ``<name>.<setting>``) and merge them into ``settings``; ``legacy_defaults`` fill what the old keywords
+    left out, as before. Given both, a flat keyword and the ``name`` argument are an error."""
+    given = {new: kwargs.pop(old) for old, new in keywords.items() if old in kwargs}
+    if not given:
+        return settings
+    old_names = [old for old, new in keywords.items() if new in given]
+    for old in old_names:
+        warnings.warn(f"{old} is deprecated; use {name}.{keywords[old]} (e.g. `{name}: {{{keywords[old]}: ...}}`)",
+                      DeprecationWarning, stacklevel=3)
+    if settings is not None and PGDSettings.coerce(settings, name) != PGDSettings():
+        raise ValueError(f"give either {name} or the deprecated {', '.join(old_names)}, not both")
+    return PGDSettings.coerce({**(legacy_defaults or {}), **given}, f"{name} (given as {', '.join(old_names)})")

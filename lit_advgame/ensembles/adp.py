@@ -19,8 +19,9 @@ reference would produce NaN.
 from __future__ import annotations
 
 import torch
+from typing_extensions import override
 
-from lit_advgame.ensembles.base import DiversityRegularizer, RegularizerOutput
+from lit_advgame.ensembles.base import DiversityRegularizer, RegularizerOutput, RegularizerStep
 from lit_advgame.ensembles.model import EnsembleModel
 from lit_advgame.utils.checks import check_positive
 
@@ -89,17 +90,8 @@ class ADPRegularizer(DiversityRegularizer):
         self.log_offset = float(log_offset)
         self.det_offset = float(det_offset)
 
-    def __call__(
-        self,
-        model: EnsembleModel,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        *,
-        epoch: int = 0,
-        max_epochs: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> RegularizerOutput:
-        self.check_model(model)
+    @override
+    def regularize(self, model: EnsembleModel, x: torch.Tensor, y: torch.Tensor, step: RegularizerStep) -> RegularizerOutput:
         member_logits = model.member_logits(x)
         probs = torch.softmax(member_logits, dim=-1)
         entropy = ensemble_entropy(probs, self.log_offset)

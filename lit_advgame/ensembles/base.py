@@ -45,6 +45,16 @@ class RegularizerOutput:
     inputs: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class RegularizerStep:
+    """Where training stands when a regularizer is called: ``epoch`` of ``max_epochs`` (``None``: unbounded)
+    and the ``generator`` of this step's randomness (``None``: torch's global RNG)."""
+
+    epoch: int = 0
+    max_epochs: int | None = None
+    generator: torch.Generator | None = None
+
+
 def member_cross_entropy(member_logits: torch.Tensor, y: torch.Tensor, scaling: str = "reference") -> torch.Tensor:
     """Classification term: sum (``"reference"``) or mean (``"mean"``) of the members' batch-mean CEs.
 
@@ -106,8 +116,13 @@ class DiversityRegularizer:
         max_epochs: int | None = None,
         generator: torch.Generator | None = None,
     ) -> RegularizerOutput:
-        """Members' logits on ``x`` and the penalty (here zero)."""
+        """Members' logits on ``x`` and the weighted penalty, at ``epoch`` of ``max_epochs`` (radius schedules),
+        drawing randomness from ``generator`` (the global RNG when ``None``)."""
         self.check_model(model)
+        return self.regularize(model, x, y, RegularizerStep(epoch, max_epochs, generator))
+
+    def regularize(self, model: EnsembleModel, x: torch.Tensor, y: torch.Tensor, step: RegularizerStep) -> RegularizerOutput:
+        """The regularizer proper (subclasses override this; the model is checked): here no penalty."""
         member_logits = model.member_logits(x)
         return RegularizerOutput(member_logits, member_logits.new_zeros(()), {}, x)
 

@@ -15,11 +15,15 @@ probability 0.5 to each training image (``input_noise_std=0.045``; our noisy ima
 """
 from __future__ import annotations
 
-import torch
+import warnings
 
-from lit_advgame.ensembles.base import DiversityRegularizer, RegularizerOutput
+import torch
+from typing_extensions import override
+
+from lit_advgame.ensembles.base import DiversityRegularizer, RegularizerOutput, RegularizerStep
 from lit_advgame.ensembles.gradients import member_input_gradients, pairwise_cosine
 from lit_advgame.ensembles.model import EnsembleModel
+from lit_advgame.smoothing.noise import add_gaussian_noise as gaussian_noise
 from lit_advgame.utils.checks import check_positive
 
 LOG_OFFSET = 1e-20
@@ -34,15 +38,19 @@ def gal_coherence(grads: torch.Tensor, log_offset: float = LOG_OFFSET) -> torch.
 def add_gaussian_noise(
     x: torch.Tensor, std: float, prob: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Add N(0, std²) noise to each image with probability ``prob`` (DVERGE's ``AddGaussianNoise``),
-    clamped to [0, 1]."""
+    """Deprecated (one release): use :func:`lit_advgame.smoothing.noise.add_gaussian_noise` with ``prob`` and
+    ``clamp=True`` (DVERGE's ``AddGaussianNoise``: N(0, std²) noise on each image with probability ``prob``)."""
+    warnings.warn("lit_advgame.ensembles.add_gaussian_noise is deprecated; use "
+                  "lit_advgame.smoothing.noise.add_gaussian_noise(x, std, generator, prob=prob, clamp=True)",
+                  DeprecationWarning, stacklevel=2)
+    return input_noise(x, std, prob, generator)
+
+
+def input_noise(x: torch.Tensor, std: float, prob: float, generator: torch.Generator | None) -> torch.Tensor:
+    """GAL's optional input noise (DVERGE): ``x`` unchanged when ``std`` or ``prob`` is 0."""
     if std == 0 or prob == 0:
         return x
-    device = generator.device if generator is not None else x.device
-    noise = torch.randn(x.shape, generator=generator, device=device).to(device=x.device, dtype=x.dtype)
-    apply = (torch.rand(x.shape[0], generator=generator, device=device) < prob).to(x.device)
-    noisy = (x + std * noise).clamp(0.0, 1.0)
-    return torch.where(apply.view(-1, *([1] * (x.dim() - 1))), noisy, x)
+    return gaussian_noise(x, std, generator, prob=prob, clamp=True)
 
 
 class GALRegularizer(DiversityRegularizer):
@@ -78,18 +86,9 @@ class GALRegularizer(DiversityRegularizer):
         self.input_noise_std = float(input_noise_std)
         self.input_noise_prob = float(input_noise_prob)
 
-    def __call__(
-        self,
-        model: EnsembleModel,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        *,
-        epoch: int = 0,
-        max_epochs: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> RegularizerOutput:
-        self.check_model(model)
-        x = add_gaussian_noise(x, self.input_noise_std, self.input_noise_prob, generator)
+    @override
+    def regularize(self, model: EnsembleModel, x: torch.Tensor, y: torch.Tensor, step: RegularizerStep) -> RegularizerOutput:
+        x = input_noise(x, self.input_noise_std, self.input_noise_prob, step.generator)
         member_logits, grads = member_input_gradients(model, x, y, create_graph=True)
         coherence = gal_coherence(grads)
         return RegularizerOutput(member_logits, self.lambda_gal * coherence, {"gal": coherence.detach()}, x)

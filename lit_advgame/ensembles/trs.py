@@ -43,9 +43,10 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from typing_extensions import override
 
 from lit_advgame.attacks.model_mode import eval_mode
-from lit_advgame.ensembles.base import DiversityRegularizer, RegularizerOutput
+from lit_advgame.ensembles.base import DiversityRegularizer, RegularizerOutput, RegularizerStep
 from lit_advgame.ensembles.gradients import member_input_gradients, pairwise_cosine
 from lit_advgame.ensembles.model import EnsembleModel
 from lit_advgame.utils.checks import check_choice, check_int, check_positive
@@ -194,6 +195,7 @@ class TRSRegularizer(DiversityRegularizer):
         self.inner_bn_mode = inner_bn_mode
         self.absolute = absolute
 
+    @override
     def current_eps(self, epoch: int, max_epochs: int | None) -> float | None:
         """δ0 + (δM − δ0)·min(epoch, E)/E with E = ``ramp_epochs`` or ``max_epochs`` ("plus" only)."""
         if self.variant != "plus":
@@ -206,24 +208,15 @@ class TRSRegularizer(DiversityRegularizer):
             )
         return self.eps_start + (self.eps_end - self.eps_start) * min(epoch, total) / total
 
-    def __call__(
-        self,
-        model: EnsembleModel,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        *,
-        epoch: int = 0,
-        max_epochs: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> RegularizerOutput:
-        self.check_model(model)
+    @override
+    def regularize(self, model: EnsembleModel, x: torch.Tensor, y: torch.Tensor, step: RegularizerStep) -> RegularizerOutput:
         member_logits, grads = member_input_gradients(model, x, y, create_graph=True)
         sim = gradient_similarity(grads, self.absolute)
         terms = {"sim": sim.detach()}
         if self.variant == "vanilla":
             smooth = smoothness(grads, self.scaling)
         else:
-            eps = self.current_eps(epoch, max_epochs)
+            eps = self.current_eps(step.epoch, step.max_epochs)
             terms["eps"] = torch.tensor(eps, device=x.device)
             if self.lambda_smooth == 0:
                 smooth = sim.new_zeros(())
@@ -232,7 +225,7 @@ class TRSRegularizer(DiversityRegularizer):
                 perturbed = smoothness_pgd(
                     model, x[n_clean:], y[n_clean:], eps,
                     steps=self.inner_steps, step_size=self.inner_step_ratio * eps if eps > 0 else None,
-                    accumulate_grad=self.accumulate_inner_grad, bn_mode=self.inner_bn_mode, generator=generator,
+                    accumulate_grad=self.accumulate_inner_grad, bn_mode=self.inner_bn_mode, generator=step.generator,
                 )
                 x_smooth = torch.cat([x[:n_clean].detach(), perturbed])
                 _, smooth_grads = member_input_gradients(model, x_smooth, y, create_graph=True)

@@ -45,8 +45,6 @@ runs reproduce exactly, resumed runs included, and DDP ranks draw independent st
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
@@ -57,7 +55,7 @@ from typing_extensions import override
 
 from lit_advgame.attacks import Attack, build_norm
 from lit_advgame.attacks.mode_lock import ModeLockedView, restored_buffers
-from lit_advgame.attacks.pgd_settings import PGDSettings
+from lit_advgame.attacks.pgd_settings import PGDSettings, settings_from_deprecated
 from lit_advgame.attacks.seeding import derive_seed
 from lit_advgame.attacks.trades import TRADES_START_STD, GaussianStart, TradesKL, kl_per_example
 from lit_advgame.training.base import ClassifierModule
@@ -87,25 +85,6 @@ DEPRECATED_EVAL_KEYWORDS = {"val_eps": "eps", "val_step_size": "step_size", "val
 LEGACY_ATTACK_DEFAULTS = {"norm": "linf", "eps": 0.1, "step_size": 0.025, "steps": 10, "random_start": True}
 
 _ModeLockedView = ModeLockedView  # the old private name (moved to lit_advgame.attacks.mode_lock)
-
-
-def settings_from_deprecated(
-    kwargs: dict[str, Any], settings: PGDSettings | Mapping[str, Any] | None, name: str,
-    keywords: Mapping[str, str], legacy_defaults: Mapping[str, Any] | None = None,
-) -> PGDSettings | Mapping[str, Any] | None:
-    """Pop the deprecated flat ``keywords`` from ``kwargs`` (warning once per keyword, naming the new
-    ``<name>.<setting>``) and merge them into ``settings``; ``legacy_defaults`` fill what the old keywords
-    left out, as before. Given both, a flat keyword and the ``name`` argument are an error."""
-    given = {new: kwargs.pop(old) for old, new in keywords.items() if old in kwargs}
-    if not given:
-        return settings
-    old_names = [old for old, new in keywords.items() if new in given]
-    for old in old_names:
-        warnings.warn(f"{old} is deprecated; use {name}.{keywords[old]} (e.g. `{name}: {{{keywords[old]}: ...}}`)",
-                      DeprecationWarning, stacklevel=3)
-    if settings is not None and PGDSettings.coerce(settings, name) != PGDSettings():
-        raise ValueError(f"give either {name} or the deprecated {', '.join(old_names)}, not both")
-    return PGDSettings.coerce({**(legacy_defaults or {}), **given}, f"{name} (given as {', '.join(old_names)})")
 
 
 # --------------------------------------------------------------------------------- the module
