@@ -16,6 +16,8 @@ probability 0.5 to each training image (``input_noise_std=0.045``; our noisy ima
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from typing_extensions import override
@@ -24,7 +26,6 @@ from lit_advgame.ensembles.base import DiversityRegularizer, RegularizerOutput, 
 from lit_advgame.ensembles.gradients import member_input_gradients, pairwise_cosine
 from lit_advgame.ensembles.model import EnsembleModel
 from lit_advgame.smoothing.noise import add_gaussian_noise as gaussian_noise
-from lit_advgame.utils.checks import check_positive
 
 LOG_OFFSET = 1e-20
 
@@ -53,6 +54,7 @@ def input_noise(x: torch.Tensor, std: float, prob: float, generator: torch.Gener
     return gaussian_noise(x, std, generator, prob=prob, clamp=True)
 
 
+@dataclass
 class GALRegularizer(DiversityRegularizer):
     """λ·L_coh of GAL.
 
@@ -64,27 +66,20 @@ class GALRegularizer(DiversityRegularizer):
         input_noise_prob: probability that an image gets noise (0.5).
     """
 
-    name = "gal"
-    min_members = 2
-    term_names = ("gal",)
+    lambda_gal: float = 0.5
+    input_noise_std: float = 0.0
+    input_noise_prob: float = 0.5
 
-    def __init__(
-        self,
-        num_members: int,
-        scaling: str = "reference",
-        lambda_gal: float = 0.5,
-        input_noise_std: float = 0.0,
-        input_noise_prob: float = 0.5,
-    ) -> None:
-        super().__init__(num_members, scaling)
-        check_positive(lambda_gal, "lambda_gal", allow_zero=True)
-        check_positive(input_noise_std, "input_noise_std", allow_zero=True)
-        check_positive(input_noise_prob, "input_noise_prob", allow_zero=True)
-        if input_noise_prob > 1:
-            raise ValueError(f"input_noise_prob must be in [0, 1]; got {input_noise_prob}")
-        self.lambda_gal = float(lambda_gal)
-        self.input_noise_std = float(input_noise_std)
-        self.input_noise_prob = float(input_noise_prob)
+    name: ClassVar[str] = "gal"
+    min_members: ClassVar[int] = 2
+    term_names: ClassVar[tuple[str, ...]] = ("gal",)
+
+    @override
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._numbers(nonnegative=("lambda_gal", "input_noise_std", "input_noise_prob"))
+        if self.input_noise_prob > 1:
+            raise ValueError(f"input_noise_prob must be in [0, 1]; got {self.input_noise_prob}")
 
     @override
     def regularize(self, model: EnsembleModel, x: torch.Tensor, y: torch.Tensor, step: RegularizerStep) -> RegularizerOutput:

@@ -41,6 +41,8 @@ per-example gradients. The reference's ``scale·coeff`` and ``scale·lamda`` are
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 from typing_extensions import override
@@ -125,6 +127,7 @@ def smoothness_pgd(
     return adv.detach()
 
 
+@dataclass
 class TRSRegularizer(DiversityRegularizer):
     """λ_a·L_sim + λ_b·L_smooth of TRS (see the module docstring for every option).
 
@@ -144,56 +147,38 @@ class TRSRegularizer(DiversityRegularizer):
         absolute: use |cos| (True, TRS) or the signed cosine (False, CosSim).
     """
 
-    name = "trs"
-    min_members = 2
-    term_names = ("sim", "smooth", "eps")
+    lambda_sim: float = 40.0
+    lambda_smooth: float = 2.5
+    variant: Literal["plus", "vanilla"] = "plus"
+    eps_start: float = 0.01
+    eps_end: float = 0.03
+    ramp_epochs: int | None = None
+    inner_steps: int = 6
+    inner_step_ratio: float = 1.0 / 3.0
+    perturbed_fraction: float = 0.5
+    accumulate_inner_grad: bool = False
+    inner_bn_mode: Literal["eval", "train"] = "eval"
+    absolute: bool = True
 
-    def __init__(
-        self,
-        num_members: int,
-        scaling: str = "reference",
-        lambda_sim: float = 40.0,
-        lambda_smooth: float = 2.5,
-        variant: str = "plus",
-        eps_start: float = 0.01,
-        eps_end: float = 0.03,
-        ramp_epochs: int | None = None,
-        inner_steps: int = 6,
-        inner_step_ratio: float = 1.0 / 3.0,
-        perturbed_fraction: float = 0.5,
-        accumulate_inner_grad: bool = False,
-        inner_bn_mode: str = "eval",
-        absolute: bool = True,
-    ) -> None:
-        super().__init__(num_members, scaling)
-        check_positive(lambda_sim, "lambda_sim", allow_zero=True)
-        check_positive(lambda_smooth, "lambda_smooth", allow_zero=True)
-        check_choice(variant, "variant", VARIANTS)
-        check_positive(eps_start, "eps_start", allow_zero=True)
-        check_positive(eps_end, "eps_end", allow_zero=True)
-        if ramp_epochs is not None:
-            check_int(ramp_epochs, "ramp_epochs", minimum=1)
-        check_int(inner_steps, "inner_steps", minimum=1)
-        check_positive(inner_step_ratio, "inner_step_ratio")
-        check_positive(perturbed_fraction, "perturbed_fraction", allow_zero=True)
-        if perturbed_fraction > 1:
-            raise ValueError(f"perturbed_fraction must be in [0, 1]; got {perturbed_fraction}")
-        check_choice(inner_bn_mode, "inner_bn_mode", BN_MODES)
-        for flag, name in ((accumulate_inner_grad, "accumulate_inner_grad"), (absolute, "absolute")):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be a bool; got {flag!r}")
-        self.lambda_sim = float(lambda_sim)
-        self.lambda_smooth = float(lambda_smooth)
-        self.variant = variant
-        self.eps_start = float(eps_start)
-        self.eps_end = float(eps_end)
-        self.ramp_epochs = ramp_epochs
-        self.inner_steps = inner_steps
-        self.inner_step_ratio = float(inner_step_ratio)
-        self.perturbed_fraction = float(perturbed_fraction)
-        self.accumulate_inner_grad = accumulate_inner_grad
-        self.inner_bn_mode = inner_bn_mode
-        self.absolute = absolute
+    name: ClassVar[str] = "trs"
+    min_members: ClassVar[int] = 2
+    term_names: ClassVar[tuple[str, ...]] = ("sim", "smooth", "eps")
+
+    @override
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._numbers(nonnegative=("lambda_sim", "lambda_smooth", "eps_start", "eps_end", "perturbed_fraction"),
+                      positive=("inner_step_ratio",))
+        check_choice(self.variant, "variant", VARIANTS)
+        if self.ramp_epochs is not None:
+            check_int(self.ramp_epochs, "ramp_epochs", minimum=1)
+        check_int(self.inner_steps, "inner_steps", minimum=1)
+        if self.perturbed_fraction > 1:
+            raise ValueError(f"perturbed_fraction must be in [0, 1]; got {self.perturbed_fraction}")
+        check_choice(self.inner_bn_mode, "inner_bn_mode", BN_MODES)
+        for name in ("accumulate_inner_grad", "absolute"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool; got {getattr(self, name)!r}")
 
     @override
     def current_eps(self, epoch: int, max_epochs: int | None) -> float | None:
