@@ -484,6 +484,23 @@ def test_checkpoint_round_trip(tmp_path):
     assert torch.equal(module(x), restored(x))
 
 
+def test_gal_input_noise_is_the_one_gaussian_noise_helper():
+    """GAL's DVERGE input noise is smoothing.noise.add_gaussian_noise with prob and clamp (same draws as before);
+    the old ensembles.add_gaussian_noise is a deprecated alias."""
+    import lit_advgame.ensembles as ensembles
+    from lit_advgame.smoothing.noise import add_gaussian_noise
+
+    x = torch.rand(16, 1, 4, 4)
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(x.shape, generator=gen)
+    apply = torch.rand(16, generator=gen) < 0.5
+    expected = torch.where(apply.view(-1, 1, 1, 1), (x + 0.5 * noise).clamp(0, 1), x)  # the previous formula
+    assert torch.equal(add_gaussian_noise(x, 0.5, torch.Generator().manual_seed(0), prob=0.5, clamp=True), expected)
+    with pytest.warns(DeprecationWarning, match="smoothing.noise.add_gaussian_noise"):
+        assert torch.equal(ensembles.add_gaussian_noise(x, 0.5, 0.5, torch.Generator().manual_seed(0)), expected)
+    assert 0 < int(apply.sum()) < 16
+
+
 def test_adversarial_training_settings_and_deprecated_keywords():
     """``attack`` (PGDSettings, default None = off) replaces the flat adversarial_training/adv_* keywords, which
     still work for one release with a DeprecationWarning naming the new argument; the defaults are the same."""

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
+from typing_extensions import override
 
 from lit_advgame.smoothing.results import SmoothingRecords, format_radius
 from lit_advgame.utils.io import atomic_write_text
@@ -68,12 +69,14 @@ class SmoothingPredictionWriter(BasePredictionWriter):
     def rank_file(self, rank: int) -> Path:
         return self.output_dir / f"predictions_rank{rank}.tsv"
 
+    @override
     def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.rank_file(trainer.global_rank).write_text("")
         self._header_written = False
         self.merged = None
 
+    @override
     def write_on_batch_end(
         self,
         trainer: pl.Trainer,
@@ -95,6 +98,7 @@ class SmoothingPredictionWriter(BasePredictionWriter):
         with self.rank_file(trainer.global_rank).open("a") as fh:
             fh.write("\n".join(lines) + "\n")
 
+    @override
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_predict_epoch_end(trainer, pl_module)
         trainer.strategy.barrier("smoothing_prediction_writer")
