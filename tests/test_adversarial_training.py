@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from lit_advgame.attacks.pgd_settings import PGDSettings
 from lit_advgame.cli import main
 from lit_advgame.data import DigitsDataModule
-from lit_advgame.attacks.pgd_settings import PGDSettings
 from lit_advgame.training.adversarial import AdversarialTraining
 from tests.conftest import CONFIGS
 from tests.tb_utils import read_scalars
@@ -23,7 +23,8 @@ EPS = 0.1
 # batch limits >= 2: jsonargparse reads "1" as the float 1.0, which Lightning takes as 100% of the batches
 FAST = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--trainer.log_every_n_steps", "1", "--model.init_args.attack.steps", "2", "--model.init_args.eval_attack.steps", "2"]
+        "--trainer.log_every_n_steps", "1",
+        "--model.init_args.attack.steps", "2", "--model.init_args.eval_attack.steps", "2"]
 
 
 @pytest.fixture(autouse=True)

@@ -132,6 +132,8 @@ def test_subclasses_forward_the_base_arguments_to_the_cli(config, capsys):
               "--model.init_args.arch", "mlp", "--print_config"])
     assert exc.value.code == 0
     init_args = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
-    for key in ("arch", "arch_kwargs", "weights", "optimizer", "lr_scheduler", "scheduler_interval", "scheduler_monitor"):
+    base_arguments = ("arch", "arch_kwargs", "weights", "optimizer", "lr_scheduler", "scheduler_interval",
+                      "scheduler_monitor")
+    for key in base_arguments:
         assert key in init_args, key
     assert init_args["scheduler_interval"] == "step" and init_args["arch"] == "mlp"

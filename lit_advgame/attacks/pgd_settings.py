@@ -135,6 +135,11 @@ class PGDSettings:
         )
 
 
+PGD_DEFAULTS = PGDSettings()
+"""The default settings (every field at its default): a training attack's, and an evaluation attack's that
+inherits the training norm and ε."""
+
+
 def settings_from_deprecated(
     kwargs: dict[str, Any], settings: PGDSettings | Mapping[str, Any] | None, name: str,
     keywords: Mapping[str, str], legacy_defaults: Mapping[str, Any] | None = None,
@@ -149,6 +154,6 @@ def settings_from_deprecated(
     for old in old_names:
         warnings.warn(f"{old} is deprecated; use {name}.{keywords[old]} (e.g. `{name}: {{{keywords[old]}: ...}}`)",
                       DeprecationWarning, stacklevel=3)
-    if settings is not None and PGDSettings.coerce(settings, name) != PGDSettings():
+    if settings is not None and PGDSettings.coerce(settings, name) != PGD_DEFAULTS:
         raise ValueError(f"give either {name} or the deprecated {', '.join(old_names)}, not both")
     return PGDSettings.coerce({**(legacy_defaults or {}), **given}, f"{name} (given as {', '.join(old_names)})")

@@ -24,7 +24,11 @@ from typing import ClassVar
 import torch
 from typing_extensions import override
 
-from lit_advgame.ensembles.base import DiversityRegularizer, RegularizerOutput, RegularizerStep
+from lit_advgame.ensembles.base import (
+    DiversityRegularizer,
+    RegularizerOutput,
+    RegularizerStep,
+)
 from lit_advgame.ensembles.model import EnsembleModel
 
 LOG_OFFSET = 1e-20
@@ -85,7 +89,9 @@ class ADPRegularizer(DiversityRegularizer):
         self._numbers(nonnegative=("alpha", "beta"), positive=("log_offset", "det_offset"))
 
     @override
-    def regularize(self, model: EnsembleModel, x: torch.Tensor, y: torch.Tensor, step: RegularizerStep) -> RegularizerOutput:
+    def regularize(
+        self, model: EnsembleModel, x: torch.Tensor, y: torch.Tensor, step: RegularizerStep
+    ) -> RegularizerOutput:
         member_logits = model.member_logits(x)
         probs = torch.softmax(member_logits, dim=-1)
         entropy = ensemble_entropy(probs, self.log_offset)

@@ -134,7 +134,9 @@ class DiversityRegularizer:
         self.check_model(model)
         return self.regularize(model, x, y, RegularizerStep(epoch, max_epochs, generator))
 
-    def regularize(self, model: EnsembleModel, x: torch.Tensor, y: torch.Tensor, step: RegularizerStep) -> RegularizerOutput:
+    def regularize(
+        self, model: EnsembleModel, x: torch.Tensor, y: torch.Tensor, step: RegularizerStep
+    ) -> RegularizerOutput:
         """The regularizer proper (subclasses override this; the model is checked): here no penalty."""
         member_logits = model.member_logits(x)
         return RegularizerOutput(member_logits, member_logits.new_zeros(()), {}, x)

@@ -11,7 +11,7 @@ with λ = 0.5 in both repositories. The TRS repo (``GAL_Trainer``) sums the memb
 ``scaling="reference"``); DVERGE (``train_gal.py``) averages them (``scaling="mean"``), uses
 LeakyReLU(0.1) members (choose such an architecture) and adds Gaussian noise of std 0.045 with
 probability 0.5 to each training image (``input_noise_std=0.045``; our noisy images are clamped to
-[0, 1], DVERGE's are not). DVERGE's optional PGD term is our ``adversarial_training``.
+[0, 1], DVERGE's are not). DVERGE's optional PGD term is the Ensemble's ``attack`` (adversarial training).
 """
 from __future__ import annotations
 
@@ -22,7 +22,11 @@ from typing import ClassVar
 import torch
 from typing_extensions import override
 
-from lit_advgame.ensembles.base import DiversityRegularizer, RegularizerOutput, RegularizerStep
+from lit_advgame.ensembles.base import (
+    DiversityRegularizer,
+    RegularizerOutput,
+    RegularizerStep,
+)
 from lit_advgame.ensembles.gradients import member_input_gradients, pairwise_cosine
 from lit_advgame.ensembles.model import EnsembleModel
 from lit_advgame.smoothing.noise import add_gaussian_noise as gaussian_noise
@@ -82,7 +86,9 @@ class GALRegularizer(DiversityRegularizer):
             raise ValueError(f"input_noise_prob must be in [0, 1]; got {self.input_noise_prob}")
 
     @override
-    def regularize(self, model: EnsembleModel, x: torch.Tensor, y: torch.Tensor, step: RegularizerStep) -> RegularizerOutput:
+    def regularize(
+        self, model: EnsembleModel, x: torch.Tensor, y: torch.Tensor, step: RegularizerStep
+    ) -> RegularizerOutput:
         x = input_noise(x, self.input_noise_std, self.input_noise_prob, step.generator)
         member_logits, grads = member_input_gradients(model, x, y, create_graph=True)
         coherence = gal_coherence(grads)

@@ -48,7 +48,11 @@ import torch
 from typing_extensions import override
 
 from lit_advgame.attacks.model_mode import eval_mode
-from lit_advgame.ensembles.base import DiversityRegularizer, RegularizerOutput, RegularizerStep
+from lit_advgame.ensembles.base import (
+    DiversityRegularizer,
+    RegularizerOutput,
+    RegularizerStep,
+)
 from lit_advgame.ensembles.gradients import member_input_gradients, pairwise_cosine
 from lit_advgame.ensembles.model import EnsembleModel
 from lit_advgame.utils.checks import check_choice, check_int, check_positive
@@ -194,7 +198,9 @@ class TRSRegularizer(DiversityRegularizer):
         return self.eps_start + (self.eps_end - self.eps_start) * min(epoch, total) / total
 
     @override
-    def regularize(self, model: EnsembleModel, x: torch.Tensor, y: torch.Tensor, step: RegularizerStep) -> RegularizerOutput:
+    def regularize(
+        self, model: EnsembleModel, x: torch.Tensor, y: torch.Tensor, step: RegularizerStep
+    ) -> RegularizerOutput:
         member_logits, grads = member_input_gradients(model, x, y, create_graph=True)
         sim = gradient_similarity(grads, self.absolute)
         terms = {"sim": sim.detach()}

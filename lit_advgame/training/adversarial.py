@@ -55,7 +55,7 @@ from typing_extensions import override
 
 from lit_advgame.attacks import Attack, build_norm
 from lit_advgame.attacks.mode_lock import ModeLockedView, restored_buffers
-from lit_advgame.attacks.pgd_settings import PGDSettings, settings_from_deprecated
+from lit_advgame.attacks.pgd_settings import PGD_DEFAULTS, PGDSettings, settings_from_deprecated
 from lit_advgame.attacks.seeding import derive_seed
 from lit_advgame.attacks.trades import TRADES_START_STD, GaussianStart, TradesKL, kl_per_example
 from lit_advgame.training.base import ClassifierModule
@@ -122,8 +122,8 @@ class AdversarialTraining(ClassifierModule):
     def __init__(
         self,
         method: Method = "pgd",
-        attack: PGDSettings = PGDSettings(),
-        eval_attack: PGDSettings = PGDSettings(),
+        attack: PGDSettings = PGD_DEFAULTS,
+        eval_attack: PGDSettings = PGD_DEFAULTS,
         beta: float = 6.0,
         trades_start: TradesStart = "gaussian",
         attack_in_train_mode: bool = False,
@@ -267,7 +267,8 @@ class AdversarialTraining(ClassifierModule):
     @override
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loss, adversarial logits)`` at the current ε (the base-class contract)."""
-        loss, parts = self.adversarial_objective(x, y, self.current_eps(), self._derived_seed(f"train/step{self.global_step}"))
+        seed = self._derived_seed(f"train/step{self.global_step}")
+        loss, parts = self.adversarial_objective(x, y, self.current_eps(), seed)
         return loss, parts["adv_logits"]
 
     # --------------------------------------------------------------------------------- steps

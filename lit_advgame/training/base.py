@@ -27,7 +27,6 @@ import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
-
 from typing_extensions import override
 
 from lit_advgame.models import build_model

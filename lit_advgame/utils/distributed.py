@@ -6,7 +6,8 @@ call for a rank that failed; then all ranks meet again.
 """
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytorch_lightning as pl
 
