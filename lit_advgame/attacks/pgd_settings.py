@@ -52,7 +52,15 @@ class PGDSettings:
         step_size: α > 0; ``None``: 2.5·ε/steps (Madry et al.'s rule).
         random_start: start uniformly in the ε-ball (else at δ = 0).
 
-    :meth:`resolved` fills in the inherited values.
+    :meth:`resolved` fills in the inherited values:
+
+    >>> train = PGDSettings(eps=0.1, steps=5).resolved()
+    >>> train
+    PGDSettings(norm='linf', eps=0.1, steps=5, step_size=0.05, random_start=True)
+    >>> PGDSettings(steps=20).resolved(inherit=train).eps     # an evaluation attack at the training radius
+    0.1
+    >>> PGDSettings().resolved().eps == 8 / 255
+    True
     """
 
     norm: NormName | None = None
