@@ -20,7 +20,7 @@ describing it (architecture, classes, input shape, normalization, members).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -33,6 +33,9 @@ from lit_advgame.models import build_model
 from lit_advgame.models.normalize import find_normalizer
 from lit_advgame.training.schedules import RunLengthSchedule
 from lit_advgame.utils.checks import check_choice
+
+
+SchedulerInterval = Literal["epoch", "step"]
 
 
 def default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -74,7 +77,7 @@ class ClassifierModule(pl.LightningModule):
         weights: str | None = None,
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
-        scheduler_interval: str = "epoch",
+        scheduler_interval: SchedulerInterval = "epoch",
         scheduler_monitor: str = "val/loss",
     ) -> None:
         super().__init__()
