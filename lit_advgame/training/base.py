@@ -20,7 +20,8 @@ describing it (architecture, classes, input shape, normalization, members).
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -33,7 +34,6 @@ from lit_advgame.models import build_model
 from lit_advgame.models.normalize import find_normalizer
 from lit_advgame.training.schedules import RunLengthSchedule
 from lit_advgame.utils.checks import check_choice
-
 
 SchedulerInterval = Literal["epoch", "step"]
 

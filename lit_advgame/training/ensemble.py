@@ -26,7 +26,8 @@ reducer hooks, so the plain ``strategy: ddp`` works (tested with 2 CPU processes
 from __future__ import annotations
 
 import warnings
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
