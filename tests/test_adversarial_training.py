@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from lit_advgame.attacks.pgd_settings import PGDSettings
 from lit_advgame.cli import main
 from lit_advgame.data import DigitsDataModule
 from lit_advgame.training.adversarial import AdversarialTraining
@@ -22,7 +23,8 @@ EPS = 0.1
 # batch limits >= 2: jsonargparse reads "1" as the float 1.0, which Lightning takes as 100% of the batches
 FAST = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--trainer.log_every_n_steps", "1", "--model.init_args.steps", "2", "--model.init_args.val_steps", "2"]
+        "--trainer.log_every_n_steps", "1",
+        "--model.init_args.attack.steps", "2", "--model.init_args.eval_attack.steps", "2"]
 
 
 @pytest.fixture(autouse=True)
@@ -47,13 +49,13 @@ def batch(digits) -> tuple[torch.Tensor, torch.Tensor]:
     return x[:48], y[:48]
 
 
-def _module(dm: DigitsDataModule, **kwargs) -> AdversarialTraining:
+def _module(dm: DigitsDataModule, attack: dict | None = None, **kwargs) -> AdversarialTraining:
     """A module on digits; the small CNN is made narrow (width 8) to keep the tests fast."""
     if kwargs.get("arch", "small_cnn") == "small_cnn":
         kwargs.setdefault("arch_kwargs", {"width": 8})
-    kwargs.setdefault("eps", EPS)
-    kwargs.setdefault("step_size", EPS / 4)
-    return AdversarialTraining(num_classes=dm.num_classes, input_shape=dm.input_shape, mean=dm.mean, std=dm.std, **kwargs)
+    attack = {"eps": EPS, "step_size": EPS / 4, **(attack or {})}
+    return AdversarialTraining(num_classes=dm.num_classes, input_shape=dm.input_shape, mean=dm.mean, std=dm.std,
+                               attack=attack, **kwargs)
 
 
 def _pretrain(module: AdversarialTraining, dm: DigitsDataModule, steps: int = 40) -> AdversarialTraining:
@@ -92,7 +94,7 @@ def _kl(clean_logits: torch.Tensor, adv_logits: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------ inner attacks
 def test_pgd_inner_attack_raises_the_loss_inside_the_ball(digits, trained_state, batch):
     x, y = batch
-    module = _trained(digits, trained_state, steps=5).train()
+    module = _trained(digits, trained_state, attack={"steps": 5}).train()
     x_adv = module.adversarial_examples(x, y, seed=0)
     assert module.training and all(m.training for m in module.modules())  # modes restored
     assert all(p.grad is None for p in module.parameters())              # only the input got gradients
@@ -110,7 +112,7 @@ def test_pgd_inner_attack_raises_the_loss_inside_the_ball(digits, trained_state,
 
 def test_l2_inner_attack_stays_in_the_l2_ball(digits, trained_state, batch):
     x, y = batch
-    module = _trained(digits, trained_state, norm="l2", eps=1.0, step_size=0.25, steps=5)
+    module = _trained(digits, trained_state, attack={"norm": "l2", "eps": 1.0, "step_size": 0.25, "steps": 5})
     x_adv = module.adversarial_examples(x, y, seed=0)
     assert (x_adv - x).flatten(1).norm(dim=1).max() <= 1.0 + 1e-5
     with torch.no_grad():
@@ -119,7 +121,7 @@ def test_l2_inner_attack_stays_in_the_l2_ball(digits, trained_state, batch):
 
 def test_trades_inner_attack_maximises_the_kl(digits, trained_state, batch):
     x, y = batch
-    module = _trained(digits, trained_state, method="trades", steps=5).eval()
+    module = _trained(digits, trained_state, method="trades", attack={"steps": 5}).eval()
     x_adv = module.adversarial_examples(x, y, seed=0)
     assert (x_adv - x).abs().max() <= EPS + 1e-6
     gen = torch.Generator().manual_seed(0)
@@ -147,7 +149,7 @@ def test_attack_in_train_mode_uses_batch_statistics_and_keeps_running_statistics
     x, y = batch
     modes_seen: list[bool] = []
     for in_train in (False, True):
-        module = _module(digits, arch="vgg_small", steps=2, attack_in_train_mode=in_train).train()
+        module = _module(digits, arch="vgg_small", attack={"steps": 2}, attack_in_train_mode=in_train).train()
         bn = next(m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d))
         handle = bn.register_forward_pre_hook(lambda mod, inp: modes_seen.append(mod.training))
         before = {k: v.clone() for k, v in module.model.state_dict().items()}
@@ -164,7 +166,7 @@ def test_attack_in_train_mode_uses_batch_statistics_and_keeps_running_statistics
 def test_trades_loss_matches_the_direct_formula(digits, trained_state, batch):
     x, y = batch
     beta = 2.5
-    module = _trained(digits, trained_state, method="trades", beta=beta, steps=3)
+    module = _trained(digits, trained_state, method="trades", beta=beta, attack={"steps": 3})
     x_adv = module.adversarial_examples(x, y, seed=3)
     loss, parts = module.trades_loss(x, x_adv, y)
     grads = torch.autograd.grad(loss, list(module.parameters()))
@@ -185,7 +187,7 @@ def test_trades_loss_matches_the_direct_formula(digits, trained_state, batch):
 def test_pgd_loss_and_mixed_fraction(digits, trained_state, batch):
     x, y = batch
     for alpha in (0.0, 0.3):
-        module = _trained(digits, trained_state, steps=3, mixed_fraction=alpha)
+        module = _trained(digits, trained_state, attack={"steps": 3}, mixed_fraction=alpha)
         x_adv = module.adversarial_examples(x, y, seed=1)
         loss, parts = module.pgd_loss(x, x_adv, y)
         expected = (1 - alpha) * F.cross_entropy(module(x_adv), y) + alpha * F.cross_entropy(module(x), y)
@@ -196,7 +198,7 @@ def test_pgd_loss_and_mixed_fraction(digits, trained_state, batch):
 
 def test_zero_eps_is_standard_training(digits, trained_state, batch):
     x, y = batch
-    module = _trained(digits, trained_state, eps=0.0)
+    module = _trained(digits, trained_state, attack={"eps": 0.0})
     assert torch.equal(module.adversarial_examples(x, y), x)
     assert torch.allclose(module.training_loss(x, y)[0], F.cross_entropy(module(x), y))
 
@@ -204,7 +206,8 @@ def test_zero_eps_is_standard_training(digits, trained_state, batch):
 @pytest.mark.parametrize("method", ["pgd", "trades"])
 def test_a_few_training_steps_lower_the_adversarial_loss(digits, method):
     torch.manual_seed(0)
-    module = _module(digits, method=method, steps=2, step_size=EPS / 2, beta=1.0, val_steps=5).train()
+    module = _module(digits, method=method, attack={"steps": 2, "step_size": EPS / 2}, beta=1.0,
+                     eval_attack={"steps": 5}).train()
     x_eval, y_eval = next(iter(digits.val_dataloader()))
 
     def adversarial_loss() -> float:
@@ -230,7 +233,7 @@ def test_a_few_training_steps_lower_the_adversarial_loss(digits, method):
 
 # ------------------------------------------------------------------------- robust validation
 def test_robust_validation_is_below_clean_and_needs_gradients(tmp_path, digits, trained_state):
-    module = _trained(digits, trained_state, val_steps=5)
+    module = _trained(digits, trained_state, eval_attack={"steps": 5})
     kwargs = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,
               "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": tmp_path,
               "limit_val_batches": 2}
@@ -244,16 +247,21 @@ def test_robust_validation_is_below_clean_and_needs_gradients(tmp_path, digits, 
     with pytest.raises(RuntimeError, match="inference_mode=False"):
         pl.Trainer(inference_mode=True, **kwargs).validate(module, datamodule=digits, verbose=False)
     # without the robust metrics, inference mode is fine
-    no_attack = _trained(digits, trained_state, val_steps=0)
+    no_attack = _trained(digits, trained_state, eval_attack={"steps": 0})
     clean_only = pl.Trainer(inference_mode=True, **kwargs).validate(no_attack, datamodule=digits, verbose=False)[0]
     assert "val/adv_acc" not in clean_only and clean_only["val/acc"] == first["val/acc"]
 
 
 def test_robust_eval_attack_defaults(digits):
-    module = _module(digits, eps=0.2, val_steps=8)
+    module = _module(digits, attack={"eps": 0.2}, eval_attack={"steps": 8})
     assert module.robust_eval_eps == 0.2 and module.robust_eval_step_size == pytest.approx(2.5 * 0.2 / 8)
-    module = _module(digits, eps=0.2, val_eps=0.1, val_step_size=0.01)
+    module = _module(digits, attack={"eps": 0.2}, eval_attack={"eps": 0.1, "step_size": 0.01})
     assert module.robust_eval_eps == 0.1 and module.robust_eval_step_size == 0.01
+    # the eval attack inherits the training norm too; the training step defaults to 2.5·ε/steps (Madry et al.)
+    module = AdversarialTraining(attack={"norm": "l2", "eps": 0.5, "steps": 5})
+    assert module.eval_attack_settings.norm == "l2" and module.attack_settings.step_size == pytest.approx(0.25)
+    # one default ε for every training attack: 8/255 (as the ensembles' adversarial training)
+    assert AdversarialTraining().attack_settings.eps == pytest.approx(8 / 255)
 
 
 # ------------------------------------------------------------------------------------ the CLI
@@ -274,7 +282,8 @@ def test_cli_fit_logs_adversarial_scalars_and_warms_up_eps(tmp_path, monkeypatch
     ckpt = tmp_path / "runs" / "adversarial_digits" / "version_0" / "checkpoints" / "last.ckpt"
     restored = AdversarialTraining.load_from_checkpoint(ckpt, map_location="cpu")
     assert restored.hparams.method == "pgd" and restored.hparams.eps_warmup_epochs == 1.5
-    assert restored.hparams.steps == 2 and restored.hparams.mixed_fraction == 0.5
+    assert restored.hparams.attack["steps"] == 2 and restored.hparams.mixed_fraction == 0.5
+    assert restored.attack_settings == AdversarialTraining(attack=restored.hparams.attack).attack_settings
 
 
 def test_cli_fit_trades_logs_its_terms(tmp_path, monkeypatch):
@@ -312,18 +321,19 @@ def test_fit_with_ddp_on_two_cpu_processes(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        ({"eps": -0.1}, ValueError, "eps"),
-        ({"steps": 0}, ValueError, "steps"),
-        ({"steps": 2.5}, TypeError, "steps"),
-        ({"step_size": 0.0}, ValueError, "step_size"),
+        ({"attack": {"eps": -0.1}}, ValueError, "attack: eps"),
+        ({"attack": {"steps": 0}}, ValueError, "attack.steps"),
+        ({"attack": {"steps": 2.5}}, TypeError, "attack: steps"),
+        ({"attack": {"step_size": 0.0}}, ValueError, "attack: step_size"),
+        ({"attack": {"epsilon": 0.1}}, TypeError, "attack: unknown PGD setting.*epsilon"),
         ({"method": "fgsm"}, ValueError, "method"),
         ({"beta": -1.0}, ValueError, "beta"),
-        ({"norm": "l1"}, ValueError, "norm"),
+        ({"attack": {"norm": "l1"}}, ValueError, "attack: unknown norm"),
         ({"mixed_fraction": 1.5}, ValueError, "mixed_fraction"),
         ({"method": "trades", "mixed_fraction": 0.5}, ValueError, "mixed_fraction"),
         ({"eps_warmup_epochs": -1}, ValueError, "eps_warmup_epochs"),
-        ({"val_steps": -1}, ValueError, "val_steps"),
-        ({"val_eps": -0.1}, ValueError, "val_eps"),
+        ({"eval_attack": {"steps": -1}}, ValueError, "eval_attack: steps"),
+        ({"eval_attack": {"eps": -0.1}}, ValueError, "eval_attack: eps"),
         ({"trades_start": "zero"}, ValueError, "trades_start"),
         ({"attack_in_train_mode": "yes"}, TypeError, "attack_in_train_mode"),
         ({"attack_seed": -1}, ValueError, "attack_seed"),
@@ -334,9 +344,38 @@ def test_bad_arguments_are_clear_errors(kwargs, error, match):
         AdversarialTraining(**kwargs)
 
 
+def test_deprecated_flat_keywords_still_work(digits):
+    """The flat keywords of the previous release set the injected settings, with a DeprecationWarning naming the
+    new argument and their old defaults (ε = 0.1, α = 0.025), so old calls train exactly as before."""
+    data = {"num_classes": digits.num_classes, "input_shape": digits.input_shape, "mean": digits.mean, "std": digits.std}
+    with pytest.warns(DeprecationWarning, match=r"steps is deprecated; use attack\.steps"):
+        old = AdversarialTraining(**data, eps=EPS, step_size=EPS / 4, steps=3, norm="linf", random_start=True)
+    new = _module(digits, attack={"steps": 3})
+    assert old.attack_settings == new.attack_settings
+    with pytest.warns(DeprecationWarning, match=r"val_steps is deprecated; use eval_attack\.steps"):
+        old = AdversarialTraining(**data, val_steps=5, val_eps=0.05, val_step_size=0.01, val_random_start=False)
+    assert old.eval_attack_settings == PGDSettings(norm="linf", eps=0.05, steps=5, step_size=0.01, random_start=False)
+    with pytest.warns(DeprecationWarning):
+        legacy = AdversarialTraining(steps=5)
+    assert (legacy.attack_settings.eps, legacy.attack_settings.step_size) == (0.1, 0.025)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="either attack or the deprecated eps"):
+        AdversarialTraining(attack={"eps": 0.2}, eps=0.1)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="val_steps"):
+        AdversarialTraining(val_steps=-1)
+
+
+def test_trades_pieces_live_in_attacks():
+    """TRADES' loss term and start moved to lit_advgame.attacks.trades; the old import path still works."""
+    from lit_advgame.attacks import trades
+    from lit_advgame.training import adversarial
+
+    assert adversarial.TradesKL is trades.TradesKL and adversarial.GaussianStart is trades.GaussianStart
+    assert adversarial.kl_per_example is trades.kl_per_example
+
+
 def test_bad_batches_are_clear_errors(digits, batch):
     x, y = batch
-    module = _module(digits, steps=1)
+    module = _module(digits, attack={"steps": 1})
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         module.adversarial_examples(x * 255, y)
     with pytest.raises(ValueError, match="y"):
@@ -364,9 +403,10 @@ def test_reference_hyperparameters_in_configs():
         return yaml.safe_load((CONFIGS / name).read_text())["model"]["init_args"]
 
     mnist, cifar = args("adversarial_mnist.yaml"), args("adversarial_cifar10.yaml")
-    assert (mnist["eps"], mnist["step_size"], mnist["steps"]) == (0.3, 0.01, 40)  # Madry et al., MNIST
-    assert cifar["eps"] == pytest.approx(8 / 255) and cifar["step_size"] == pytest.approx(2 / 255)
-    assert cifar["steps"] == 10 and cifar["optimizer"]["init_args"]["lr"] == 0.1
+    m_attack, c_attack = mnist["attack"], cifar["attack"]
+    assert (m_attack["eps"], m_attack["step_size"], m_attack["steps"]) == (0.3, 0.01, 40)  # Madry et al., MNIST
+    assert c_attack["eps"] == pytest.approx(8 / 255) and c_attack["step_size"] == pytest.approx(2 / 255)
+    assert c_attack["steps"] == 10 and cifar["optimizer"]["init_args"]["lr"] == 0.1
 
 
 def test_mnist_config_runs_on_the_shared_test_set(tmp_path, monkeypatch, repo_root):

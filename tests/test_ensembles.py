@@ -18,6 +18,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 
 from lit_advgame.attacks import Attack
+from lit_advgame.attacks.pgd_settings import PGDSettings
 from lit_advgame.cli import main
 from lit_advgame.data import DigitsDataModule
 from lit_advgame.ensembles import (
@@ -433,7 +434,7 @@ def test_short_fit_logs_every_term(tmp_path, name):
     dm = DigitsDataModule(image_size=8, batch_size=16, seed=0)
     kwargs, terms = METHODS[name]
     epochs = 2 if name == "trs" else 1
-    extra = {"adversarial_training": True, "adv_eps": 0.1, "adv_steps": 2, "adv_loss": "add"} if name == "gal" else {}
+    extra = {"attack": {"eps": 0.1, "steps": 2}, "adv_loss": "add"} if name == "gal" else {}
     module = _module(dm, num_members=2 if name == "adp" else 3, regularizer=name, regularizer_kwargs=kwargs, **extra)
     scalars = _fit(tmp_path, module, dm, epochs)
     members = module.num_members
@@ -481,6 +482,52 @@ def test_checkpoint_round_trip(tmp_path):
     x = torch.rand(3, 1, 8, 8)
     module.eval(), restored.eval()
     assert torch.equal(module(x), restored(x))
+
+
+def test_gal_input_noise_is_the_one_gaussian_noise_helper():
+    """GAL's DVERGE input noise is smoothing.noise.add_gaussian_noise with prob and clamp (same draws as before);
+    the old ensembles.add_gaussian_noise is a deprecated alias."""
+    import lit_advgame.ensembles as ensembles
+    from lit_advgame.smoothing.noise import add_gaussian_noise
+
+    x = torch.rand(16, 1, 4, 4)
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(x.shape, generator=gen)
+    apply = torch.rand(16, generator=gen) < 0.5
+    expected = torch.where(apply.view(-1, 1, 1, 1), (x + 0.5 * noise).clamp(0, 1), x)  # the previous formula
+    assert torch.equal(add_gaussian_noise(x, 0.5, torch.Generator().manual_seed(0), prob=0.5, clamp=True), expected)
+    with pytest.warns(DeprecationWarning, match="smoothing.noise.add_gaussian_noise"):
+        assert torch.equal(ensembles.add_gaussian_noise(x, 0.5, 0.5, torch.Generator().manual_seed(0)), expected)
+    assert 0 < int(apply.sum()) < 16
+
+
+def test_adversarial_training_settings_and_deprecated_keywords():
+    """``attack`` (PGDSettings, default None = off) replaces the flat adversarial_training/adv_* keywords, which
+    still work for one release with a DeprecationWarning naming the new argument; the defaults are the same."""
+    assert Ensemble(num_members=2).attack_settings is None
+    new = Ensemble(num_members=2, attack={"eps": 0.1, "steps": 2})
+    assert new.attack_settings == PGDSettings(norm="linf", eps=0.1, steps=2, step_size=0.125, random_start=True)
+    assert new.hparams.attack == new.attack_settings.as_dict()
+    with pytest.warns(DeprecationWarning, match="adversarial_training is deprecated; give the training attack as attack"):
+        old = Ensemble(num_members=2, adversarial_training=True, adv_eps=0.1, adv_steps=2)
+    assert old.attack_settings == new.attack_settings
+    with pytest.warns(DeprecationWarning):
+        assert Ensemble(num_members=2, adversarial_training=True).attack_settings == PGDSettings().resolved()
+    with pytest.warns(DeprecationWarning):
+        assert Ensemble(num_members=2, adversarial_training=False, adv_eps=0.1).attack_settings is None
+    assert PGDSettings().resolved().eps == pytest.approx(8 / 255)  # the old adv_eps default
+
+
+def test_classifier_contract():
+    """``classifier`` is the EnsembleModel (with ``.members``); the metadata lists each member's architecture."""
+    module = Ensemble(num_members=2, archs=["small_cnn", "mlp"], arch_kwargs=None, input_shape=(1, 8, 8),
+                      mean=[0.5], std=[0.25])
+    assert module.classifier is module.model and len(module.classifier.members) == 2
+    meta = module.classifier_metadata()
+    assert [m["arch"] for m in meta["members"]] == ["small_cnn", "mlp"]
+    assert meta["input_shape"] == [1, 8, 8] and meta["mean"] == [0.5] and meta["std"] == [0.25]
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.equal(module.classifier(x), module(x))
 
 
 # --------------------------------------------------------------------------- configs and DDP

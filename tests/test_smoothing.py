@@ -435,3 +435,26 @@ def test_configs_parse(name, capsys):
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["model"]["class_path"] == "lit_advgame.training.smoothing.RandomizedSmoothing"
     assert cfg["model"]["init_args"]["sigma"] > 0
+
+
+def test_rank_zero_merge_raises_its_error_on_every_rank():
+    """The writers' merge runs on rank 0 between two barriers; its error is broadcast (no rank waits forever)."""
+    from types import SimpleNamespace
+
+    from lit_advgame.utils.distributed import run_on_rank_zero
+
+    calls: list[str] = []
+    strategy = SimpleNamespace(barrier=lambda name: calls.append(name), broadcast=lambda obj, src=0: obj)
+    assert run_on_rank_zero(SimpleNamespace(strategy=strategy, is_global_zero=True), lambda: 7, "merge") == 7
+    assert calls == ["merge", "merge_done"]
+    other_rank = SimpleNamespace(strategy=SimpleNamespace(barrier=lambda name: None,
+                                                          broadcast=lambda obj, src=0: "OSError: disk full"),
+                                 is_global_zero=False)
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_on_rank_zero(other_rank, lambda: 7, "merge")
+
+    def fail():
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        run_on_rank_zero(SimpleNamespace(strategy=strategy, is_global_zero=True), fail, "merge")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import pytorch_lightning as pl
 import torch
+import yaml
 
 from lit_advgame.data import DigitsDataModule
 from lit_advgame.training import StandardClassifier
@@ -90,3 +91,49 @@ def test_predict_step_returns_predictions_and_labels(tmp_path):
     labels = torch.cat([o["label"] for o in out])
     assert preds.shape == labels.shape == (40,)
     assert preds.dtype == torch.int64
+
+
+# --------------------------------------------------------------------------- the classifier contract
+@pytest.mark.parametrize("name", ["StandardClassifier", "AdversarialTraining", "RandomizedSmoothing", "Ensemble"])
+def test_every_training_module_exposes_a_pixel_space_classifier(name):
+    """``classifier``: one nn.Module, images in [0, 1] -> logits, normalization inside; ``classifier_metadata``
+    describes it (an ensemble: the combined model with ``.members`` and one entry per member)."""
+    import lit_advgame.training as training
+
+    dm = DigitsDataModule(seed=0)
+    module = getattr(training, name)(arch="mlp", num_classes=dm.num_classes, input_shape=dm.input_shape,
+                                     mean=dm.mean, std=dm.std)
+    assert isinstance(module.classifier, torch.nn.Module) and module.classifier is module.model
+    assert "kwargs" not in module.hparams and module.hparams.arch == "mlp"
+    x = torch.rand(3, *dm.input_shape)
+    module.eval()
+    logits = module.classifier(x)
+    assert logits.shape == (3, dm.num_classes) and torch.equal(logits, module(x))
+    meta = module.classifier_metadata()
+    assert (meta["arch"], meta["num_classes"], meta["input_shape"]) == ("mlp", dm.num_classes, list(dm.input_shape))
+    assert meta["mean"] == pytest.approx(list(dm.mean)) and meta["std"] == pytest.approx(list(dm.std))
+    if name == "Ensemble":
+        assert len(module.classifier.members) == 3 and [m["arch"] for m in meta["members"]] == ["mlp"] * 3
+    else:
+        assert meta["members"] is None
+    if name == "RandomizedSmoothing":
+        assert module.smoothed_classifier().base_classifier is module.classifier
+
+
+@pytest.mark.parametrize("config", ["standard_digits.yaml", "adversarial_digits.yaml", "smoothing_digits.yaml",
+                                    "ensemble_digits.yaml"])
+def test_subclasses_forward_the_base_arguments_to_the_cli(config, capsys):
+    """The subclasses take ``**kwargs`` for ClassifierModule's arguments; LightningCLI still shows and sets them."""
+    from lit_advgame.cli import main
+    from tests.conftest import CONFIGS
+
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(CONFIGS / config), "--model.init_args.scheduler_interval", "step",
+              "--model.init_args.arch", "mlp", "--print_config"])
+    assert exc.value.code == 0
+    init_args = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+    base_arguments = ("arch", "arch_kwargs", "weights", "optimizer", "lr_scheduler", "scheduler_interval",
+                      "scheduler_monitor")
+    for key in base_arguments:
+        assert key in init_args, key
+    assert init_args["scheduler_interval"] == "step" and init_args["arch"] == "mlp"

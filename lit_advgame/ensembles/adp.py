@@ -18,11 +18,18 @@ reference would produce NaN.
 """
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
+from typing import ClassVar
 
-from lit_advgame.ensembles.base import DiversityRegularizer, RegularizerOutput
+import torch
+from typing_extensions import override
+
+from lit_advgame.ensembles.base import (
+    DiversityRegularizer,
+    RegularizerOutput,
+    RegularizerStep,
+)
 from lit_advgame.ensembles.model import EnsembleModel
-from lit_advgame.utils.checks import check_positive
 
 LOG_OFFSET = 1e-20
 DET_OFFSET = 1e-6
@@ -54,6 +61,7 @@ def ensemble_log_det(member_probs: torch.Tensor, y: torch.Tensor, det_offset: fl
     return torch.logdet(gram + det_offset * eye).mean()
 
 
+@dataclass
 class ADPRegularizer(DiversityRegularizer):
     """−α·H(p̄) − β·log det(M̃M̃ᵀ + offset·I) of ADP.
 
@@ -66,40 +74,24 @@ class ADPRegularizer(DiversityRegularizer):
         det_offset: ridge added before the log-det (1e-6).
     """
 
-    name = "adp"
-    min_members = 2
-    term_names = ("adp_entropy", "adp_logdet")
+    alpha: float = 2.0
+    beta: float = 0.5
+    log_offset: float = LOG_OFFSET
+    det_offset: float = DET_OFFSET
 
-    def __init__(
-        self,
-        num_members: int,
-        scaling: str = "reference",
-        alpha: float = 2.0,
-        beta: float = 0.5,
-        log_offset: float = LOG_OFFSET,
-        det_offset: float = DET_OFFSET,
-    ) -> None:
-        super().__init__(num_members, scaling)
-        check_positive(alpha, "alpha", allow_zero=True)
-        check_positive(beta, "beta", allow_zero=True)
-        check_positive(log_offset, "log_offset")
-        check_positive(det_offset, "det_offset")
-        self.alpha = float(alpha)
-        self.beta = float(beta)
-        self.log_offset = float(log_offset)
-        self.det_offset = float(det_offset)
+    name: ClassVar[str] = "adp"
+    min_members: ClassVar[int] = 2
+    term_names: ClassVar[tuple[str, ...]] = ("adp_entropy", "adp_logdet")
 
-    def __call__(
-        self,
-        model: EnsembleModel,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        *,
-        epoch: int = 0,
-        max_epochs: int | None = None,
-        generator: torch.Generator | None = None,
+    @override
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._numbers(nonnegative=("alpha", "beta"), positive=("log_offset", "det_offset"))
+
+    @override
+    def regularize(
+        self, model: EnsembleModel, x: torch.Tensor, y: torch.Tensor, step: RegularizerStep
     ) -> RegularizerOutput:
-        self.check_model(model)
         member_logits = model.member_logits(x)
         probs = torch.softmax(member_logits, dim=-1)
         entropy = ensemble_entropy(probs, self.log_offset)

@@ -18,12 +18,13 @@ Loss scaling (``scaling``):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
 from lit_advgame.ensembles.model import EnsembleModel
-from lit_advgame.utils.checks import check_choice, check_int
+from lit_advgame.utils.checks import check_choice, check_int, check_positive
 
 SCALINGS = ("reference", "mean")
 
@@ -45,6 +46,16 @@ class RegularizerOutput:
     inputs: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class RegularizerStep:
+    """Where training stands when a regularizer is called: ``epoch`` of ``max_epochs`` (``None``: unbounded)
+    and the ``generator`` of this step's randomness (``None``: torch's global RNG)."""
+
+    epoch: int = 0
+    max_epochs: int | None = None
+    generator: torch.Generator | None = None
+
+
 def member_cross_entropy(member_logits: torch.Tensor, y: torch.Tensor, scaling: str = "reference") -> torch.Tensor:
     """Classification term: sum (``"reference"``) or mean (``"mean"``) of the members' batch-mean CEs.
 
@@ -59,31 +70,43 @@ def member_cross_entropy(member_logits: torch.Tensor, y: torch.Tensor, scaling: 
     return total if scaling == "reference" else total / num
 
 
+@dataclass
 class DiversityRegularizer:
     """Base class: no diversity term (a plain ensemble trained on the members' cross-entropies).
 
-    Subclasses set :attr:`name`, :attr:`min_members` and override :meth:`__call__`.
+    Regularizers are dataclasses: the base declares the two arguments every regularizer takes, subclasses
+    add their options as fields (validated in ``__post_init__``), set :attr:`name`, :attr:`min_members`,
+    :attr:`term_names` and override :meth:`regularize`.
 
     Args:
         num_members: ensemble size N (checked against :attr:`min_members`).
         scaling: ``"reference"`` or ``"mean"`` (see the module docstring).
     """
 
-    name = "none"
-    min_members = 1
-    #: logged terms (without the ``train/`` prefix) this regularizer produces
-    term_names: tuple[str, ...] = ()
+    num_members: int
+    scaling: Literal["reference", "mean"] = "reference"
 
-    def __init__(self, num_members: int, scaling: str = "reference") -> None:
+    name: ClassVar[str] = "none"
+    min_members: ClassVar[int] = 1
+    #: logged terms (without the ``train/`` prefix) this regularizer produces
+    term_names: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        num_members = self.num_members
         check_int(num_members, "num_members", minimum=1)
         if num_members < self.min_members:
             raise ValueError(
                 f"the {self.name!r} regularizer compares members and needs num_members >= {self.min_members}; "
                 f"got num_members={num_members} (use regularizer='none' for a single model)"
             )
-        check_choice(scaling, "scaling", SCALINGS)
-        self.num_members = num_members
-        self.scaling = scaling
+        check_choice(self.scaling, "scaling", SCALINGS)
+
+    def _numbers(self, nonnegative: tuple[str, ...] = (), positive: tuple[str, ...] = ()) -> None:
+        """Check the named fields are numbers >= 0 (``nonnegative``) or > 0 (``positive``) and store them as floats."""
+        for names, allow_zero in ((nonnegative, True), (positive, False)):
+            for name in names:
+                check_positive(getattr(self, name), name, allow_zero=allow_zero)
+                setattr(self, name, float(getattr(self, name)))
 
     def current_eps(self, epoch: int, max_epochs: int | None) -> float | None:
         """The inner-attack radius at ``epoch`` (only regularizers with a radius schedule have one)."""
@@ -106,11 +129,14 @@ class DiversityRegularizer:
         max_epochs: int | None = None,
         generator: torch.Generator | None = None,
     ) -> RegularizerOutput:
-        """Members' logits on ``x`` and the penalty (here zero)."""
+        """Members' logits on ``x`` and the weighted penalty, at ``epoch`` of ``max_epochs`` (radius schedules),
+        drawing randomness from ``generator`` (the global RNG when ``None``)."""
         self.check_model(model)
+        return self.regularize(model, x, y, RegularizerStep(epoch, max_epochs, generator))
+
+    def regularize(
+        self, model: EnsembleModel, x: torch.Tensor, y: torch.Tensor, step: RegularizerStep
+    ) -> RegularizerOutput:
+        """The regularizer proper (subclasses override this; the model is checked): here no penalty."""
         member_logits = model.member_logits(x)
         return RegularizerOutput(member_logits, member_logits.new_zeros(()), {}, x)
-
-    def __repr__(self) -> str:
-        options = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
-        return f"{type(self).__name__}({options})"

@@ -11,16 +11,25 @@ with λ = 0.5 in both repositories. The TRS repo (``GAL_Trainer``) sums the memb
 ``scaling="reference"``); DVERGE (``train_gal.py``) averages them (``scaling="mean"``), uses
 LeakyReLU(0.1) members (choose such an architecture) and adds Gaussian noise of std 0.045 with
 probability 0.5 to each training image (``input_noise_std=0.045``; our noisy images are clamped to
-[0, 1], DVERGE's are not). DVERGE's optional PGD term is our ``adversarial_training``.
+[0, 1], DVERGE's are not). DVERGE's optional PGD term is the Ensemble's ``attack`` (adversarial training).
 """
 from __future__ import annotations
 
-import torch
+import warnings
+from dataclasses import dataclass
+from typing import ClassVar
 
-from lit_advgame.ensembles.base import DiversityRegularizer, RegularizerOutput
+import torch
+from typing_extensions import override
+
+from lit_advgame.ensembles.base import (
+    DiversityRegularizer,
+    RegularizerOutput,
+    RegularizerStep,
+)
 from lit_advgame.ensembles.gradients import member_input_gradients, pairwise_cosine
 from lit_advgame.ensembles.model import EnsembleModel
-from lit_advgame.utils.checks import check_positive
+from lit_advgame.smoothing.noise import add_gaussian_noise as gaussian_noise
 
 LOG_OFFSET = 1e-20
 
@@ -34,17 +43,22 @@ def gal_coherence(grads: torch.Tensor, log_offset: float = LOG_OFFSET) -> torch.
 def add_gaussian_noise(
     x: torch.Tensor, std: float, prob: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Add N(0, std²) noise to each image with probability ``prob`` (DVERGE's ``AddGaussianNoise``),
-    clamped to [0, 1]."""
+    """Deprecated (one release): use :func:`lit_advgame.smoothing.noise.add_gaussian_noise` with ``prob`` and
+    ``clamp=True`` (DVERGE's ``AddGaussianNoise``: N(0, std²) noise on each image with probability ``prob``)."""
+    warnings.warn("lit_advgame.ensembles.add_gaussian_noise is deprecated; use "
+                  "lit_advgame.smoothing.noise.add_gaussian_noise(x, std, generator, prob=prob, clamp=True)",
+                  DeprecationWarning, stacklevel=2)
+    return input_noise(x, std, prob, generator)
+
+
+def input_noise(x: torch.Tensor, std: float, prob: float, generator: torch.Generator | None) -> torch.Tensor:
+    """GAL's optional input noise (DVERGE): ``x`` unchanged when ``std`` or ``prob`` is 0."""
     if std == 0 or prob == 0:
         return x
-    device = generator.device if generator is not None else x.device
-    noise = torch.randn(x.shape, generator=generator, device=device).to(device=x.device, dtype=x.dtype)
-    apply = (torch.rand(x.shape[0], generator=generator, device=device) < prob).to(x.device)
-    noisy = (x + std * noise).clamp(0.0, 1.0)
-    return torch.where(apply.view(-1, *([1] * (x.dim() - 1))), noisy, x)
+    return gaussian_noise(x, std, generator, prob=prob, clamp=True)
 
 
+@dataclass
 class GALRegularizer(DiversityRegularizer):
     """λ·L_coh of GAL.
 
@@ -56,40 +70,26 @@ class GALRegularizer(DiversityRegularizer):
         input_noise_prob: probability that an image gets noise (0.5).
     """
 
-    name = "gal"
-    min_members = 2
-    term_names = ("gal",)
+    lambda_gal: float = 0.5
+    input_noise_std: float = 0.0
+    input_noise_prob: float = 0.5
 
-    def __init__(
-        self,
-        num_members: int,
-        scaling: str = "reference",
-        lambda_gal: float = 0.5,
-        input_noise_std: float = 0.0,
-        input_noise_prob: float = 0.5,
-    ) -> None:
-        super().__init__(num_members, scaling)
-        check_positive(lambda_gal, "lambda_gal", allow_zero=True)
-        check_positive(input_noise_std, "input_noise_std", allow_zero=True)
-        check_positive(input_noise_prob, "input_noise_prob", allow_zero=True)
-        if input_noise_prob > 1:
-            raise ValueError(f"input_noise_prob must be in [0, 1]; got {input_noise_prob}")
-        self.lambda_gal = float(lambda_gal)
-        self.input_noise_std = float(input_noise_std)
-        self.input_noise_prob = float(input_noise_prob)
+    name: ClassVar[str] = "gal"
+    min_members: ClassVar[int] = 2
+    term_names: ClassVar[tuple[str, ...]] = ("gal",)
 
-    def __call__(
-        self,
-        model: EnsembleModel,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        *,
-        epoch: int = 0,
-        max_epochs: int | None = None,
-        generator: torch.Generator | None = None,
+    @override
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._numbers(nonnegative=("lambda_gal", "input_noise_std", "input_noise_prob"))
+        if self.input_noise_prob > 1:
+            raise ValueError(f"input_noise_prob must be in [0, 1]; got {self.input_noise_prob}")
+
+    @override
+    def regularize(
+        self, model: EnsembleModel, x: torch.Tensor, y: torch.Tensor, step: RegularizerStep
     ) -> RegularizerOutput:
-        self.check_model(model)
-        x = add_gaussian_noise(x, self.input_noise_std, self.input_noise_prob, generator)
+        x = input_noise(x, self.input_noise_std, self.input_noise_prob, step.generator)
         member_logits, grads = member_input_gradients(model, x, y, create_graph=True)
         coherence = gal_coherence(grads)
         return RegularizerOutput(member_logits, self.lambda_gal * coherence, {"gal": coherence.detach()}, x)

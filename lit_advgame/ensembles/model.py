@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from lit_advgame.models import build_model
 from lit_advgame.utils.checks import check_int
@@ -34,6 +35,19 @@ def combine_member_logits(member_logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(log_probs, dim=0) - math.log(member_logits.shape[0])
 
 
+def module_list(modules: nn.ModuleList | Sequence[nn.Module], name: str, empty: str) -> list[nn.Module]:
+    """``modules`` as a list of ``nn.Module`` objects; errors name ``name[i]`` (``empty``: the error for none)."""
+    if isinstance(modules, nn.Module) and not isinstance(modules, nn.ModuleList):
+        raise TypeError(f"{name} must be an nn.ModuleList or a list of modules, not a single module")
+    modules = list(modules)
+    if not modules:
+        raise ValueError(empty)
+    for i, module in enumerate(modules):
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"{name}[{i}] must be a torch.nn.Module; got {type(module).__name__}")
+    return modules
+
+
 class EnsembleModel(nn.Module):
     """N classifiers taking the same pixel-space input, combined by averaging probabilities.
 
@@ -48,14 +62,7 @@ class EnsembleModel(nn.Module):
 
     def __init__(self, members: nn.ModuleList | Sequence[nn.Module]) -> None:
         super().__init__()
-        if isinstance(members, nn.Module) and not isinstance(members, nn.ModuleList):
-            raise TypeError("members must be an nn.ModuleList or a list of modules, not a single module")
-        members = list(members)
-        if not members:
-            raise ValueError("an ensemble needs at least one member; got an empty list")
-        for i, member in enumerate(members):
-            if not isinstance(member, nn.Module):
-                raise TypeError(f"members[{i}] must be a torch.nn.Module; got {type(member).__name__}")
+        members = module_list(members, "members", "an ensemble needs at least one member; got an empty list")
         self.members = nn.ModuleList(members)
 
     @property
@@ -70,6 +77,7 @@ class EnsembleModel(nn.Module):
             raise ValueError(f"ensemble members return logits of different shapes: {sorted(shapes)}")
         return torch.stack(logits, dim=0)
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return combine_member_logits(self.member_logits(x))
 

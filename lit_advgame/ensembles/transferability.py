@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from lit_advgame.attacks.model_mode import eval_mode
+from lit_advgame.ensembles.model import module_list
 from lit_advgame.utils.checks import check_images, check_int, check_labels
 
 AttackFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -109,12 +110,7 @@ def transfer_report(
     Returns:
         :class:`TransferResult` with the (N[+1]) × (N[+1]) matrix.
     """
-    models = list(models)
-    if not models:
-        raise ValueError("models must contain at least one classifier")
-    for i, m in enumerate(models):
-        if not isinstance(m, nn.Module):
-            raise TypeError(f"models[{i}] must be a torch.nn.Module; got {type(m).__name__}")
+    models = module_list(models, "models", "models must contain at least one classifier")
     if ensemble is not None and not isinstance(ensemble, nn.Module):
         raise TypeError(f"ensemble must be a torch.nn.Module or None; got {type(ensemble).__name__}")
     if not callable(attack_factory):
@@ -150,13 +146,7 @@ def transfer_report(
     return TransferResult(matrix, names, num_points, int(x.shape[0]), restarts)
 
 
-def transfer_matrix(
-    models: Sequence[nn.Module],
-    x: torch.Tensor,
-    y: torch.Tensor,
-    attack_factory: Callable[[nn.Module], AttackFn],
-    ensemble: nn.Module | None = None,
-    **kwargs: Any,
-) -> torch.Tensor:
-    """The (N[+1]) × (N[+1]) success-rate matrix of :func:`transfer_report` (rows: source, columns: target)."""
-    return transfer_report(models, x, y, attack_factory, ensemble, **kwargs).matrix
+def transfer_matrix(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """The (N[+1]) × (N[+1]) success-rate matrix of :func:`transfer_report` (same arguments; rows: source,
+    columns: target)."""
+    return transfer_report(*args, **kwargs).matrix

@@ -41,11 +41,18 @@ per-example gradients. The reference's ``scale·coeff`` and ``scale·lamda`` are
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
+from typing_extensions import override
 
 from lit_advgame.attacks.model_mode import eval_mode
-from lit_advgame.ensembles.base import DiversityRegularizer, RegularizerOutput
+from lit_advgame.ensembles.base import (
+    DiversityRegularizer,
+    RegularizerOutput,
+    RegularizerStep,
+)
 from lit_advgame.ensembles.gradients import member_input_gradients, pairwise_cosine
 from lit_advgame.ensembles.model import EnsembleModel
 from lit_advgame.utils.checks import check_choice, check_int, check_positive
@@ -124,6 +131,7 @@ def smoothness_pgd(
     return adv.detach()
 
 
+@dataclass
 class TRSRegularizer(DiversityRegularizer):
     """λ_a·L_sim + λ_b·L_smooth of TRS (see the module docstring for every option).
 
@@ -143,57 +151,40 @@ class TRSRegularizer(DiversityRegularizer):
         absolute: use |cos| (True, TRS) or the signed cosine (False, CosSim).
     """
 
-    name = "trs"
-    min_members = 2
-    term_names = ("sim", "smooth", "eps")
+    lambda_sim: float = 40.0
+    lambda_smooth: float = 2.5
+    variant: Literal["plus", "vanilla"] = "plus"
+    eps_start: float = 0.01
+    eps_end: float = 0.03
+    ramp_epochs: int | None = None
+    inner_steps: int = 6
+    inner_step_ratio: float = 1.0 / 3.0
+    perturbed_fraction: float = 0.5
+    accumulate_inner_grad: bool = False
+    inner_bn_mode: Literal["eval", "train"] = "eval"
+    absolute: bool = True
 
-    def __init__(
-        self,
-        num_members: int,
-        scaling: str = "reference",
-        lambda_sim: float = 40.0,
-        lambda_smooth: float = 2.5,
-        variant: str = "plus",
-        eps_start: float = 0.01,
-        eps_end: float = 0.03,
-        ramp_epochs: int | None = None,
-        inner_steps: int = 6,
-        inner_step_ratio: float = 1.0 / 3.0,
-        perturbed_fraction: float = 0.5,
-        accumulate_inner_grad: bool = False,
-        inner_bn_mode: str = "eval",
-        absolute: bool = True,
-    ) -> None:
-        super().__init__(num_members, scaling)
-        check_positive(lambda_sim, "lambda_sim", allow_zero=True)
-        check_positive(lambda_smooth, "lambda_smooth", allow_zero=True)
-        check_choice(variant, "variant", VARIANTS)
-        check_positive(eps_start, "eps_start", allow_zero=True)
-        check_positive(eps_end, "eps_end", allow_zero=True)
-        if ramp_epochs is not None:
-            check_int(ramp_epochs, "ramp_epochs", minimum=1)
-        check_int(inner_steps, "inner_steps", minimum=1)
-        check_positive(inner_step_ratio, "inner_step_ratio")
-        check_positive(perturbed_fraction, "perturbed_fraction", allow_zero=True)
-        if perturbed_fraction > 1:
-            raise ValueError(f"perturbed_fraction must be in [0, 1]; got {perturbed_fraction}")
-        check_choice(inner_bn_mode, "inner_bn_mode", BN_MODES)
-        for flag, name in ((accumulate_inner_grad, "accumulate_inner_grad"), (absolute, "absolute")):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be a bool; got {flag!r}")
-        self.lambda_sim = float(lambda_sim)
-        self.lambda_smooth = float(lambda_smooth)
-        self.variant = variant
-        self.eps_start = float(eps_start)
-        self.eps_end = float(eps_end)
-        self.ramp_epochs = ramp_epochs
-        self.inner_steps = inner_steps
-        self.inner_step_ratio = float(inner_step_ratio)
-        self.perturbed_fraction = float(perturbed_fraction)
-        self.accumulate_inner_grad = accumulate_inner_grad
-        self.inner_bn_mode = inner_bn_mode
-        self.absolute = absolute
+    name: ClassVar[str] = "trs"
+    min_members: ClassVar[int] = 2
+    term_names: ClassVar[tuple[str, ...]] = ("sim", "smooth", "eps")
 
+    @override
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._numbers(nonnegative=("lambda_sim", "lambda_smooth", "eps_start", "eps_end", "perturbed_fraction"),
+                      positive=("inner_step_ratio",))
+        check_choice(self.variant, "variant", VARIANTS)
+        if self.ramp_epochs is not None:
+            check_int(self.ramp_epochs, "ramp_epochs", minimum=1)
+        check_int(self.inner_steps, "inner_steps", minimum=1)
+        if self.perturbed_fraction > 1:
+            raise ValueError(f"perturbed_fraction must be in [0, 1]; got {self.perturbed_fraction}")
+        check_choice(self.inner_bn_mode, "inner_bn_mode", BN_MODES)
+        for name in ("accumulate_inner_grad", "absolute"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool; got {getattr(self, name)!r}")
+
+    @override
     def current_eps(self, epoch: int, max_epochs: int | None) -> float | None:
         """δ0 + (δM − δ0)·min(epoch, E)/E with E = ``ramp_epochs`` or ``max_epochs`` ("plus" only)."""
         if self.variant != "plus":
@@ -206,24 +197,17 @@ class TRSRegularizer(DiversityRegularizer):
             )
         return self.eps_start + (self.eps_end - self.eps_start) * min(epoch, total) / total
 
-    def __call__(
-        self,
-        model: EnsembleModel,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        *,
-        epoch: int = 0,
-        max_epochs: int | None = None,
-        generator: torch.Generator | None = None,
+    @override
+    def regularize(
+        self, model: EnsembleModel, x: torch.Tensor, y: torch.Tensor, step: RegularizerStep
     ) -> RegularizerOutput:
-        self.check_model(model)
         member_logits, grads = member_input_gradients(model, x, y, create_graph=True)
         sim = gradient_similarity(grads, self.absolute)
         terms = {"sim": sim.detach()}
         if self.variant == "vanilla":
             smooth = smoothness(grads, self.scaling)
         else:
-            eps = self.current_eps(epoch, max_epochs)
+            eps = self.current_eps(step.epoch, step.max_epochs)
             terms["eps"] = torch.tensor(eps, device=x.device)
             if self.lambda_smooth == 0:
                 smooth = sim.new_zeros(())
@@ -232,7 +216,7 @@ class TRSRegularizer(DiversityRegularizer):
                 perturbed = smoothness_pgd(
                     model, x[n_clean:], y[n_clean:], eps,
                     steps=self.inner_steps, step_size=self.inner_step_ratio * eps if eps > 0 else None,
-                    accumulate_grad=self.accumulate_inner_grad, bn_mode=self.inner_bn_mode, generator=generator,
+                    accumulate_grad=self.accumulate_inner_grad, bn_mode=self.inner_bn_mode, generator=step.generator,
                 )
                 x_smooth = torch.cat([x[:n_clean].detach(), perturbed])
                 _, smooth_grads = member_input_gradients(model, x_smooth, y, create_graph=True)

@@ -61,13 +61,34 @@ def check_generator(generator: torch.Generator, device: torch.device, name: str 
         )
 
 
-def add_gaussian_noise(x: torch.Tensor, sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``x + σ ε`` with ``ε ~ N(0, I)`` drawn from ``generator`` (the global RNG when ``None``); no clamp."""
+def add_gaussian_noise(
+    x: torch.Tensor,
+    sigma: float,
+    generator: torch.Generator | None = None,
+    *,
+    prob: float = 1.0,
+    clamp: bool = False,
+) -> torch.Tensor:
+    """``x + σ ε`` with ``ε ~ N(0, I)`` drawn from ``generator`` (the global RNG when ``None``; a generator on
+    another device than ``x`` draws there); no clamp by default (randomized smoothing, Cohen et al. 2019).
+
+    ``prob < 1`` adds the noise to each image with probability ``prob`` only and ``clamp`` clips the noisy
+    images to [0, 1]: the input noise of DVERGE's GAL baseline (``AddGaussianNoise``, std 0.045, p = 0.5).
+    The one Gaussian-noise helper of the package (smoothing and the ensemble regularizers)."""
     check_sigma(sigma)
-    if generator is not None:
-        check_generator(generator, x.device)
-    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return x + float(sigma) * noise
+    if isinstance(prob, bool) or not 0 <= float(prob) <= 1:
+        raise ValueError(f"prob must be in [0, 1]; got {prob!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator; got {type(generator).__name__}")
+    device = x.device if generator is None else generator.device
+    noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+    noisy = x + float(sigma) * noise
+    if clamp:
+        noisy = noisy.clamp(0.0, 1.0)
+    if prob < 1:
+        apply = (torch.rand(x.shape[0], generator=generator, device=device) < prob).to(x.device)
+        noisy = torch.where(apply.view(-1, *([1] * (x.dim() - 1))), noisy, x)
+    return noisy
 
 
 def add_per_example_noise(x: torch.Tensor, sigma: float, generators: Sequence[torch.Generator]) -> torch.Tensor:

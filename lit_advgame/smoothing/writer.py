@@ -5,7 +5,9 @@ Use it with ``lit-advgame predict`` and :class:`~lit_advgame.training.smoothing.
 ``<output_dir>/predictions_rank<r>.tsv`` (memory stays flat; a crash loses at most a batch); at
 the end of the epoch all ranks meet at a barrier and rank 0 merges the files by dataset index
 (duplicates removed) into ``<output_dir>/<filename>``, writes ``certified_accuracy.tsv`` (CERTIFY
-only) and logs a certified-accuracy figure to a TensorBoard logger when one is attached.
+only) and logs a certified-accuracy figure to a TensorBoard logger when one is attached. An error of
+the merge is raised on every rank (:func:`~lit_advgame.utils.distributed.run_on_rank_zero`), so no
+rank waits for a failed one.
 """
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
+from typing_extensions import override
 
 from lit_advgame.smoothing.results import SmoothingRecords, format_radius
+from lit_advgame.utils.distributed import run_on_rank_zero
 from lit_advgame.utils.io import atomic_write_text
 
 
@@ -68,12 +72,14 @@ class SmoothingPredictionWriter(BasePredictionWriter):
     def rank_file(self, rank: int) -> Path:
         return self.output_dir / f"predictions_rank{rank}.tsv"
 
+    @override
     def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.rank_file(trainer.global_rank).write_text("")
         self._header_written = False
         self.merged = None
 
+    @override
     def write_on_batch_end(
         self,
         trainer: pl.Trainer,
@@ -95,12 +101,10 @@ class SmoothingPredictionWriter(BasePredictionWriter):
         with self.rank_file(trainer.global_rank).open("a") as fh:
             fh.write("\n".join(lines) + "\n")
 
+    @override
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_predict_epoch_end(trainer, pl_module)
-        trainer.strategy.barrier("smoothing_prediction_writer")
-        if trainer.is_global_zero:
-            self.merged = self._merge(trainer, pl_module)
-        trainer.strategy.barrier("smoothing_prediction_writer_merged")
+        self.merged = run_on_rank_zero(trainer, lambda: self._merge(trainer, pl_module), "smoothing_prediction_writer")
 
     def _merge(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> SmoothingRecords:
         parts = []

@@ -7,22 +7,35 @@ LR scheduler injected from the config (any ``torch.optim`` class and any
 :mod:`lit_advgame.training.schedules` (e.g. ``lit_advgame.training.CosineAnnealingLR`` with ``T_max``
 left out) follow the run's length, ``trainer.max_epochs``.
 
-Subclasses (standard, adversarial, smoothing, ensembles) override :meth:`training_loss` only.
+Subclasses (standard, adversarial, smoothing, ensembles) take their own arguments and forward the others
+(``**kwargs``) to this class, so its 11 arguments are declared once; jsonargparse follows the ``super().__init__``
+call, so LightningCLI still shows and links every one of them. They override :meth:`training_loss` and, where
+they evaluate differently, the step hooks.
+
+The classifier contract: every module exposes :attr:`ClassifierModule.classifier`, one ``nn.Module`` mapping
+pixel-space images in [0, 1] to logits with its normalization inside (an ensemble: the combined ensemble model
+with ``.members``; randomized smoothing: the base classifier), and :meth:`ClassifierModule.classifier_metadata`
+describing it (architecture, classes, input shape, normalization, members).
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
 from lit_advgame.models import build_model
+from lit_advgame.models.normalize import find_normalizer
 from lit_advgame.training.schedules import RunLengthSchedule
 from lit_advgame.utils.checks import check_choice
+
+SchedulerInterval = Literal["epoch", "step"]
 
 
 def default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -50,6 +63,9 @@ class ClassifierModule(pl.LightningModule):
         scheduler_monitor: metric monitored by ``ReduceLROnPlateau``.
     """
 
+    hparams_ignore: tuple[str, ...] = ("optimizer", "lr_scheduler")
+    """Arguments kept out of the checkpoint's hyper-parameters (the injected factories; subclasses may add some)."""
+
     def __init__(
         self,
         arch: str = "small_cnn",
@@ -61,7 +77,7 @@ class ClassifierModule(pl.LightningModule):
         weights: str | None = None,
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
-        scheduler_interval: str = "epoch",
+        scheduler_interval: SchedulerInterval = "epoch",
         scheduler_monitor: str = "val/loss",
     ) -> None:
         super().__init__()
@@ -69,7 +85,7 @@ class ClassifierModule(pl.LightningModule):
         input_shape = tuple(int(s) for s in input_shape)
         if len(input_shape) != 3:
             raise ValueError(f"input_shape must be (C, H, W); got {input_shape}")
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.save_hyperparameters(ignore=list(self.hparams_ignore))
         self.model = self.build_network()
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
@@ -93,8 +109,37 @@ class ClassifierModule(pl.LightningModule):
             **(hp.arch_kwargs or {}),
         )
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    @property
+    def classifier(self) -> nn.Module:
+        """The pixel-space classifier (normalization inside): images in [0, 1] -> logits."""
+        return self.model
+
+    def classifier_metadata(self) -> dict[str, Any]:
+        """What a loader needs to rebuild and describe :attr:`classifier`: ``arch``, ``arch_kwargs``,
+        ``num_classes``, ``input_shape``, ``mean``/``std`` (of the classifier's normalization layer) and
+        ``members`` (``None``, or one dict ``{"arch": ...}`` per ensemble member)."""
+        hp = self.hparams
+        normalizer = find_normalizer(self.classifier)
+        mean = std = None
+        if normalizer is not None:
+            mean, std = normalizer.mean.flatten().tolist(), normalizer.std.flatten().tolist()
+        return {
+            "arch": hp.arch,
+            "arch_kwargs": dict(hp.arch_kwargs or {}),
+            "num_classes": int(hp.num_classes),
+            "input_shape": [int(s) for s in hp.input_shape],
+            "mean": mean,
+            "std": std,
+            "members": self.member_metadata(),
+        }
+
+    def member_metadata(self) -> list[dict[str, Any]] | None:
+        """Per-member descriptions of an ensemble classifier (``None``: a single network)."""
+        return None
 
     # ------------------------------------------------------------------ steps
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,6 +147,7 @@ class ClassifierModule(pl.LightningModule):
         logits = self(x)
         return nn.functional.cross_entropy(logits, y), logits
 
+    @override
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss, logits = self.training_loss(x, y)
@@ -118,12 +164,15 @@ class ClassifierModule(pl.LightningModule):
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(y))
         self.log(f"{stage}/acc", metric, on_epoch=True, prog_bar=True, batch_size=len(y))
 
+    @override
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val", self.val_acc)
 
+    @override
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "test", self.test_acc)
 
+    @override
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         logits = self(x)
@@ -150,6 +199,7 @@ class ClassifierModule(pl.LightningModule):
                              f"(got {max_epochs}); set trainer.max_epochs or give the schedule's T_max")
         return max(1, int(max_epochs))
 
+    @override
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())
         if self.lr_scheduler_factory is None:

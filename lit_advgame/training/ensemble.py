@@ -7,7 +7,7 @@ trainers). Per training batch (x, y):
     CE   = Σ_i CE(f_i(x), y)  (scaling="reference")  or  mean_i CE(f_i(x), y)  (scaling="mean")
     loss = CE + penalty
 
-With ``adversarial_training`` an L∞ PGD (:class:`lit_advgame.attacks.Attack`, random start, models
+With ``attack`` settings a PGD (L∞ by default) (:class:`lit_advgame.attacks.Attack`, random start, models
 in eval mode) against the *ensemble output* (log of the mean member probability, as DVERGE's
 ``train_adv.py``) gives x_adv; the members' CE on x_adv replaces the clean CE (``adv_loss="replace"``,
 Madry/DVERGE) or is added to it (``"add"``, the TRS paper's "TRS + AT"). The regularizer always acts
@@ -25,15 +25,17 @@ reducer hooks, so the plain ``strategy: ddp`` works (tested with 2 CPU processes
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import warnings
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
-from lit_advgame.attacks import Attack
+from lit_advgame.attacks.pgd_settings import PGDSettings, settings_from_deprecated
 from lit_advgame.ensembles.base import SCALINGS, member_cross_entropy
 from lit_advgame.ensembles.model import (
     EnsembleModel,
@@ -41,11 +43,15 @@ from lit_advgame.ensembles.model import (
     combine_member_logits,
 )
 from lit_advgame.ensembles.registry import build_regularizer
-from lit_advgame.training.base import ClassifierModule, default_optimizer
-from lit_advgame.utils.checks import check_choice, check_int, check_positive
+from lit_advgame.training.base import ClassifierModule
+from lit_advgame.utils.checks import check_choice, check_int
 
+AdvLoss = Literal["replace", "add"]
+Scaling = Literal["reference", "mean"]
 ADV_LOSSES = ("replace", "add")
 DEFAULT_NUM_MEMBERS = 3
+#: deprecated flat keywords (one release) -> the ``attack`` setting they set
+DEPRECATED_ATTACK_KEYWORDS = {"adv_eps": "eps", "adv_steps": "steps", "adv_step_size": "step_size"}
 
 
 def _resolve_members(num_members: int | None, archs: Sequence[str] | None, arch: str) -> tuple[int, list[str]]:
@@ -61,13 +67,25 @@ def _resolve_members(num_members: int | None, archs: Sequence[str] | None, arch:
     return num, [arch] * num
 
 
+def _attack_from_deprecated(kwargs: dict[str, Any], attack: PGDSettings | dict | None) -> PGDSettings | dict | None:
+    """The previous release's ``adversarial_training`` flag and ``adv_*`` keywords (deprecated) as ``attack``."""
+    flag = kwargs.pop("adversarial_training", None)
+    from_flat = settings_from_deprecated(kwargs, attack, "attack", DEPRECATED_ATTACK_KEYWORDS)
+    if flag is None:
+        return from_flat
+    warnings.warn("adversarial_training is deprecated; give the training attack as attack (e.g. `attack: {eps: "
+                  "0.03}`; attack: null, the default, trains without it)", DeprecationWarning, stacklevel=3)
+    if not isinstance(flag, bool):
+        raise TypeError(f"adversarial_training must be a bool; got {flag!r}")
+    return (from_flat if from_flat is not None else PGDSettings()) if flag else None
+
+
 class Ensemble(ClassifierModule):
     """An ensemble of N registry classifiers trained with a diversity regularizer.
 
     Args:
-        arch: architecture of every member (when ``archs`` is not given).
         num_members: N (default 3, or ``len(archs)``).
-        archs: optional list of N architecture names (one per member).
+        archs: optional list of N architecture names (one per member); otherwise every member is ``arch``.
         regularizer: ``"none"`` (plain ensemble), ``"trs"``, ``"gal"`` or ``"adp"``.
         regularizer_kwargs: options of the regularizer, e.g. for TRS ``{lambda_sim: 40,
             lambda_smooth: 2.5, variant: plus, eps_start: 0.01, eps_end: 0.03}``
@@ -75,66 +93,51 @@ class Ensemble(ClassifierModule):
         scaling: ``"reference"`` (default: sum of member CEs and the TRS code's term scalings, so
             published coefficients carry over) or ``"mean"`` (N- and batch-size-independent);
             see :mod:`lit_advgame.ensembles.base`.
-        adversarial_training: add PGD adversarial training against the ensemble output.
-        adv_eps: L∞ radius of the training attack (default 8/255).
-        adv_steps: its number of steps (default 10).
-        adv_step_size: its step (default 2.5·adv_eps/adv_steps).
+        attack: PGD adversarial training against the ensemble output,
+            :class:`~lit_advgame.attacks.pgd_settings.PGDSettings` (YAML: ``attack: {eps: 0.03, steps: 10}``;
+            defaults L∞, ε = 8/255, 10 steps of 2.5·ε/10, random start); ``None`` (default): no adversarial training.
         adv_loss: ``"replace"`` the clean CE by the adversarial one, or ``"add"`` it.
         seed: base seed of the training-time randomness (inner-attack starts, input noise,
             adversarial-training starts); each step uses seed ⊕ global rank ⊕ global step, so a
             resumed run draws the same numbers as an uninterrupted one.
-        arch_kwargs: architecture options shared by all members.
-        weights: not supported for ensembles (load a Lightning checkpoint instead).
-        Other arguments: see :class:`~lit_advgame.training.base.ClassifierModule`.
+        **kwargs: the arguments of :class:`~lit_advgame.training.base.ClassifierModule`: ``arch`` (of every
+            member when ``archs`` is not given), ``arch_kwargs`` (shared by all members), ``num_classes``,
+            ``input_shape``, ``mean``, ``std``, ``optimizer``, ... (``weights`` is not supported: load a Lightning
+            checkpoint instead). Deprecated for one release: ``adversarial_training``, ``adv_eps``, ``adv_steps``,
+            ``adv_step_size`` (now ``attack``).
+
+    The classifier contract: :attr:`classifier` is the :class:`~lit_advgame.ensembles.model.EnsembleModel`
+    (output: log of the mean member probability; ``.members`` the member classifiers).
     """
 
     def __init__(
         self,
-        arch: str = "small_cnn",
         num_members: int | None = None,
         archs: list[str] | None = None,
         regularizer: str = "none",
         regularizer_kwargs: dict[str, Any] | None = None,
-        scaling: str = "reference",
-        adversarial_training: bool = False,
-        adv_eps: float = 8 / 255,
-        adv_steps: int = 10,
-        adv_step_size: float | None = None,
-        adv_loss: str = "replace",
+        scaling: Scaling = "reference",
+        attack: PGDSettings | None = None,
+        adv_loss: AdvLoss = "replace",
         seed: int = 0,
-        num_classes: int = 10,
-        input_shape: Sequence[int] = (1, 16, 16),
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        arch_kwargs: dict[str, Any] | None = None,
-        weights: str | None = None,
-        optimizer: OptimizerCallable = default_optimizer,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        scheduler_interval: str = "epoch",
-        scheduler_monitor: str = "val/loss",
+        **kwargs: Any,
     ) -> None:
-        members, _ = _resolve_members(num_members, archs, arch)
+        attack = _attack_from_deprecated(kwargs, attack)
+        settings = None if attack is None else PGDSettings.coerce(attack, "attack").resolved()
         check_choice(scaling, "scaling", SCALINGS)
         if regularizer_kwargs is not None and not isinstance(regularizer_kwargs, dict):
             raise TypeError(f"regularizer_kwargs must be a dict of options; got {type(regularizer_kwargs).__name__}")
-        reg = build_regularizer(regularizer, members, scaling, **(regularizer_kwargs or {}))
-        if not isinstance(adversarial_training, bool):
-            raise TypeError(f"adversarial_training must be a bool; got {adversarial_training!r}")
-        check_positive(adv_eps, "adv_eps", allow_zero=True)
-        check_int(adv_steps, "adv_steps", minimum=1)
-        if adv_step_size is not None:
-            check_positive(adv_step_size, "adv_step_size")
         check_choice(adv_loss, "adv_loss", ADV_LOSSES)
         check_int(seed, "seed", minimum=0)
-        if weights is not None:
+        if kwargs.get("weights") is not None:
             raise ValueError("Ensemble does not take `weights`; resume or load a Lightning checkpoint instead")
-        super().__init__(
-            arch=arch, num_classes=num_classes, input_shape=input_shape, mean=mean, std=std,
-            arch_kwargs=arch_kwargs, weights=weights, optimizer=optimizer, lr_scheduler=lr_scheduler,
-            scheduler_interval=scheduler_interval, scheduler_monitor=scheduler_monitor,
-        )
-        self.regularizer = reg
+        attack = None if settings is None else settings.as_dict()  # hyper-parameters: a plain dict
+        super().__init__(**kwargs)
+        members = self.model.num_members
+        self.regularizer = build_regularizer(regularizer, members, scaling, **(regularizer_kwargs or {}))
+        self.attack_settings = settings
         self.num_members = members
+        num_classes = self.hparams.num_classes
         self.val_member_acc = nn.ModuleList(
             MulticlassAccuracy(num_classes=num_classes, average="micro") for _ in range(members)
         )
@@ -143,15 +146,17 @@ class Ensemble(ClassifierModule):
         )
 
     # ----------------------------------------------------------------- model
+    @override
     def build_network(self) -> EnsembleModel:
         hp = self.hparams
         num, names = _resolve_members(hp.num_members, hp.archs, hp.arch)
         return build_ensemble_model(num, names, hp.num_classes, hp.input_shape, hp.mean, hp.std, hp.arch_kwargs)
 
-    @property
-    def adv_step_size(self) -> float:
+    @override
+    def member_metadata(self) -> list[dict[str, Any]]:
         hp = self.hparams
-        return hp.adv_step_size if hp.adv_step_size is not None else 2.5 * hp.adv_eps / hp.adv_steps
+        _, names = _resolve_members(hp.num_members, hp.archs, hp.arch)
+        return [{"arch": name, "arch_kwargs": dict(hp.arch_kwargs or {})} for name in names]
 
     # ----------------------------------------------------------------- randomness and schedule
     def _step_seed(self) -> int:
@@ -165,6 +170,7 @@ class Ensemble(ClassifierModule):
         max_epochs = self.trainer.max_epochs
         return self.current_epoch, (max_epochs if max_epochs is not None and max_epochs > 0 else None)
 
+    @override
     def on_fit_start(self) -> None:
         # fail before the first step if a radius schedule cannot be resolved
         self.regularizer.current_eps(0, self._epoch_info()[1])
@@ -174,6 +180,7 @@ class Ensemble(ClassifierModule):
         if self._trainer is not None:
             self.log(f"train/{name}", value, on_step=True, on_epoch=True, batch_size=batch_size)
 
+    @override
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hp = self.hparams
         seed = self._step_seed()
@@ -183,10 +190,8 @@ class Ensemble(ClassifierModule):
         ce = member_cross_entropy(out.member_logits, y, hp.scaling)
         classification = ce
         batch = len(y)
-        if hp.adversarial_training:
-            attack = Attack(self.model, "linf", eps=hp.adv_eps, step_size=self.adv_step_size, steps=hp.adv_steps,
-                            random_start=True, seed=seed)
-            x_adv = attack(x, y)
+        if self.attack_settings is not None:
+            x_adv = self.attack_settings.build(self.model, seed=seed)(x, y)
             ce_adv = member_cross_entropy(self.model.member_logits(x_adv), y, hp.scaling)
             classification = ce_adv if hp.adv_loss == "replace" else ce + ce_adv
             self._log_train("ce_adv", ce_adv.detach(), batch)
@@ -210,8 +215,10 @@ class Ensemble(ClassifierModule):
             member_metric(member_logits[i], y)
             self.log(f"{stage}/acc_member{i}", member_metric, on_epoch=True, batch_size=len(y))
 
+    @override
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate_ensemble(batch, "val", self.val_acc, self.val_member_acc)
 
+    @override
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate_ensemble(batch, "test", self.test_acc, self.test_member_acc)

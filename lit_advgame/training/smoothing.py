@@ -31,14 +31,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
-from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
 from lit_advgame.smoothing.certify import Smooth
 from lit_advgame.smoothing.indices import BatchIndexTracker
@@ -53,9 +53,10 @@ from lit_advgame.smoothing.noise import (
 )
 from lit_advgame.smoothing.results import SmoothingRecords, format_radius
 from lit_advgame.smoothing.statistics import check_alpha, check_sigma
-from lit_advgame.training.base import ClassifierModule, default_optimizer
+from lit_advgame.training.base import ClassifierModule
 from lit_advgame.utils.checks import check_choice, check_int
 
+PredictMethod = Literal["certify", "predict"]
 PREDICT_METHODS = ("certify", "predict")
 
 EVALUATION_OPTIONS = (
@@ -102,24 +103,19 @@ class RandomizedSmoothing(ClassifierModule):
     line; ``sigma`` is a hyper-parameter of the trained model: a ``--ckpt_path`` run with another ``sigma`` stops
     with an error (set ``certify_sigma`` to certify at another σ).
 
-    The other arguments (``arch``, ``num_classes``, ``input_shape``, ``mean``, ``std``, ``arch_kwargs``,
+    The other arguments (``**kwargs``: ``arch``, ``num_classes``, ``input_shape``, ``mean``, ``std``, ``arch_kwargs``,
     ``weights``, ``optimizer``, ``lr_scheduler``, ``scheduler_interval``, ``scheduler_monitor``) are
     those of :class:`~lit_advgame.training.base.ClassifierModule`.
+
+    The classifier contract: :attr:`classifier` is the *base* classifier f (pixel space, normalization inside);
+    the smoothed classifier g, whose prediction and certificates ``test``/``predict`` report, is
+    :meth:`smoothed_classifier` (a :class:`~lit_advgame.smoothing.certify.Smooth` around f).
     """
+
+    hparams_ignore = ("optimizer", "lr_scheduler", *EVALUATION_OPTIONS)
 
     def __init__(
         self,
-        arch: str = "small_cnn",
-        num_classes: int = 10,
-        input_shape: Sequence[int] = (1, 16, 16),
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        arch_kwargs: dict[str, Any] | None = None,
-        weights: str | None = None,
-        optimizer: OptimizerCallable = default_optimizer,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        scheduler_interval: str = "epoch",
-        scheduler_monitor: str = "val/loss",
         sigma: float = 0.25,
         certify_sigma: float | None = None,
         certify: bool = True,
@@ -130,8 +126,9 @@ class RandomizedSmoothing(ClassifierModule):
         radii: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
         certify_skip: int = 1,
         certify_limit: int | None = None,
-        predict_method: str = "certify",
+        predict_method: PredictMethod = "certify",
         seed: int = 0,
+        **kwargs: Any,
     ) -> None:
         check_sigma(sigma)
         if certify_sigma is not None:
@@ -148,20 +145,7 @@ class RandomizedSmoothing(ClassifierModule):
             check_int(certify_limit, "certify_limit", minimum=1)
         check_choice(predict_method, "predict_method", PREDICT_METHODS)
         check_int(seed, "seed", minimum=0)
-        super().__init__(
-            arch=arch,
-            num_classes=num_classes,
-            input_shape=input_shape,
-            mean=mean,
-            std=std,
-            arch_kwargs=arch_kwargs,
-            weights=weights,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            scheduler_interval=scheduler_interval,
-            scheduler_monitor=scheduler_monitor,
-        )
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", *EVALUATION_OPTIONS])
+        super().__init__(**kwargs)
         self.certify_sigma = None if certify_sigma is None else float(certify_sigma)
         self.certify = bool(certify)
         self.n0, self.n, self.alpha = n0, n, float(alpha)
@@ -197,8 +181,9 @@ class RandomizedSmoothing(ClassifierModule):
 
     def smoothed_classifier(self) -> Smooth:
         """The smoothed classifier ``g`` of the current base model, at σ = :attr:`eval_sigma`."""
-        return Smooth(self.model, self.hparams.num_classes, self.eval_sigma)
+        return Smooth(self.classifier, self.hparams.num_classes, self.eval_sigma)
 
+    @override
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy on ``x + N(0, σ² I)`` (pixel space, unclamped; global RNG seeded by ``seed_everything``)."""
         logits = self(add_gaussian_noise(x, self.sigma))
@@ -232,17 +217,21 @@ class RandomizedSmoothing(ClassifierModule):
         self.log(f"{stage}/acc_clean", metric_clean, on_epoch=True, prog_bar=True, batch_size=size)
         return index
 
+    @override
     def on_validation_epoch_start(self) -> None:
         self._indices.reset()
 
+    @override
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluate_noisy(batch, batch_idx, dataloader_idx, "val")
 
+    @override
     def on_test_epoch_start(self) -> None:
         self._indices.reset()
         self._certify_parts = []
         self.certified = None
 
+    @override
     def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         index = self._evaluate_noisy(batch, batch_idx, dataloader_idx, "test")
         if self.certify:
@@ -250,6 +239,7 @@ class RandomizedSmoothing(ClassifierModule):
             if len(records):
                 self._certify_parts.append(records)
 
+    @override
     def on_test_epoch_end(self) -> None:
         if not self.certify:
             return
@@ -269,6 +259,7 @@ class RandomizedSmoothing(ClassifierModule):
         if self.trainer.is_global_zero:
             self._write_certification(records, log_dir)
 
+    @override
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
         """Per-example CERTIFY (or PREDICT) rows: ``index``, ``label``, ``predict``, ``correct``, and
         ``radius``/``p_lower`` for CERTIFY or ``p_lower`` = binomial p-value for PREDICT.
@@ -291,6 +282,7 @@ class RandomizedSmoothing(ClassifierModule):
             out["p_lower"] = records.p_lower
         return out
 
+    @override
     def on_predict_epoch_start(self) -> None:
         self._indices.reset()
 
