@@ -106,6 +106,10 @@ ValueName = Literal["log_prob", "logit", "margin_max", "margin_fixed", "target_m
 """Value functions v(S) of a game (:mod:`lit_advgame.interactions.values`)."""
 VALUE_NAMES = choices(ValueName)
 
+ImageValue = Literal["log_prob", "logit", "margin_max", "margin_fixed"]
+"""Value functions that need no per-image target class (all of :data:`VALUE_NAMES` but ``"target_minus_true"``)."""
+IMAGE_VALUES = choices(ImageValue)
+
 BaselineName = Literal["mean", "zeros", "blur"]
 """Baseline values of absent players (:mod:`lit_advgame.interactions.baselines`)."""
 BASELINE_NAMES = choices(BaselineName)

@@ -20,7 +20,7 @@ import dataclasses
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from torch import nn
 
@@ -28,9 +28,10 @@ from lit_advgame.attacks.base import Attack
 from lit_advgame.attacks.loss_term import LossTerm
 from lit_advgame.attacks.norms import Norm
 from lit_advgame.utils.checks import check_choice, check_int, check_positive
+from lit_advgame.vocabulary import NORMS
+from lit_advgame.vocabulary import Norm as NormName
 
-NormName = Literal["linf", "l2"]
-NORM_NAMES: tuple[str, ...] = ("linf", "l2")
+NORM_NAMES = NORMS
 DEFAULT_NORM = "linf"
 #: ε of a training attack that does not give one: 8/255 in pixel units (images in [0, 1])
 DEFAULT_EPS = 8 / 255

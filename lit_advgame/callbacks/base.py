@@ -35,7 +35,7 @@ so a resumed run neither recomputes nor re-logs an epoch that the checkpoint alr
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -58,8 +58,8 @@ from lit_advgame.callbacks.probes import (
 from lit_advgame.data.base import SPLITS
 from lit_advgame.interactions import eval_mode
 from lit_advgame.utils.checks import check_choice, check_int
+from lit_advgame.vocabulary import Split
 
-Split = Literal["train", "val", "test"]
 Metrics = dict[str, float]
 Figures = dict[str, Figure]
 

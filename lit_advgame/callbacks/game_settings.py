@@ -28,7 +28,7 @@ import dataclasses
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -47,12 +47,10 @@ from lit_advgame.interactions import (
     resolve_orders,
 )
 from lit_advgame.interactions.game import DEFAULT_GRID
-from lit_advgame.interactions.perturbation_spec import IMAGE_VALUES, ImageValue
 from lit_advgame.interactions.players import grid_shape
 from lit_advgame.utils.checks import check_choice, check_int
+from lit_advgame.vocabulary import IMAGE_VALUES, PAIR_KINDS, ImageValue, PairKind
 
-PairKind = Literal["neighbour", "uniform"]
-PAIR_KINDS: tuple[str, ...] = get_args(PairKind)
 #: value functions usable without extra per-image inputs
 GAME_VALUES = IMAGE_VALUES
 DEFAULT_ORDERS = "reference"

@@ -46,8 +46,9 @@ from lit_advgame.predict.models import LoadedModel, ModelSpec, load_classifiers
 from lit_advgame.predict.shards import AdversarialSet, load_adversarial
 from lit_advgame.predict.writer import meta_differences
 from lit_advgame.utils.checks import check_choice, check_int
+from lit_advgame.vocabulary import TRANSFER_SUBSETS
 
-SUBSETS = ("source_correct", "all", "both_correct")
+SUBSETS = TRANSFER_SUBSETS
 #: options of the interaction measurement: the fields of the one
 #: :class:`~lit_advgame.interactions.perturbation_spec.PerturbationInteraction` specification (its defaults: the
 #: paper's single-player form, ``margin_max``, the 1/(n−1) factor, a 16x16 grid, 64 players) plus ``seed`` and

@@ -107,7 +107,6 @@ from lit_advgame.interactions.results import (
 from lit_advgame.interactions.sampling import (
     all_pairs,
     enumerate_subsets,
-    make_generator,
     sample_groups_with_replacement,
     sample_pairs,
     sample_permutations,
@@ -121,6 +120,7 @@ from lit_advgame.interactions.shapley import (
     shapley_values,
 )
 from lit_advgame.interactions.values import VALUE_NAMES, ValueFunction, resolve_value
+from lit_advgame.utils.seeding import make_generator
 
 __all__ = [
     "BASELINE_NAMES",

@@ -23,8 +23,7 @@ model's dtype (differentiably), so the game and its values run in the model's dt
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -47,21 +46,10 @@ from lit_advgame.utils.checks import (
     check_labels,
     check_module,
 )
+from lit_advgame.utils.modes import eval_mode  # re-exported by lit_advgame.interactions
 
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_GRID = 16
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode and restore each one's previous ``training`` flag afterwards."""
-    previous = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in previous:
-            module.training = training
 
 
 def resolve_batch_size(batch_size: int | None) -> int:

@@ -33,12 +33,12 @@ from lit_advgame.interactions.results import MultiOrderResult
 from lit_advgame.interactions.sampling import (
     PAIR_KINDS,
     enumerate_subsets,
-    make_generator,
     sample_pairs,
     sample_subsets,
 )
 from lit_advgame.interactions.stats import summarize_two_stage
 from lit_advgame.utils.checks import check_int
+from lit_advgame.utils.seeding import make_generator
 
 #: at most this many coalition entries (rows x players) are materialised at once
 MAX_COALITION_ENTRIES = 1 << 26

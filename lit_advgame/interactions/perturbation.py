@@ -39,15 +39,16 @@ from lit_advgame.interactions.game import PerturbationGame
 from lit_advgame.interactions.options import build_approximator
 from lit_advgame.interactions.results import PerturbationInteractionResult
 from lit_advgame.interactions.sampling import (
-    make_generator,
     sample_groups_with_replacement,
     sample_players,
 )
 from lit_advgame.interactions.stats import combine_stderr, mean_and_stderr
 from lit_advgame.utils.checks import check_choice, check_int
+from lit_advgame.utils.seeding import make_generator
+from lit_advgame.vocabulary import INTERACTION_SCALES, PERTURBATION_FORMS
 
-FORMS = ("coalition", "single")
-SCALES = ("reference", "paper")
+FORMS = PERTURBATION_FORMS
+SCALES = INTERACTION_SCALES
 
 
 @dataclass

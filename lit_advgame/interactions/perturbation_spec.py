@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,12 +41,9 @@ from lit_advgame.interactions.perturbation import (
 from lit_advgame.interactions.players import grid_shape
 from lit_advgame.interactions.results import PerturbationInteractionResult
 from lit_advgame.utils.checks import check_choice, check_int
+from lit_advgame.vocabulary import IMAGE_VALUES, ImageValue, InteractionScale, PerturbationForm
 
-PerturbationForm = Literal["single", "coalition"]
-PerturbationScale = Literal["paper", "reference"]
-#: value functions that need no per-image target class (all of ``VALUE_NAMES`` but ``"target_minus_true"``)
-ImageValue = Literal["log_prob", "logit", "margin_max", "margin_fixed"]
-IMAGE_VALUES: tuple[str, ...] = get_args(ImageValue)
+PerturbationScale = InteractionScale
 
 
 @dataclass(frozen=True)

@@ -28,18 +28,7 @@ import torch
 
 from lit_advgame.interactions.players import neighbour_pairs, player_adjacency
 from lit_advgame.utils.checks import check_int
-
-PAIR_KINDS = ("uniform", "neighbour")
-
-
-def make_generator(seed: int | torch.Generator | None) -> torch.Generator | None:
-    """A CPU generator seeded with ``seed``; a generator is returned as is; ``None`` -> global RNG."""
-    if seed is None or isinstance(seed, torch.Generator):
-        return seed
-    check_int(seed, "seed")
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return generator
+from lit_advgame.vocabulary import PAIR_KINDS
 
 
 def _gen_device(generator: torch.Generator | None) -> torch.device:

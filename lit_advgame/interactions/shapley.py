@@ -25,7 +25,6 @@ from lit_advgame.interactions.options import build_approximator, renamed_keyword
 from lit_advgame.interactions.orders import OrderSpec, resolve_orders
 from lit_advgame.interactions.results import MultiOrderShapleyResult, ShapleyResult
 from lit_advgame.interactions.sampling import (
-    make_generator,
     sample_permutations,
     sample_players,
 )
@@ -35,6 +34,7 @@ from lit_advgame.interactions.stats import (
     summarize_two_stage,
 )
 from lit_advgame.utils.checks import check_int
+from lit_advgame.utils.seeding import make_generator
 
 
 def _check_game(game: object) -> None:

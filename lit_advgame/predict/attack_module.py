@@ -61,10 +61,10 @@ from lit_advgame.attacks.presets import canonical_name, resolve_auto
 from lit_advgame.attacks.seeding import derive_seed
 from lit_advgame.predict.models import describe, load_classifiers, margins
 from lit_advgame.utils.checks import check_choice, check_int
+from lit_advgame.vocabulary import RECORD_MODES
 
 log = logging.getLogger(__name__)
 
-RECORD_MODES = ("none", "uint8", "scores")
 #: attack options set by the module itself, not by ``overrides``
 RESERVED_OPTIONS = ("seed", "record_iterates", "record_format")
 INFERENCE_MODE_MESSAGE = (

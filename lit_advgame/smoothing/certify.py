@@ -20,13 +20,11 @@ Predicted classes are counted with ``torch.bincount``.
 """
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from lit_advgame.smoothing.noise import check_generator
 from lit_advgame.smoothing.statistics import (
@@ -38,6 +36,7 @@ from lit_advgame.smoothing.statistics import (
     clopper_pearson_lower,
 )
 from lit_advgame.utils.checks import check_images, check_int
+from lit_advgame.utils.modes import eval_mode
 
 
 @dataclass
@@ -72,21 +71,6 @@ class PredictResult:
     prediction: torch.Tensor
     p_value: torch.Tensor
     counts: torch.Tensor
-
-
-@contextlib.contextmanager
-def _eval_mode(model: Callable) -> Iterator[None]:
-    """Put an ``nn.Module`` (and its children) in eval mode and restore every module's mode after."""
-    if not isinstance(model, nn.Module):
-        yield
-        return
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, mode in modes:
-            module.training = mode
 
 
 def _chunk_sizes(num: int, batch_size: int) -> list[int]:
@@ -218,7 +202,7 @@ class Smooth:
         batch, k = x.shape[0], self.num_classes
         counts = torch.zeros(batch * k, dtype=torch.int64, device=x.device)
         pieces = [(i, size) for i in range(batch) for size in _chunk_sizes(num, batch_size)]
-        with _eval_mode(self.base_classifier):
+        with eval_mode(self.base_classifier):
             group: list[tuple[int, int]] = []
             filled = 0
             for piece in pieces:

@@ -45,7 +45,7 @@ runs reproduce exactly, resumed runs included, and DDP ranks draw independent st
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +60,7 @@ from lit_advgame.attacks.seeding import derive_seed
 from lit_advgame.attacks.trades import TRADES_START_STD, GaussianStart, TradesKL, kl_per_example
 from lit_advgame.training.base import ClassifierModule
 from lit_advgame.utils.checks import check_choice, check_int, check_positive
+from lit_advgame.vocabulary import ADVERSARIAL_METHODS, TRADES_STARTS, AdversarialMethod, TradesStart
 
 __all__ = [
     "AdversarialTraining",
@@ -70,10 +71,8 @@ __all__ = [
     "restored_buffers",
 ]
 
-Method = Literal["pgd", "trades"]
-TradesStart = Literal["gaussian", "uniform"]
-METHODS = ("pgd", "trades")
-TRADES_STARTS = ("gaussian", "uniform")
+Method = AdversarialMethod
+METHODS = ADVERSARIAL_METHODS
 
 #: deprecated flat keywords (one release) -> the ``attack`` setting they set
 DEPRECATED_ATTACK_KEYWORDS = {"norm": "norm", "eps": "eps", "step_size": "step_size", "steps": "steps",

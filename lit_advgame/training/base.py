@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -34,8 +34,7 @@ from lit_advgame.models import build_model
 from lit_advgame.models.normalize import find_normalizer
 from lit_advgame.training.schedules import RunLengthSchedule
 from lit_advgame.utils.checks import check_choice
-
-SchedulerInterval = Literal["epoch", "step"]
+from lit_advgame.vocabulary import SchedulerInterval
 
 
 def default_optimizer(params: Any) -> torch.optim.Optimizer:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -45,10 +45,11 @@ from lit_advgame.ensembles.model import (
 from lit_advgame.ensembles.registry import build_regularizer
 from lit_advgame.training.base import ClassifierModule
 from lit_advgame.utils.checks import check_choice, check_int
+from lit_advgame.vocabulary import ENSEMBLE_ADV_LOSSES, EnsembleAdvLoss, RegularizerScaling
 
-AdvLoss = Literal["replace", "add"]
-Scaling = Literal["reference", "mean"]
-ADV_LOSSES = ("replace", "add")
+AdvLoss = EnsembleAdvLoss
+Scaling = RegularizerScaling
+ADV_LOSSES = ENSEMBLE_ADV_LOSSES
 DEFAULT_NUM_MEMBERS = 3
 #: deprecated flat keywords (one release) -> the ``attack`` setting they set
 DEPRECATED_ATTACK_KEYWORDS = {"adv_eps": "eps", "adv_steps": "steps", "adv_step_size": "step_size"}

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -55,9 +55,7 @@ from lit_advgame.smoothing.results import SmoothingRecords, format_radius
 from lit_advgame.smoothing.statistics import check_alpha, check_sigma
 from lit_advgame.training.base import ClassifierModule
 from lit_advgame.utils.checks import check_choice, check_int
-
-PredictMethod = Literal["certify", "predict"]
-PREDICT_METHODS = ("certify", "predict")
+from lit_advgame.vocabulary import PREDICT_METHODS, PredictMethod
 
 EVALUATION_OPTIONS = (
     "certify_sigma",
