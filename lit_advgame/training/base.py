@@ -96,6 +96,11 @@ class ClassifierModule(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    @property
+    def classifier(self) -> nn.Module:
+        """The pixel-space classifier (normalization inside): images in [0, 1] -> logits."""
+        return self.model
+
     # ------------------------------------------------------------------ steps
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(loss, logits)`` for a training batch; subclasses change the objective here."""
