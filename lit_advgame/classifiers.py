@@ -34,6 +34,7 @@ Files are read with ``torch.load(weights_only=True)``; a checkpoint's class path
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import importlib
 import os
@@ -209,7 +210,11 @@ def _module_from_checkpoint(path: Path, class_path: str, hp: Mapping[str, Any]) 
         )
     # the checkpoint's state replaces the network that `weights` would initialise (that file may be gone)
     overrides = {"weights": None} if "weights" in hp else {}
-    module = cls.load_from_checkpoint(path, map_location="cpu", weights_only=True, **overrides)
+    # in a fresh context: inside LightningCLI's instantiation of another module (an AttackModule loading its
+    # sources), save_hyperparameters would otherwise take that module's hyper-parameters for this one's
+    module = contextvars.Context().run(
+        cls.load_from_checkpoint, path, map_location="cpu", weights_only=True, **overrides
+    )
     if not isinstance(getattr(module, "classifier", None), nn.Module):
         raise ValueError(
             f"Lightning checkpoint {str(path)!r} is of {class_path}, which has no `classifier` (the pixel-space "
