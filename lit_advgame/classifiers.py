@@ -259,8 +259,14 @@ def _load_lightning_checkpoint(
     classes, arch, kwargs = int(hp["num_classes"]), hp["arch"], dict(hp.get("arch_kwargs") or {})
     class_path = hp.get("_class_path")
     if class_path:
-        model = _module_from_checkpoint(path, str(class_path), hp).classifier
+        module = _module_from_checkpoint(path, str(class_path), hp)
+        model = module.classifier
         archs = _member_archs(hp, model.num_members) if isinstance(model, EnsembleModel) else None
+        describe = getattr(module, "classifier_metadata", None)
+        if callable(describe):  # the module's own description of its classifier, where it has one
+            info = describe()
+            arch, kwargs = info.get("arch", arch), dict(info.get("arch_kwargs") or kwargs)
+            archs = [m.get("arch") for m in info["members"]] if info.get("members") else archs
     else:
         model, archs = _rebuild_from_hparams(path, obj, hp)
     return model, shape, classes, arch, kwargs, archs, class_path
