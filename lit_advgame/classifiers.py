@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from torch import nn
 
 from lit_advgame.ensembles.model import EnsembleModel, build_ensemble_model
@@ -186,7 +185,9 @@ def _make_loaded(
         member_spec = {"path": spec["path"], "name": member_name, "member": i} if "path" in spec else {}
         mean, std = _normalization(member)
         members.append(
-            LoadedModel(member_name, member, member_spec, shape, int(num_classes), archs[i], kwargs, mean, std, module=module)
+            LoadedModel(
+                member_name, member, member_spec, shape, int(num_classes), archs[i], kwargs, mean, std, module=module
+            )
         )
     shared = {(tuple(m.mean or ()), tuple(m.std or ())) for m in members}
     mean, std = (members[0].mean, members[0].std) if len(shared) == 1 else (None, None)
@@ -279,7 +280,9 @@ def _load_classifier_file(
     arch, kwargs = obj["arch"], dict(obj.get("arch_kwargs") or {})
     classes, shape = int(obj["num_classes"]), tuple(int(s) for s in obj["input_shape"])
     if not obj.get("members"):
-        model = build_model(arch, num_classes=classes, in_channels=shape[0], input_size=shape[1:], weights=path, **kwargs)
+        model = build_model(
+            arch, num_classes=classes, in_channels=shape[0], input_size=shape[1:], weights=path, **kwargs
+        )
         return model, shape, classes, arch, kwargs, None
     members = [
         build_model(m["arch"], num_classes=classes, in_channels=shape[0], input_size=shape[1:], mean=m["mean"],
@@ -366,8 +369,11 @@ def _load_dict(
     weights = spec.get("weights")
     if weights is not None:
         if not Path(weights).is_file():
-            raise FileNotFoundError(f"weights file of model spec {spec.get('name') or arch!r} not found: {str(weights)!r}")
-        file_mean, file_std = load_weights_into_net(net, weights, int(classes), trusted=bool(spec.get("trusted", False)))
+            raise FileNotFoundError(
+                f"weights file of model spec {spec.get('name') or arch!r} not found: {str(weights)!r}"
+            )
+        trusted = bool(spec.get("trusted", False))
+        file_mean, file_std = load_weights_into_net(net, weights, int(classes), trusted=trusted)
     spec_mean, spec_std = spec.get("mean"), spec.get("std")
     if spec_mean is None and file_mean is None:
         spec_mean, spec_std = mean, std
@@ -481,9 +487,11 @@ def export_classifier(
         if len(archs) != model.num_members:
             raise ValueError(f"arch lists {len(archs)} architectures for an ensemble of {model.num_members} members")
         members = []
-        for i, (member, name) in enumerate(zip(model.members, archs)):
+        for i, (member, name) in enumerate(zip(model.members, archs, strict=True)):
             member_mean, member_std = _normalization_entry(member, f"ensemble member {i}")
-            members.append({"arch": name, "arch_kwargs": dict(arch_kwargs or {}), "mean": member_mean, "std": member_std})
+            members.append(
+                {"arch": name, "arch_kwargs": dict(arch_kwargs or {}), "mean": member_mean, "std": member_std}
+            )
         same = all(m["mean"] == members[0]["mean"] and m["std"] == members[0]["std"] for m in members)
         payload.update(arch=ENSEMBLE_ARCH, members=members)
         mean, std = (members[0]["mean"], members[0]["std"]) if same else (None, None)

@@ -36,9 +36,9 @@ import torch
 from torch import nn
 from torchmetrics.aggregation import MeanMetric
 
+from lit_advgame.classifiers import LoadedModel, ModelSpec, load_classifiers, with_members
 from lit_advgame.evaluation.loo import loo_success_rate
 from lit_advgame.evaluation.scores import batched_margins, candidate_margins
-from lit_advgame.classifiers import LoadedModel, ModelSpec, load_classifiers, with_members
 from lit_advgame.predict.shards import AdversarialSet, load_adversarial
 from lit_advgame.predict.writer import meta_differences
 from lit_advgame.utils.checks import check_choice, check_int

@@ -96,8 +96,11 @@ def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _check_normalization(what: str, loaded: LoadedModel, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
-    """The data's mean/std must equal the normalization a loaded classifier applies (each member's, for an ensemble)."""
+def _check_normalization(
+    what: str, loaded: LoadedModel, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> None:
+    """The data's mean/std must equal the normalization a loaded classifier applies (each member's, for an
+    ensemble)."""
     for member, part in [(m, f" (member {i})") for i, m in enumerate(loaded.members)] or [(loaded, "")]:
         for name, data_value in (("mean", mean), ("std", std)):
             stored_list = getattr(member, name)
@@ -109,13 +112,13 @@ def _check_normalization(what: str, loaded: LoadedModel, mean: Sequence[float] |
             if len(stored_list) == 1 and len(data_list) > 1:
                 stored_list = stored_list * len(data_list)
             same = len(stored_list) == len(data_list) and all(
-                abs(a - b) <= 1e-6 + 1e-5 * abs(b) for a, b in zip(stored_list, data_list)
+                abs(a - b) <= 1e-6 + 1e-5 * abs(b) for a, b in zip(stored_list, data_list, strict=True)
             )
             if not same:
                 raise ValueError(
-                    f"{what}{part} normalizes inputs with {name}={stored_list} but the data's {name} is {data_list}; the "
-                    f"model was trained on differently normalized data: use a checkpoint trained on this data, or set the "
-                    f"DataModule's mean/std to the checkpoint's"
+                    f"{what}{part} normalizes inputs with {name}={stored_list} but the data's {name} is {data_list}; "
+                    f"the model was trained on differently normalized data: use a checkpoint trained on this data, or "
+                    f"set the DataModule's mean/std to the checkpoint's"
                 )
 
 
