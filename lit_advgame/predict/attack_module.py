@@ -359,10 +359,9 @@ class AttackModule(pl.LightningModule):
 
     def owns_batch(self, batch_idx: int) -> bool:
         """Whether this rank attacks batch ``batch_idx`` (always, unless DDP without a distributed sampler)."""
-        world = self.trainer.world_size if self._trainer is not None else 1
-        if world == 1 or self._distributed_sampler:
+        if self.trainer.world_size == 1 or self._distributed_sampler:
             return True
-        return batch_idx % world == self.trainer.global_rank
+        return batch_idx % self.trainer.world_size == self.trainer.global_rank
 
     def _batch_indices(self, batch_idx: int, size: int) -> list[int]:
         """The dataset indices of the current batch, as Lightning's predict loop hands them to prediction writers
