@@ -213,9 +213,15 @@ def _module_from_checkpoint(path: Path, class_path: str, hp: Mapping[str, Any]) 
     overrides = {"weights": None} if "weights" in hp else {}
     # in a fresh context: inside LightningCLI's instantiation of another module (an AttackModule loading its
     # sources), save_hyperparameters would otherwise take that module's hyper-parameters for this one's
-    module = contextvars.Context().run(
-        cls.load_from_checkpoint, path, map_location="cpu", weights_only=True, **overrides
-    )
+    try:
+        module = contextvars.Context().run(
+            cls.load_from_checkpoint, path, map_location="cpu", weights_only=True, **overrides
+        )
+    except Exception as err:  # noqa: BLE001 - hyper-parameters or weights that no longer fit the class
+        raise ValueError(
+            f"Lightning checkpoint {str(path)!r}: could not rebuild its {class_path} from the stored hyper-parameters "
+            f"and weights: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        ) from err
     if not isinstance(getattr(module, "classifier", None), nn.Module):
         raise ValueError(
             f"Lightning checkpoint {str(path)!r} is of {class_path}, which has no `classifier` (the pixel-space "
@@ -237,13 +243,18 @@ def _rebuild_from_hparams(path: Path, obj: Mapping[str, Any], hp: Mapping[str, A
     archs = _member_archs(hp, len(member_ids))
     model = build_ensemble_model(len(archs), archs, classes, shape, arch_kwargs=kwargs)
     own = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-    missing, unexpected = model.load_state_dict(own, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"Lightning checkpoint {str(path)!r}: its ensemble weights do not match {len(archs)} x {archs[0]!r}: "
-            f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
-        )
+    _load_ensemble_state(model, own, f"Lightning checkpoint {str(path)!r}", archs)
     return model, archs
+
+
+def _load_ensemble_state(model: EnsembleModel, state: Mapping[str, Any], source: str, archs: Sequence) -> None:
+    """Strictly load an ensemble's state dict; a mismatch is a ``ValueError`` naming the file and the members."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(
+            f"{source}: its ensemble weights do not match members {list(archs)}: {str(err).splitlines()[0]}"
+        ) from err
 
 
 def _load_lightning_checkpoint(
@@ -290,8 +301,9 @@ def _load_classifier_file(
         for m in obj["members"]
     ]
     model = EnsembleModel(members)
-    model.load_state_dict(obj["state_dict"], strict=True)
-    return model, shape, classes, arch, kwargs, [m["arch"] for m in obj["members"]]
+    archs = [m["arch"] for m in obj["members"]]
+    _load_ensemble_state(model, obj["state_dict"], f"classifier file {str(path)!r}", archs)
+    return model, shape, classes, arch, kwargs, archs
 
 
 def _load_file(

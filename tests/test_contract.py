@@ -263,17 +263,24 @@ def test_ensemble_checkpoint_without_class_path_and_ensemble_files_load_with_mem
         load_classifier({"path": str(single), "member": 0})
     with pytest.raises(ValueError, match="'member' needs 'path'"):
         load_classifier({"arch": "lenet", "member": 0}, input_shape=(1, 16, 16))
+    wrong = _lightning_checkpoint(tmp_path / "wrong.ckpt", ensemble, archs=["lenet", "lenet"], num_members=2)
+    with pytest.raises(ValueError, match=r"ensemble weights do not match members \['lenet', 'lenet'\]"):
+        load_classifier(str(wrong))
     with pytest.raises(TypeError, match="arch, num_classes and input_shape"):
         export_classifier(ensemble, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="lists 3 architectures for an ensemble of 2"):
         export_classifier(ensemble, tmp_path / "x.pt", arch=["lenet"] * 3, num_classes=10, input_shape=(1, 16, 16))
 
 
-def test_checkpoint_whose_class_is_not_a_lightning_module_is_refused(tmp_path):
+def test_checkpoint_of_a_class_that_is_not_a_lightning_module_or_no_longer_fits_is_refused(tmp_path):
     model = build_model("lenet", 10, 1, 16)
     ckpt = _lightning_checkpoint(tmp_path / "odd.ckpt", model, _class_path="collections.OrderedDict")
     with pytest.raises(ValueError, match="'collections.OrderedDict' as its module, which is not a LightningModule"):
         load_classifier(str(ckpt))
+    stale = _lightning_checkpoint(tmp_path / "stale.ckpt", model, _class_path="lit_advgame.training.StandardClassifier",
+                                  _instantiator="pytorch_lightning.cli.instantiate_module", arch="mlp")
+    with pytest.raises(ValueError, match="could not rebuild its lit_advgame.training.StandardClassifier"):
+        load_classifier(str(stale))  # lenet weights under an mlp architecture
 
 
 def test_robustness_format_and_torchvision_specs_load_as_pixel_space_classifiers(tmp_path):
