@@ -3,8 +3,9 @@
     python -m lit_advgame.evaluation RUN [RUN ...] --targets T [T ...] --output DIR [options]
 
 ``RUN`` is an attack run folder written by ``lit-advgame predict`` with an ``AdversarialWriter``
-(or a merged ``adversarial.pt``); targets are classifier files, Lightning checkpoints of
-lit_advgame classifiers, or JSON dicts such as ``'{"arch": "lenet", "weights": "w.pt"}'``.
+(or a merged ``adversarial.pt``); targets are classifier files, Lightning checkpoints of any
+lit_advgame training module (``--members`` scores an ensemble's members too), or JSON dicts such as
+``'{"arch": "lenet", "weights": "w.pt"}'`` (see :mod:`lit_advgame.classifiers`).
 Writes ``report.{json,csv,md}``, ``utility_vs_interaction.png`` and TensorBoard events to ``DIR``
 and prints the Markdown tables.
 """
@@ -41,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("runs", nargs="+", help="attack run folders (or merged adversarial.pt files)")
     parser.add_argument("--targets", nargs="+", required=True, type=parse_spec, help="target model specs")
     parser.add_argument("--output", required=True, help="output folder of the report")
+    parser.add_argument("--members", action="store_true",
+                        help="also score each member of an ensemble target (as <name>_member<i>)")
     parser.add_argument("--labels", nargs="+", default=None,
                         help="row labels (default: each run's name); runs sharing a label must be the same run "
                         "(same examples and settings), runs of different sizes or settings under one label are refused")
@@ -74,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         report = evaluate_transfer(
-            args.runs, args.targets, labels=args.labels, subset=args.subset, loo=not args.no_loo,
+            args.runs, args.targets, members=args.members, labels=args.labels, subset=args.subset, loo=not args.no_loo,
             interaction=interaction, batch_size=args.batch_size, device=args.device, output_dir=args.output,
             tensorboard=not args.no_tensorboard,
         )

@@ -36,13 +36,13 @@ import torch
 from torch import nn
 from torchmetrics.aggregation import MeanMetric
 
+from lit_advgame.classifiers import LoadedModel, ModelSpec, load_classifiers, with_members
 from lit_advgame.evaluation.loo import loo_success_rate
 from lit_advgame.evaluation.report import TransferReport
 from lit_advgame.evaluation.results import RowResult, TargetResult
 from lit_advgame.evaluation.scores import batched_margins, candidate_margins
 from lit_advgame.interactions.perturbation_spec import FIELDS as SPEC_FIELDS
 from lit_advgame.interactions.perturbation_spec import PerturbationInteraction
-from lit_advgame.predict.models import LoadedModel, ModelSpec, load_classifiers
 from lit_advgame.predict.shards import AdversarialSet, load_adversarial
 from lit_advgame.predict.writer import meta_differences
 from lit_advgame.utils.checks import check_choice, check_int
@@ -223,6 +223,7 @@ def evaluate_transfer(
     adversarial: str | os.PathLike | AdversarialSet | Sequence[str | os.PathLike | AdversarialSet],
     targets: ModelSpec | Sequence[ModelSpec],
     *,
+    members: bool = False,
     labels: Sequence[str] | None = None,
     subset: str = "source_correct",
     loo: bool = True,
@@ -237,7 +238,10 @@ def evaluate_transfer(
 
     Args:
         adversarial: one run or a list of runs (rows of the report).
-        targets: target model specs (paths or dicts, see :mod:`lit_advgame.predict.models`).
+        targets: target model specs: classifier files, Lightning ``.ckpt`` files of any lit_advgame training
+            module (ensembles included) or dicts (see :mod:`lit_advgame.classifiers`).
+        members: also score each member of an ensemble target, as the targets ``<name>_member<i>`` after it
+            (so a report shows both the ensemble and each member).
         labels: row labels (default: each run's ``name``). Runs that share a label must be the same
             run (same examples and settings); runs of different sizes or settings under one label
             are refused.
@@ -266,6 +270,8 @@ def evaluate_transfer(
         if tuple(s.x.shape[1:]) != shape:
             raise ValueError(f"attack runs hold images of different shapes: {shape} vs {tuple(s.x.shape[1:])}")
     loaded = load_classifiers(targets, "target models", input_shape=shape)
+    if members:
+        loaded = with_members(loaded, "target models")
     for target in loaded:
         target.model.to(device)
     options = None

@@ -6,7 +6,9 @@
   them by dataset index (each example exactly once, also under DDP);
 * :class:`OutputLock` -- the lock that keeps a second run out of a folder being written;
 * :func:`load_adversarial` -- read a run's examples back; :func:`load_classifier` -- load a model
-  spec (classifier file, Lightning checkpoint or ``{"arch", "weights"}`` dict).
+  spec (classifier file, Lightning checkpoint of any training module, ensembles included, or
+  ``{"arch", "weights"}`` dict) as a pixel-space classifier with metadata (re-exported from
+  :mod:`lit_advgame.classifiers`, the one loader).
 
     lit-advgame predict --config configs/attack_quickstart.yaml
 """

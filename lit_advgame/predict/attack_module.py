@@ -51,6 +51,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 from torch.utils.data import DistributedSampler
@@ -59,7 +60,7 @@ from typing_extensions import override
 from lit_advgame.attacks import attack_from_config, preset_config
 from lit_advgame.attacks.presets import canonical_name, resolve_auto
 from lit_advgame.attacks.seeding import derive_seed
-from lit_advgame.predict.models import describe, load_classifiers, margins
+from lit_advgame.predict.models import LoadedModel, describe, load_classifiers, margins
 from lit_advgame.utils.checks import check_choice, check_int
 from lit_advgame.vocabulary import RECORD_MODES
 
@@ -95,38 +96,40 @@ def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _check_normalization(what: str, model: nn.Module, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
-    """The data's mean/std must equal the normalization a loaded model applies (its first layer)."""
-    normalize = getattr(model, "normalize", None)
-    for name, data_value in (("mean", mean), ("std", std)):
-        stored = getattr(normalize, name, None)
-        if data_value is None or not isinstance(stored, torch.Tensor):
-            continue
-        stored_list = [float(v) for v in stored.flatten().tolist()]
-        data_list = [float(v) for v in data_value]
-        if len(data_list) == 1 and len(stored_list) > 1:
-            data_list = data_list * len(stored_list)
-        if len(stored_list) == 1 and len(data_list) > 1:
-            stored_list = stored_list * len(data_list)
-        same = len(stored_list) == len(data_list) and all(
-            abs(a - b) <= 1e-6 + 1e-5 * abs(b) for a, b in zip(stored_list, data_list)
-        )
-        if not same:
-            raise ValueError(
-                f"{what} normalizes inputs with {name}={stored_list} but the data's {name} is {data_list}; the model was "
-                f"trained on differently normalized data: use a checkpoint trained on this data, or set the DataModule's "
-                f"mean/std to the checkpoint's"
+def _check_normalization(
+    what: str, loaded: LoadedModel, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> None:
+    """The data's mean/std must equal the normalization a loaded classifier applies (each member's, for an
+    ensemble)."""
+    for member, part in [(m, f" (member {i})") for i, m in enumerate(loaded.members)] or [(loaded, "")]:
+        for name, data_value in (("mean", mean), ("std", std)):
+            stored_list = getattr(member, name)
+            if data_value is None or stored_list is None:
+                continue
+            data_list = [float(v) for v in data_value]
+            if len(data_list) == 1 and len(stored_list) > 1:
+                data_list = data_list * len(stored_list)
+            if len(stored_list) == 1 and len(data_list) > 1:
+                stored_list = stored_list * len(data_list)
+            same = len(stored_list) == len(data_list) and all(
+                abs(a - b) <= 1e-6 + 1e-5 * abs(b) for a, b in zip(stored_list, data_list, strict=True)
             )
+            if not same:
+                raise ValueError(
+                    f"{what}{part} normalizes inputs with {name}={stored_list} but the data's {name} is {data_list}; "
+                    f"the model was trained on differently normalized data: use a checkpoint trained on this data, or "
+                    f"set the DataModule's mean/std to the checkpoint's"
+                )
 
 
 class AttackModule(pl.LightningModule):
     """Attack the predict split with a preset attack on one or several source models.
 
     Args:
-        source: a model spec or a list of them (an ensemble, attacked through its mean logits):
-            paths of classifier files (``checkpoints/*.pt``), Lightning ``.ckpt`` files of
-            lit_advgame classifiers, or dicts ``{"arch": ..., "weights": ...}``
-            (see :mod:`lit_advgame.predict.models`).
+        source: a model spec or a list of them (several are attacked through their mean logits):
+            paths of classifier files (``checkpoints/*.pt``), Lightning ``.ckpt`` files of any lit_advgame
+            training module (a trained ``Ensemble``'s is attacked through its own output, the log of the mean
+            member probability), or dicts ``{"arch": ..., "weights": ...}`` (see :mod:`lit_advgame.classifiers`).
         attack: preset name (``pgd``, ``pgd+ir``, ``mi``, ``mi+ir``, ``vr``, ``vr+ir``, ``sgm``,
             ``sgm+ir``, ``ti``, ``ti+ir``, ``di``, ``hybridir``).
         overrides: preset options to change (e.g. ``{steps: 20, ir_grid: 8, eps: "16/255"}``);
@@ -188,7 +191,7 @@ class AttackModule(pl.LightningModule):
         scorers = load_classifiers(score_models, "score models", **data) if record == "scores" else []
         for what, models in (("source model", loaded), ("score model", scorers)):
             for m in models:
-                _check_normalization(f"{what} {m.name!r}", m.model, mean, std)
+                _check_normalization(f"{what} {m.name!r}", m, mean, std)
         self.score_models = nn.ModuleList([m.model for m in scorers])
         self.score_info = describe(scorers)
         self.score_names = [m.name for m in scorers]
@@ -323,6 +326,12 @@ class AttackModule(pl.LightningModule):
             raise RuntimeError(INFERENCE_MODE_MESSAGE)
         self._predict_started = True
         self.seen_indices = set()
+        if not any(isinstance(cb, BasePredictionWriter) and cb.interval.on_batch for cb in self.trainer.callbacks):
+            raise ValueError(
+                "AttackModule needs a batch-interval prediction writer in trainer.callbacks (e.g. "
+                "lit_advgame.predict.AdversarialWriter): it saves the attacked batches and Lightning hands the batches' "
+                "dataset indices to it, from which each batch's attack seed is derived"
+            )
         loaders = self.trainer.predict_dataloaders
         loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
         if len(loaders) != 1:
@@ -350,21 +359,20 @@ class AttackModule(pl.LightningModule):
 
     def owns_batch(self, batch_idx: int) -> bool:
         """Whether this rank attacks batch ``batch_idx`` (always, unless DDP without a distributed sampler)."""
-        world = self.trainer.world_size if self._trainer is not None else 1
-        if world == 1 or self._distributed_sampler:
+        if self.trainer.world_size == 1 or self._distributed_sampler:
             return True
-        return batch_idx % world == self.trainer.global_rank
+        return batch_idx % self.trainer.world_size == self.trainer.global_rank
 
     def _batch_indices(self, batch_idx: int, size: int) -> list[int]:
-        loaders = self.trainer.predict_dataloaders
-        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-        seen = getattr(getattr(loader, "batch_sampler", None), "seen_batch_indices", None)
-        if not seen or batch_idx >= len(seen):
+        """The dataset indices of the current batch, as Lightning's predict loop hands them to prediction writers
+        (``trainer.predict_loop.current_batch_indices``, the ``batch_indices`` of ``write_on_batch_end``)."""
+        indices = [int(i) for i in self.trainer.predict_loop.current_batch_indices]
+        if not indices:
             raise RuntimeError(
-                "AttackModule could not find the dataset indices of the batch (Lightning tracks them for "
-                "DataLoaders with a batch sampler); use a torch DataLoader as predict dataloader"
+                "AttackModule could not find the dataset indices of the batch: Lightning tracks them for a torch "
+                "DataLoader when a batch-interval prediction writer is in trainer.callbacks; add "
+                "lit_advgame.predict.AdversarialWriter and use a torch DataLoader as predict dataloader"
             )
-        indices = [int(i) for i in seen[batch_idx]]
         if len(indices) != size:
             raise RuntimeError(f"batch {batch_idx} has {size} images but {len(indices)} tracked dataset indices")
         return indices

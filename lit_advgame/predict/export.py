@@ -3,35 +3,24 @@
     python -m lit_advgame.predict.export runs/.../best.ckpt checkpoints/digits_small_cnn.pt \\
         --data-class lit_advgame.data.DigitsDataModule
 
-The Lightning checkpoint must come from a lit_advgame classifier module (its ``hyper_parameters``
-name the architecture). The DataModule is rebuilt from the checkpoint's
-``datamodule_hyper_parameters`` (saved by ``save_hyperparameters`` in lit_advgame's DataModules)
-and the class given; the exported file stores that data config and the clean accuracy on the
-val and test splits, measured here.
+The Lightning checkpoint may come from any lit_advgame training module (standard, adversarial/TRADES,
+randomized smoothing: its base classifier; ensembles incl. TRS/GAL/ADP: every member; see
+:mod:`lit_advgame.classifiers`); the file stores the module's class path as ``module``. The DataModule
+is rebuilt from the checkpoint's ``datamodule_hyper_parameters`` (saved by ``save_hyperparameters``
+in lit_advgame's DataModules) and the class given; the exported file stores that data config and
+the clean accuracy on the val and test splits, measured here.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lit_advgame.classifiers import export_classifier, import_class, load_classifier
 from lit_advgame.models import read_checkpoint
-from lit_advgame.predict.models import export_classifier, load_classifier
-
-
-def import_class(path: str) -> type:
-    """The class named by a dotted ``path`` such as ``lit_advgame.data.DigitsDataModule``."""
-    module, _, name = path.rpartition(".")
-    if not module:
-        raise ValueError(f"give a dotted class path such as 'lit_advgame.data.DigitsDataModule'; got {path!r}")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot import {path!r}: {err}") from err
 
 
 @torch.no_grad()
@@ -52,31 +41,25 @@ def export_lightning_checkpoint(ckpt: str | Path, out: str | Path, data_class: s
     ``data_class`` defaults to the DataModule class recorded by LightningCLI in the checkpoint
     (``_class_path``), else ``lit_advgame.data.DigitsDataModule``."""
     raw = read_checkpoint(ckpt, what="Lightning checkpoint")
-    hp = raw.get("hyper_parameters", {}) if isinstance(raw, dict) else {}
     loaded = load_classifier(str(ckpt))
     stored = dict(raw.get("datamodule_hyper_parameters") or {})
     data_class = data_class or stored.get("_class_path") or "lit_advgame.data.DigitsDataModule"
     init_args = {k: v for k, v in stored.items() if not k.startswith("_")}
     datamodule = import_class(data_class)(**init_args)
     datamodule.setup("test")
-    metrics = {split: split_accuracy(loaded.model, datamodule, split) for split in ("val", "test")}
+    metrics = {f"{split}_acc": split_accuracy(loaded.model, datamodule, split) for split in ("val", "test")}
+    extra = {"epoch": int(raw.get("epoch", -1))}
+    if loaded.module is not None:
+        extra["module"] = loaded.module
     export_classifier(
-        loaded.model,
-        out,
-        arch=hp["arch"],
-        num_classes=loaded.num_classes,
-        input_shape=loaded.input_shape,
-        arch_kwargs=hp.get("arch_kwargs") or {},
-        data={"class_path": data_class, "init_args": init_args},
-        metrics={f"{k}_acc": v for k, v in metrics.items()},
-        extra={"epoch": int(raw.get("epoch", -1))},
+        loaded, out, data={"class_path": data_class, "init_args": init_args}, metrics=metrics, extra=extra
     )
-    return {f"{k}_acc": v for k, v in metrics.items()}
+    return metrics
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("ckpt", help="Lightning checkpoint of a lit_advgame classifier module")
+    parser.add_argument("ckpt", help="Lightning checkpoint of a lit_advgame training module")
     parser.add_argument("out", help="output weights-only file (e.g. checkpoints/digits_small_cnn.pt)")
     parser.add_argument("--data-class", default=None,
                         help="DataModule class path (default: the one recorded in the checkpoint, else digits)")
