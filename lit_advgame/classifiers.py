@@ -32,6 +32,7 @@ A model spec is one of
 Files are read with ``torch.load(weights_only=True)``; a checkpoint's class path is imported only if it names a
 ``LightningModule`` subclass.
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -237,12 +238,13 @@ def _rebuild_from_hparams(path: Path, obj: Mapping[str, Any], hp: Mapping[str, A
     state = obj["state_dict"]
     member_ids = {k.split(".")[2] for k in state if k.startswith("model.members.")}
     if not member_ids:
-        model = build_model(hp["arch"], num_classes=classes, in_channels=shape[0], input_size=shape[1:], weights=path,
-                            **kwargs)
+        model = build_model(
+            hp["arch"], num_classes=classes, in_channels=shape[0], input_size=shape[1:], weights=path, **kwargs
+        )
         return model, None
     archs = _member_archs(hp, len(member_ids))
     model = build_ensemble_model(len(archs), archs, classes, shape, arch_kwargs=kwargs)
-    own = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    own = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     _load_ensemble_state(model, own, f"Lightning checkpoint {str(path)!r}", archs)
     return model, archs
 
@@ -296,8 +298,15 @@ def _load_classifier_file(
         )
         return model, shape, classes, arch, kwargs, None
     members = [
-        build_model(m["arch"], num_classes=classes, in_channels=shape[0], input_size=shape[1:], mean=m["mean"],
-                    std=m["std"], **dict(m.get("arch_kwargs") or {}))
+        build_model(
+            m["arch"],
+            num_classes=classes,
+            in_channels=shape[0],
+            input_size=shape[1:],
+            mean=m["mean"],
+            std=m["std"],
+            **dict(m.get("arch_kwargs") or {}),
+        )
         for m in obj["members"]
     ]
     model = EnsembleModel(members)

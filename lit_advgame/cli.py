@@ -39,6 +39,7 @@ restores them. Evaluation options kept out of the hyper-parameters (e.g. Randomi
 Errors: a bad config, argument, file or checkpoint prints one ``error: <message>`` line and exits with
 status 2; ``LIT_ADVGAME_DEBUG=1`` shows the full traceback (see :mod:`lit_advgame.utils.errors`).
 """
+
 from __future__ import annotations
 
 import math
@@ -99,7 +100,11 @@ class RunConfigCallback(SaveConfigCallback):
             return
         folder = trainer.log_dir  # a collective call under DDP: every rank makes it
         if stage == "predict":
-            writers = [cb for cb in trainer.callbacks if isinstance(cb, BasePredictionWriter) and getattr(cb, "output_dir", None)]
+            writers = [
+                cb
+                for cb in trainer.callbacks
+                if isinstance(cb, BasePredictionWriter) and getattr(cb, "output_dir", None)
+            ]
             if writers:
                 folder = str(writers[0].output_dir)
         if folder is None:
@@ -197,7 +202,9 @@ def checkpoint_conflicts(model: pl.LightningModule, hparams: dict[str, Any]) -> 
         except (ImportError, AttributeError):
             cls = None
         if cls is not type(model):
-            lines.append(f"model class: checkpoint {class_path}, this run {type(model).__module__}.{type(model).__qualname__}")
+            lines.append(
+                f"model class: checkpoint {class_path}, this run {type(model).__module__}.{type(model).__qualname__}"
+            )
     hints = getattr(model, "checkpoint_conflict_hints", {})
     own = dict(model.hparams)
     for key, value in hparams.items():
@@ -256,7 +263,11 @@ class AdvGameCLI(LightningCLI):
         fixed_run = False  # the logger's version is given: `last` is that run's
         if logger is False:
             runs_root, set_version = root_dir, self._version_setter_without_logger(config, root_dir)
-        elif isinstance(logger, Namespace) and isinstance(logger.get("init_args"), Namespace) and "save_dir" in logger.init_args:
+        elif (
+            isinstance(logger, Namespace)
+            and isinstance(logger.get("init_args"), Namespace)
+            and "save_dir" in logger.init_args
+        ):
             init_args = logger.init_args
             runs_root = Path(init_args.save_dir or root_dir) / str(init_args.get("name") or "")
             explicit = init_args.get("version")
@@ -388,8 +399,12 @@ def build_cli(args: Any = None, run: bool = True) -> AdvGameCLI:
         subclass_mode_data=True,
         save_config_callback=RunConfigCallback,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"description": f"lit-advgame: game-theoretic adversarial robustness. {RUN_HELP}",
-                       **{sub: subcommand_help for sub in ("fit", "validate", "test", "predict")}} if run else {},
+        parser_kwargs={
+            "description": f"lit-advgame: game-theoretic adversarial robustness. {RUN_HELP}",
+            **{sub: subcommand_help for sub in ("fit", "validate", "test", "predict")},
+        }
+        if run
+        else {},
         args=args,
         run=run,
     )

@@ -23,6 +23,7 @@ Registries that users extend at run time (model architectures, regularizers regi
 
 This module imports nothing from the package (it is a leaf of the import graph).
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal, get_args, get_origin
@@ -77,9 +78,7 @@ L2Init = Literal["image", "ball"]
 """Random start of the L2 attack: scaled like the image, or uniform in the ball."""
 L2_INITS = choices(L2Init)
 
-AttackPreset = Literal[
-    "pgd", "pgd+ir", "mi", "mi+ir", "vr", "vr+ir", "sgm", "sgm+ir", "ti", "ti+ir", "di", "hybridir"
-]
+AttackPreset = Literal["pgd", "pgd+ir", "mi", "mi+ir", "vr", "vr+ir", "sgm", "sgm+ir", "ti", "ti+ir", "di", "hybridir"]
 """Canonical names of the attack presets (:data:`lit_advgame.attacks.presets.PRESETS`); ``build_attack``
 also reads them case-insensitively, with ``-``/``_``/spaces as ``+`` and the aliases of :data:`PRESET_ALIASES`."""
 ATTACK_PRESETS = choices(AttackPreset)

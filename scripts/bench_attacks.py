@@ -22,6 +22,7 @@ Example::
     python scripts/bench_attacks.py --arch resnet20 --size 32 --channels 3 --batch-size 32
     python scripts/bench_attacks.py --device cuda --batch-size 256
 """
+
 from __future__ import annotations
 
 import argparse
@@ -133,20 +134,27 @@ def main() -> None:
         from lit_advgame.data import DigitsDataModule
 
         x, y = DigitsDataModule().probe_set(min(args.batch_size, 270), "test", seed=0)
-        x, y = x.repeat((args.batch_size + 269) // 270, 1, 1, 1)[: args.batch_size], y.repeat(
-            (args.batch_size + 269) // 270)[: args.batch_size]
+        x, y = (
+            x.repeat((args.batch_size + 269) // 270, 1, 1, 1)[: args.batch_size],
+            y.repeat((args.batch_size + 269) // 270)[: args.batch_size],
+        )
         x, y = x.to(device), y.to(device)
     else:
         x = torch.rand(args.batch_size, *shape, device=device)
         y = torch.randint(0, 10, (args.batch_size,), device=device)
-    ir_options = {"ir_grid": min(args.ir_grid, args.size), "ir_num_samples": args.ir_samples,
-                  "ir_group_size": args.ir_group_size}
+    ir_options = {
+        "ir_grid": min(args.ir_grid, args.size),
+        "ir_num_samples": args.ir_samples,
+        "ir_group_size": args.ir_group_size,
+    }
     attacks = {
         "pgd": lambda steps: build_attack("pgd", model, steps=steps, seed=0),
         "pgd+ir": lambda steps: build_attack("pgd+ir", model, steps=steps, seed=0, random_start=True, **ir_options),
     }
-    print(f"device {device}, threads {torch.get_num_threads()}, batch {args.batch_size}, {args.steps} steps per run, "
-          f"IR: grid {ir_options['ir_grid']}, {args.ir_samples} samples of {args.ir_group_size} cells")
+    print(
+        f"device {device}, threads {torch.get_num_threads()}, batch {args.batch_size}, {args.steps} steps per run, "
+        f"IR: grid {ir_options['ir_grid']}, {args.ir_samples} samples of {args.ir_group_size} cells"
+    )
 
     # ---- 1. passes of one step
     counter = PassCounter(model)
@@ -164,8 +172,10 @@ def main() -> None:
     pass_ratio = passes["pgd+ir"]["total"] / passes["pgd"]["total"]
     for name in attacks:
         p = passes[name]
-        print(f"  {name:7s} one step: {p['forward_grad']} image-forwards with grad (+ as many backwards), "
-              f"{p['forward_nograd']} without; {p['total'] / args.batch_size:.1f} passes per image")
+        print(
+            f"  {name:7s} one step: {p['forward_grad']} image-forwards with grad (+ as many backwards), "
+            f"{p['forward_nograd']} without; {p['total'] / args.batch_size:.1f} passes per image"
+        )
 
     # ---- timings (alternating rounds)
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in ("pgd", "pgd+ir", "replay_pgd", "replay_ir")}
@@ -187,20 +197,26 @@ def main() -> None:
     for i, clock in enumerate(("wall", "CPU")):
         time_ratio = med["pgd+ir"][i] / med["pgd"][i]
         overhead = med["pgd+ir"][i] / med["replay_ir"][i] - 1
-        print(f"  [{clock:4s}] time ratio IR/PGD = {time_ratio:6.1f}   pass ratio = {pass_ratio:6.1f}   "
-              f"time/pass ratio = {time_ratio / pass_ratio:5.2f}   IR overhead beyond its passes = {100 * overhead:+.1f} %")
+        print(
+            f"  [{clock:4s}] time ratio IR/PGD = {time_ratio:6.1f}   pass ratio = {pass_ratio:6.1f}   "
+            f"time/pass ratio = {time_ratio / pass_ratio:5.2f}   IR overhead beyond its passes = {100 * overhead:+.1f} %"
+        )
 
     # ---- 2. batched vs one image at a time
-    print(f"\n2. images per second, {args.steps} steps (batched: {args.batch_size} images; loop: "
-          f"{args.loop_images} images one at a time)")
+    print(
+        f"\n2. images per second, {args.steps} steps (batched: {args.batch_size} images; loop: "
+        f"{args.loop_images} images one at a time)"
+    )
     for name, attack in built.items():
         batched = statistics.median(
             timed(lambda attack=attack: attack(x, y))[0] for _ in range(max(1, args.repeats // 2))
         )
         n = min(args.loop_images, args.batch_size)
         loop = timed(lambda attack=attack, n=n: [attack(x[i : i + 1], y[i : i + 1]) for i in range(n)])[0]
-        print(f"  {name:7s} batched {args.batch_size / batched:9.1f} img/s   loop {n / loop:8.1f} img/s   "
-              f"speed-up x{(args.batch_size / batched) / (n / loop):.1f}")
+        print(
+            f"  {name:7s} batched {args.batch_size / batched:9.1f} img/s   loop {n / loop:8.1f} img/s   "
+            f"speed-up x{(args.batch_size / batched) / (n / loop):.1f}"
+        )
 
 
 if __name__ == "__main__":

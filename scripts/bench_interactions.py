@@ -20,6 +20,7 @@ Example::
     python scripts/bench_interactions.py                       # small CNN 28x28 and ResNet-20 32x32
     python scripts/bench_interactions.py --models small_cnn --batch-size 512 --threads 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,9 @@ MODEL_SPECS = {
 def build(spec: dict) -> torch.nn.Module:
     from lit_advgame.models import build_model
 
-    model = build_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"], input_size=spec["input_size"])
+    model = build_model(
+        spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"], input_size=spec["input_size"]
+    )
     return model.eval()
 
 
@@ -56,7 +59,9 @@ def _timed(fn) -> tuple[float, float, object]:
     return time.perf_counter() - wall, time.process_time() - cpu, out
 
 
-def raw_throughput(model: torch.nn.Module, shape: tuple[int, ...], batch_size: int, num_batches: int) -> tuple[float, float]:
+def raw_throughput(
+    model: torch.nn.Module, shape: tuple[int, ...], batch_size: int, num_batches: int
+) -> tuple[float, float]:
     """Images per second (wall clock, CPU time) of ``model`` on ready-made batches of ``batch_size``."""
     batch = torch.rand(batch_size, *shape)
 
@@ -104,7 +109,9 @@ def estimator_throughput(model, shape, args, seed: int) -> tuple[float, float, f
 def print_budget(grid: int, pairs: int, contexts: int) -> None:
     n = grid * grid
     per_order = pairs * contexts * 4
-    print(f"\nReference recipe budget ({grid}x{grid} grid, n={n}, {pairs} pairs, {contexts} contexts, 4 inputs per context):")
+    print(
+        f"\nReference recipe budget ({grid}x{grid} grid, n={n}, {pairs} pairs, {contexts} contexts, 4 inputs per context):"
+    )
     print(f"  per order and image: {per_order:,} forward passes per input, {2 * per_order:,} for clean + adversarial")
     for preset in ORDER_PRESETS:
         orders = resolve_orders(preset, n)
@@ -125,7 +132,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--grid", type=int, default=16)
     parser.add_argument("--pairs", type=int, default=8, help="pairs per image for the timed estimator run")
     parser.add_argument("--contexts", type=int, default=16, help="contexts per pair and order")
-    parser.add_argument("--orders", type=float, nargs="+", default=[0.2, 0.5, 0.8], help="order ratios of the timed run")
+    parser.add_argument(
+        "--orders", type=float, nargs="+", default=[0.2, 0.5, 0.8], help="order ratios of the timed run"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="alternating raw/estimator rounds (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--recipe-pairs", type=int, default=200)

@@ -38,6 +38,7 @@ Example::
     python scripts/interactions_standard_vs_at.py                   # defaults, ~4-5 min on 1 busy core
     python scripts/interactions_standard_vs_at.py --retrain         # re-train the AT checkpoint first
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,19 +68,29 @@ HIGH_MIN_RATIO = 0.7
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--standard", default=str(STANDARD_CKPT), help="standard classifier file")
     p.add_argument("--adversarial", default=str(AT_CKPT), help="adversarially trained classifier file")
     p.add_argument("--retrain", action="store_true", help="(re)train and export the AT checkpoint first")
     p.add_argument("--split", choices=["val", "test"], default="test", help="probe split")
     p.add_argument("--candidates", type=int, default=160, help="split images considered (seeded shuffle)")
-    p.add_argument("--num-images", type=int, default=64, help="probes kept (correct and attacked to the window by both)")
+    p.add_argument(
+        "--num-images", type=int, default=64, help="probes kept (correct and attacked to the window by both)"
+    )
     p.add_argument("--threshold", type=float, default=6.0, help="logit drop of the strength-controlled attack")
-    p.add_argument("--eps", type=float, default=0.5,
-                   help="L∞ cap of the strength-controlled attack; large so that it does not bind: at 64/255 only 40%% "
-                        "of the AT model's probes reach the drop (at L∞ ≈ ε), a biased subset, while the standard "
-                        "model reaches it at L∞ ≈ 0.1 either way")
-    p.add_argument("--bootstrap", type=int, default=2000, help="image bootstrap resamples for the share's standard errors")
+    p.add_argument(
+        "--eps",
+        type=float,
+        default=0.5,
+        help="L∞ cap of the strength-controlled attack; large so that it does not bind: at 64/255 only 40%% "
+        "of the AT model's probes reach the drop (at L∞ ≈ ε), a biased subset, while the standard "
+        "model reaches it at L∞ ≈ 0.1 either way",
+    )
+    p.add_argument(
+        "--bootstrap", type=int, default=2000, help="image bootstrap resamples for the share's standard errors"
+    )
     p.add_argument("--grid", type=int, default=8, help="players: grid x grid cells (n = grid²)")
     p.add_argument("--num-pairs", type=int, default=6, help="neighbouring pairs per image")
     p.add_argument("--num-contexts", type=int, default=10, help="contexts per pair and order")
@@ -97,8 +108,20 @@ def train_adversarial(out: Path) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="at_digits_") as work:
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-        cmd = [sys.executable, "-m", "lit_advgame", "fit", "--config", str(AT_CONFIG), "--trainer.accelerator", "cpu",
-               "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "lit_advgame",
+            "fit",
+            "--config",
+            str(AT_CONFIG),
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.enable_model_summary",
+            "false",
+        ]
         print("training:", " ".join(cmd), flush=True)
         subprocess.run(cmd, cwd=work, env=env, check=True)
         best = sorted((Path(work) / "runs" / "adversarial_digits" / "version_0" / "checkpoints").glob("epoch*.ckpt"))
@@ -111,7 +134,9 @@ def train_adversarial(out: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- probes
-def probe_candidates(datamodule: DigitsDataModule, split: str, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def probe_candidates(
+    datamodule: DigitsDataModule, split: str, count: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``count`` images of ``split`` in a seeded random order."""
     data = datamodule.dataset(split)
     xs, ys = zip(*[data[i] for i in range(len(data))])
@@ -123,14 +148,26 @@ def probe_candidates(datamodule: DigitsDataModule, split: str, count: int, seed:
 def attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace) -> dict[str, Any]:
     """Strength-controlled attack of ``(x, y)`` on ``model`` (same threshold for every model)."""
     result = StrengthControlledAttack(model, args.threshold, eps=args.eps, seed=args.seed).run(x, y)
-    return {"x_adv": result.x_adv, "reached": result.reached, "drop": result.drop,
-            "linf": (result.x_adv - x).flatten(1).abs().amax(dim=1), "misclassified": result.misclassified}
+    return {
+        "x_adv": result.x_adv,
+        "reached": result.reached,
+        "drop": result.drop,
+        "linf": (result.x_adv - x).flatten(1).abs().amax(dim=1),
+        "misclassified": result.misclassified,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- analysis
-def analyse(model: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, args: argparse.Namespace) -> dict[str, Any]:
+def analyse(
+    model: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, args: argparse.Namespace
+) -> dict[str, Any]:
     """``I^(m)`` clean/adv, ``ΔI^(m)`` with shares, and ``D^(m)`` (same pairs and contexts, seeded)."""
-    kwargs = {"orders": "reference", "num_pairs": args.num_pairs, "num_contexts": args.num_contexts, "pairs": "neighbour"}
+    kwargs = {
+        "orders": "reference",
+        "num_pairs": args.num_pairs,
+        "num_contexts": args.num_contexts,
+        "pairs": "neighbour",
+    }
     clean = InputGame(model, x, y, grid=args.grid, batch_size=args.batch_size)
     adv = InputGame(model, x_adv, y, grid=args.grid, batch_size=args.batch_size)
     change = interaction_change(clean, adv, generator=torch.Generator().manual_seed(args.seed), **kwargs)
@@ -164,7 +201,9 @@ def analyse(model: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: tor
 
 
 # ---------------------------------------------------------------------------------------------- report
-def bootstrap_shares(per_image: dict[str, torch.Tensor], ratios: list[float], resamples: int, seed: int) -> dict[str, Any]:
+def bootstrap_shares(
+    per_image: dict[str, torch.Tensor], ratios: list[float], resamples: int, seed: int
+) -> dict[str, Any]:
     """Standard errors of the shares by resampling images (the same resample for both models: paired)."""
     names = list(per_image)
     num_images = per_image[names[0]].shape[0]
@@ -177,20 +216,29 @@ def bootstrap_shares(per_image: dict[str, torch.Tensor], ratios: list[float], re
         delta = per_image[name][idx].mean(dim=1).abs()  # (R, O)
         share = delta / delta.sum(dim=1, keepdim=True)
         draws[name] = (share[:, low].sum(1), share[:, high].sum(1))
-        out[name] = {"share_stderr": share.std(dim=0).tolist(), "share_low_stderr": float(draws[name][0].std()),
-                     "share_high_stderr": float(draws[name][1].std())}
+        out[name] = {
+            "share_stderr": share.std(dim=0).tolist(),
+            "share_low_stderr": float(draws[name][0].std()),
+            "share_high_stderr": float(draws[name][1].std()),
+        }
     if len(names) == 2:
         a, b = names
         diff = draws[b][1] - draws[a][1]
-        out["share_high_difference"] = {"of": f"{b} - {a}", "stderr": float(diff.std()),
-                                        "fraction_of_resamples_below_zero": float((diff < 0).float().mean())}
+        out["share_high_difference"] = {
+            "of": f"{b} - {a}",
+            "stderr": float(diff.std()),
+            "fraction_of_resamples_below_zero": float((diff < 0).float().mean()),
+        }
     return out
 
 
 def table(name: str, r: dict[str, Any]) -> str:
-    lines = [f"### {name}", "",
-             "| r | m | I^(m) clean | I^(m) adv | ΔI^(m) ± se | share \\|ΔI\\|/Σ\\|ΔI\\| | D^(m) ± se |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"### {name}",
+        "",
+        "| r | m | I^(m) clean | I^(m) adv | ΔI^(m) ± se | share \\|ΔI\\|/Σ\\|ΔI\\| | D^(m) ± se |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for k, ratio in enumerate(r["ratios"]):
         lines.append(
             f"| {ratio:.2f} | {r['orders'][k]} | {r['I_clean'][k]:+.4f} | {r['I_adv'][k]:+.4f} | "
@@ -210,7 +258,9 @@ def figure(results: dict[str, dict[str, Any]], path: Path) -> None:
     for name, r in results.items():
         axes[0].plot(r["ratios"], r["share"], marker="o", label=name)
         axes[1].errorbar(r["ratios"], r["D"], yerr=r["D_stderr"], marker="o", capsize=3, label=name)
-    axes[0].set(xlabel="order ratio r = m / (n-2)", ylabel="|ΔI^(m)| / Σ|ΔI^(m')|", title="share of the interaction change")
+    axes[0].set(
+        xlabel="order ratio r = m / (n-2)", ylabel="|ΔI^(m)| / Σ|ΔI^(m')|", title="share of the interaction change"
+    )
     axes[1].set(xlabel="order ratio r = m / (n-2)", ylabel="D^(m)", title="disentanglement (clean probes)")
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -244,8 +294,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     both = attacks["standard"]["reached"] & attacks["adversarial"]["reached"]
     idx = both.nonzero().squeeze(1)[: args.num_images]
     if idx.numel() < 2:
-        raise RuntimeError(f"only {idx.numel()} probes reached the logit-drop window for both models; "
-                           "raise --candidates or --eps")
+        raise RuntimeError(
+            f"only {idx.numel()} probes reached the logit-drop window for both models; raise --candidates or --eps"
+        )
     attack_stats = {
         k: {
             "clean_accuracy_on_candidates": float(correct[k].float().mean()),
@@ -256,8 +307,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         for k, a in attacks.items()
     }
-    print(f"{args.candidates} candidates, {int(keep.sum())} correct for both, {int(both.sum())} reached by both; "
-          f"using {idx.numel()}", flush=True)
+    print(
+        f"{args.candidates} candidates, {int(keep.sum())} correct for both, {int(both.sum())} reached by both; "
+        f"using {idx.numel()}",
+        flush=True,
+    )
 
     results = {}
     for k, m in models.items():
@@ -267,8 +321,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results[k]["seconds"] = time.time() - t0
         print(f"{k}: {results[k]['forward_passes']:,} masked passes in {results[k]['seconds']:.1f} s", flush=True)
 
-    boot = bootstrap_shares({k: r.pop("per_image_delta") for k, r in results.items()}, results["standard"]["ratios"],
-                            args.bootstrap, args.seed)
+    boot = bootstrap_shares(
+        {k: r.pop("per_image_delta") for k, r in results.items()},
+        results["standard"]["ratios"],
+        args.bootstrap,
+        args.seed,
+    )
     for k, r in results.items():
         r.update(boot[k])
         low_se = [se for se, ratio in zip(r["D_stderr"], r["ratios"]) if ratio <= LOW_MAX_RATIO + 1e-9]
@@ -286,26 +344,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "claim2_less_for_adversarial": a["share_high"] < s["share_high"],
         "claim3_D_low_higher_for_adversarial": a["D_low_mean"] > s["D_low_mean"],
     }
-    md = [table(f"standard ({args.standard})", s), "", table(f"adversarially trained ({at_path})", a), "",
-          "### Summary", "",
-          f"- probes: {idx.numel()} test digits correct for both models and attacked to a logit drop in "
-          f"({args.threshold:g}, {args.threshold + 0.5:g}] for both; grid {args.grid}x{args.grid} (n={args.grid ** 2}), "
-          f"{args.num_pairs} pairs x {args.num_contexts} contexts per order, seed {args.seed}",
-          *(f"- attack on {k}: reached {v['reached_fraction']:.2f} of correct candidates; kept L∞ mean "
+    md = [
+        table(f"standard ({args.standard})", s),
+        "",
+        table(f"adversarially trained ({at_path})", a),
+        "",
+        "### Summary",
+        "",
+        f"- probes: {idx.numel()} test digits correct for both models and attacked to a logit drop in "
+        f"({args.threshold:g}, {args.threshold + 0.5:g}] for both; grid {args.grid}x{args.grid} (n={args.grid**2}), "
+        f"{args.num_pairs} pairs x {args.num_contexts} contexts per order, seed {args.seed}",
+        *(
+            f"- attack on {k}: reached {v['reached_fraction']:.2f} of correct candidates; kept L∞ mean "
             f"{v['kept_linf_mean']:.3f} (median {v['kept_linf_median']:.3f}), logit drop {v['kept_logit_drop']:.2f}"
-            for k, v in attack_stats.items()),
-          f"- share of Σ|ΔI| in low orders (r ≤ {LOW_MAX_RATIO}): standard {s['share_low']:.3f} ± {s['share_low_stderr']:.3f}, "
-          f"AT {a['share_low']:.3f} ± {a['share_low_stderr']:.3f} (± image-bootstrap se)",
-          f"- share of Σ|ΔI| in high orders (r ≥ {HIGH_MIN_RATIO}): standard {s['share_high']:.3f} ± {s['share_high_stderr']:.3f}, "
-          f"AT {a['share_high']:.3f} ± {a['share_high_stderr']:.3f}; AT − standard: "
-          f"{a['share_high'] - s['share_high']:+.3f} ± {summary['share_high_difference']['stderr']:.3f} (paired bootstrap)",
-          f"- mean D^(m) over low orders r ∈ {low_ratios}: standard {s['D_low_mean']:.3f} ± {s['D_low_mean_stderr_indep']:.3f}, "
-          f"AT {a['D_low_mean']:.3f} ± {a['D_low_mean_stderr_indep']:.3f} (se combines the per-order se as if independent)",
-          f"- claim 2a (high > low, standard): {summary['claim2_high_dominates_standard']}; "
-          f"(high > low, AT): {summary['claim2_high_dominates_adversarial']}; "
-          f"claim 2b (AT high-order share smaller): {summary['claim2_less_for_adversarial']}",
-          f"- claim 3 (AT low-order D higher): {summary['claim3_D_low_higher_for_adversarial']}",
-          f"- total time {time.time() - start:.0f} s"]
+            for k, v in attack_stats.items()
+        ),
+        f"- share of Σ|ΔI| in low orders (r ≤ {LOW_MAX_RATIO}): standard {s['share_low']:.3f} ± {s['share_low_stderr']:.3f}, "
+        f"AT {a['share_low']:.3f} ± {a['share_low_stderr']:.3f} (± image-bootstrap se)",
+        f"- share of Σ|ΔI| in high orders (r ≥ {HIGH_MIN_RATIO}): standard {s['share_high']:.3f} ± {s['share_high_stderr']:.3f}, "
+        f"AT {a['share_high']:.3f} ± {a['share_high_stderr']:.3f}; AT − standard: "
+        f"{a['share_high'] - s['share_high']:+.3f} ± {summary['share_high_difference']['stderr']:.3f} (paired bootstrap)",
+        f"- mean D^(m) over low orders r ∈ {low_ratios}: standard {s['D_low_mean']:.3f} ± {s['D_low_mean_stderr_indep']:.3f}, "
+        f"AT {a['D_low_mean']:.3f} ± {a['D_low_mean_stderr_indep']:.3f} (se combines the per-order se as if independent)",
+        f"- claim 2a (high > low, standard): {summary['claim2_high_dominates_standard']}; "
+        f"(high > low, AT): {summary['claim2_high_dominates_adversarial']}; "
+        f"claim 2b (AT high-order share smaller): {summary['claim2_less_for_adversarial']}",
+        f"- claim 3 (AT low-order D higher): {summary['claim3_D_low_higher_for_adversarial']}",
+        f"- total time {time.time() - start:.0f} s",
+    ]
     text = "\n".join(md)
     print(text)
     (out / "tables.md").write_text(text + "\n")

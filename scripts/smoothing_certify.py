@@ -17,6 +17,7 @@ Examples::
     python scripts/smoothing_certify.py
     python scripts/smoothing_certify.py --dataset mnist --epochs 3 --n 10000 --num-test 200
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,9 @@ from lit_advgame.utils.io import atomic_write_text
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--dataset", choices=("digits", "mnist"), default="digits")
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "mnist-t10k"), help="MNIST folder")
     parser.add_argument("--image-size", type=int, default=None, help="image side (default: 8 for digits, 28 for MNIST)")
@@ -65,7 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_datamodule(args: argparse.Namespace) -> pl.LightningDataModule:
     if args.dataset == "digits":
         return DigitsDataModule(image_size=args.image_size or 8, batch_size=args.batch_size, seed=args.seed)
-    return MNISTDataModule(data_dir=args.data_dir, image_size=args.image_size or 28, batch_size=args.batch_size, seed=args.seed)
+    return MNISTDataModule(
+        data_dir=args.data_dir, image_size=args.image_size or 28, batch_size=args.batch_size, seed=args.seed
+    )
 
 
 def trainer(args: argparse.Namespace, out_dir: Path, name: str, **kwargs) -> pl.Trainer:
@@ -81,7 +86,9 @@ def trainer(args: argparse.Namespace, out_dir: Path, name: str, **kwargs) -> pl.
     )
 
 
-def train_or_load(args: argparse.Namespace, dm, sigma: float, out_dir: Path, certify_kwargs: dict) -> RandomizedSmoothing:
+def train_or_load(
+    args: argparse.Namespace, dm, sigma: float, out_dir: Path, certify_kwargs: dict
+) -> RandomizedSmoothing:
     ckpt = out_dir / f"sigma_{sigma:g}.ckpt"
     if ckpt.is_file() and not args.retrain:
         module = RandomizedSmoothing.load_from_checkpoint(ckpt, map_location="cpu", **certify_kwargs)
@@ -119,11 +126,21 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     num_test = min(args.num_test, test_size)
     skip = max(1, test_size // num_test)
     certify_kwargs = {
-        "certify": True, "n0": args.n0, "n": args.n, "alpha": args.alpha, "certify_batch_size": args.certify_batch_size,
-        "radii": args.radii, "certify_skip": skip, "certify_limit": num_test, "seed": args.seed,
+        "certify": True,
+        "n0": args.n0,
+        "n": args.n,
+        "alpha": args.alpha,
+        "certify_batch_size": args.certify_batch_size,
+        "radii": args.radii,
+        "certify_skip": skip,
+        "certify_limit": num_test,
+        "seed": args.seed,
     }
-    print(f"{args.dataset}: {test_size} test images, certifying {num_test} (every {skip}th) with "
-          f"n0={args.n0}, n={args.n}, α={args.alpha}", flush=True)
+    print(
+        f"{args.dataset}: {test_size} test images, certifying {num_test} (every {skip}th) with "
+        f"n0={args.n0}, n={args.n}, α={args.alpha}",
+        flush=True,
+    )
 
     rows, records, extra = {}, {}, []
     for sigma in args.sigmas:
@@ -143,18 +160,22 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
         print(f"{name}: certified {len(result)} points in {time.time() - start:.0f} s", flush=True)
 
     table = certified_accuracy_table(rows, args.radii)
-    summary = "\n".join([
-        "| | base acc (clean) | base acc (noisy) | smoothed acc | abstain rate | radius cap |",
-        "|---|---|---|---|---|---|",
-        *extra,
-    ])
+    summary = "\n".join(
+        [
+            "| | base acc (clean) | base acc (noisy) | smoothed acc | abstain rate | radius cap |",
+            "|---|---|---|---|---|---|",
+            *extra,
+        ]
+    )
     text = (
         f"## Certified accuracy vs L2 radius ({args.dataset}, {args.arch}, {num_test} test points, "
         f"n0={args.n0}, n={args.n}, α={args.alpha})\n\n{table}\n\n{summary}\n"
     )
     print("\n" + text)
     atomic_write_text(out_dir / "certified_accuracy.md", text)
-    figure = certified_accuracy_figure(records, args.radii, title=f"Randomized smoothing on {args.dataset} (n={args.n})")
+    figure = certified_accuracy_figure(
+        records, args.radii, title=f"Randomized smoothing on {args.dataset} (n={args.n})"
+    )
     figure.savefig(out_dir / "certified_accuracy.png")
     print(f"wrote {out_dir / 'certified_accuracy.md'} and {out_dir / 'certified_accuracy.png'}")
     return rows

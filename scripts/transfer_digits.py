@@ -24,6 +24,7 @@ fewer coalitions (``--ir-samples`` of ``--ir-group-size`` cells) to fit a CPU bu
 interaction *measured* in the reports is the paper's Eq. 4 on the same 8×8 grid, exactly (every
 player, value margin_max, 1/(n−1) factor).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,18 @@ SOURCES = ("small_cnn", "resnet8", "densenet_small")
 TARGETS = ("lenet", "mlp", "vgg_small")
 METHODS = ("pgd", "pgd+ir", "mi", "mi+ir", "vr", "vr+ir", "di", "sgm", "sgm+ir", "hybridir")
 SKIP_ONLY = ("sgm", "sgm+ir", "hybridir")  # need skip connections (ResNet/DenseNet sources)
-LABELS = {"pgd": "PGD", "pgd+ir": "PGD+IR", "mi": "MI", "mi+ir": "MI+IR", "vr": "VR", "vr+ir": "VR+IR",
-          "di": "DI", "sgm": "SGM", "sgm+ir": "SGM+IR", "hybridir": "HybridIR"}
+LABELS = {
+    "pgd": "PGD",
+    "pgd+ir": "PGD+IR",
+    "mi": "MI",
+    "mi+ir": "MI+IR",
+    "vr": "VR",
+    "vr+ir": "VR+IR",
+    "di": "DI",
+    "sgm": "SGM",
+    "sgm+ir": "SGM+IR",
+    "hybridir": "HybridIR",
+}
 
 
 def checkpoint(arch: str) -> dict:
@@ -59,19 +70,33 @@ def checkpoint(arch: str) -> dict:
 def run_attack(out: Path, source: str, preset: str, overrides: dict, name: str, args) -> Path:
     """One attack run with trainer.predict (resumes, or returns at once, if ``out`` holds it)."""
     module = AttackModule(
-        checkpoint(source), preset, overrides=overrides, seed=args.seed, record="scores",
-        score_models=[checkpoint(t) for t in args.targets], name=name, num_classes=10, input_shape=(1, 16, 16),
+        checkpoint(source),
+        preset,
+        overrides=overrides,
+        seed=args.seed,
+        record="scores",
+        score_models=[checkpoint(t) for t in args.targets],
+        name=name,
+        num_classes=10,
+        input_shape=(1, 16, 16),
     )
     data = DigitsDataModule(image_size=16, channels=1, batch_size=args.batch_size, seed=0, predict_limit=args.limit)
     trainer = pl.Trainer(
-        accelerator=args.accelerator, devices=1, inference_mode=False, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[AdversarialWriter(str(out))],
+        accelerator=args.accelerator,
+        devices=1,
+        inference_mode=False,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[AdversarialWriter(str(out))],
     )
     start = time.perf_counter()
     trainer.predict(module, datamodule=data, return_predictions=False)
     summary = json.loads((out / "summary.json").read_text())
-    print(f"  {name:40s} white-box {100 * summary['whitebox_success']:5.1f}%  ({time.perf_counter() - start:6.1f} s)",
-          flush=True)
+    print(
+        f"  {name:40s} white-box {100 * summary['whitebox_success']:5.1f}%  ({time.perf_counter() - start:6.1f} s)",
+        flush=True,
+    )
     return out
 
 
@@ -143,11 +168,17 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    base = {"eps": args.eps, "step_size": args.step_size, "steps": args.steps, "ir_grid": args.ir_grid,
-            "ir_num_samples": args.ir_samples, "ir_group_size": args.ir_group_size}
+    base = {
+        "eps": args.eps,
+        "step_size": args.step_size,
+        "steps": args.steps,
+        "ir_grid": args.ir_grid,
+        "ir_num_samples": args.ir_samples,
+        "ir_group_size": args.ir_group_size,
+    }
     # VR+IR keeps the paper's halving of steps relative to the others (App. M.1: 50 instead of 100)
     vr_ir = {"steps": max(1, args.steps // 2)}
-    interaction = {"grid": args.ir_grid, "form": "single", "num_samples": args.ir_grid ** 2}
+    interaction = {"grid": args.ir_grid, "form": "single", "num_samples": args.ir_grid**2}
     targets = [checkpoint(t) for t in args.targets]
     started = time.perf_counter()
 
@@ -159,7 +190,9 @@ def main() -> None:
                 continue
             overrides = {**base, **(vr_ir if method == "vr+ir" else {})}
             name = f"{source}/{LABELS[method]}"
-            main_runs.append(run_attack(out / "attacks" / source / method.replace("+", "_"), source, method, overrides, name, args))
+            main_runs.append(
+                run_attack(out / "attacks" / source / method.replace("+", "_"), source, method, overrides, name, args)
+            )
 
     print("λ sweep runs:", flush=True)
     sweep_runs = []
@@ -174,12 +207,26 @@ def main() -> None:
                 sweep_runs.append(run_attack(folder, source, preset, overrides, name, args))
     print(f"attacks done in {time.perf_counter() - started:.0f} s; evaluating", flush=True)
 
-    report = evaluate_transfer(main_runs, targets, interaction=interaction, device="cpu", output_dir=out / "main",
-                               title=f"Digits transfer success rates (%), L∞ ε={args.eps}, {args.steps} steps")
-    sweep = evaluate_transfer(sweep_runs, targets, interaction=interaction, device="cpu", output_dir=out / "lambda",
-                              title=f"Digits PGD+IR λ sweep, L∞ ε={args.eps}, {args.steps} steps")
+    report = evaluate_transfer(
+        main_runs,
+        targets,
+        interaction=interaction,
+        device="cpu",
+        output_dir=out / "main",
+        title=f"Digits transfer success rates (%), L∞ ε={args.eps}, {args.steps} steps",
+    )
+    sweep = evaluate_transfer(
+        sweep_runs,
+        targets,
+        interaction=interaction,
+        device="cpu",
+        output_dir=out / "lambda",
+        title=f"Digits PGD+IR λ sweep, L∞ ε={args.eps}, {args.steps} steps",
+    )
     table = sweep_table(sweep, args)
-    atomic_write_text(out / "lambda_sweep.md", f"# PGD+IR λ sweep (ε={args.eps}, {args.steps} steps, zero start)\n\n{table}\n")
+    atomic_write_text(
+        out / "lambda_sweep.md", f"# PGD+IR λ sweep (ε={args.eps}, {args.steps} steps, zero start)\n\n{table}\n"
+    )
     sweep_figure(sweep, out / "lambda_sweep.png")
     print(report.markdown())
     print(table)

@@ -20,6 +20,7 @@ Example::
     python scripts/trs_vs_plain.py                                  # digits, defaults
     python scripts/trs_vs_plain.py --dataset mnist --epochs 4 --limit-train-batches 40
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,9 +42,15 @@ MNIST_DIR = REPO.parent / "shared" / "data" / "mnist-t10k"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", choices=["digits", "mnist", "auto"], default="digits",
-                   help="auto: MNIST when --data-dir holds it, else digits")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--dataset",
+        choices=["digits", "mnist", "auto"],
+        default="digits",
+        help="auto: MNIST when --data-dir holds it, else digits",
+    )
     p.add_argument("--data-dir", default=str(MNIST_DIR))
     p.add_argument("--members", type=int, default=3)
     p.add_argument("--arch", default="small_cnn")
@@ -55,9 +62,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scaling", choices=["reference", "mean"], default="reference")
     p.add_argument("--variant", choices=["plus", "vanilla"], default="plus")
     p.add_argument("--lambda-sim", type=float, default=10.0, help="λ_a (reference MNIST: 10, CIFAR-10: 40)")
-    p.add_argument("--lambda-smooth", type=float, default=100.0,
-                   help="λ_b (reference MNIST: 10, CIFAR-10: 2.5, both at batch 128; with reference scaling the "
-                        "smoothness weight falls as 1/B², and 10 gave a smaller white-box gain on digits)")
+    p.add_argument(
+        "--lambda-smooth",
+        type=float,
+        default=100.0,
+        help="λ_b (reference MNIST: 10, CIFAR-10: 2.5, both at batch 128; with reference scaling the "
+        "smoothness weight falls as 1/B², and 10 gave a smaller white-box gain on digits)",
+    )
     p.add_argument("--eps-start", type=float, default=0.1, help="δ0 (reference MNIST: 0.1)")
     p.add_argument("--eps-end", type=float, default=0.2, help="δM (reference MNIST: 0.2)")
     p.add_argument("--inner-steps", type=int, default=6)
@@ -67,13 +78,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--restarts", type=int, default=1)
     p.add_argument("--whitebox-eps", default="0.02,0.05,0.1", help="comma-separated ε of the white-box PGD")
     p.add_argument("--whitebox-steps", type=int, default=None, help="white-box PGD steps (default: --attack-steps)")
-    p.add_argument("--whitebox-loss", choices=["ce", "margin"], default="ce",
-                   help="loss maximised by the white-box PGD on the ensemble output (log mean probability)")
-    p.add_argument("--whitebox-restarts", type=int, default=1,
-                   help="white-box random restarts; a point is robust only if it survives all of them")
+    p.add_argument(
+        "--whitebox-loss",
+        choices=["ce", "margin"],
+        default="ce",
+        help="loss maximised by the white-box PGD on the ensemble output (log mean probability)",
+    )
+    p.add_argument(
+        "--whitebox-restarts",
+        type=int,
+        default=1,
+        help="white-box random restarts; a point is robust only if it survives all of them",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (0: torch's default); 1 is fastest for these small models on a busy machine")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (0: torch's default); 1 is fastest for these small models on a busy machine",
+    )
     p.add_argument("--out", default="runs/trs_vs_plain/results.json")
     return p.parse_args(argv)
 
@@ -92,14 +115,31 @@ def make_datamodule(args: argparse.Namespace) -> tuple[pl.LightningDataModule, s
 def train(args: argparse.Namespace, dm, regularizer: str, kwargs: dict[str, Any]) -> tuple[Ensemble, float]:
     pl.seed_everything(args.seed, workers=True)  # same initial members for both methods
     module = Ensemble(
-        arch=args.arch, num_members=args.members, regularizer=regularizer, regularizer_kwargs=kwargs,
-        scaling=args.scaling, seed=args.seed, num_classes=dm.num_classes, input_shape=dm.input_shape,
-        mean=dm.mean, std=dm.std, arch_kwargs={"width": args.width} if args.arch == "small_cnn" else None,
+        arch=args.arch,
+        num_members=args.members,
+        regularizer=regularizer,
+        regularizer_kwargs=kwargs,
+        scaling=args.scaling,
+        seed=args.seed,
+        num_classes=dm.num_classes,
+        input_shape=dm.input_shape,
+        mean=dm.mean,
+        std=dm.std,
+        arch_kwargs={"width": args.width} if args.arch == "small_cnn" else None,
         optimizer=lambda params: torch.optim.Adam(params, lr=args.lr, weight_decay=1e-4),
     )
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=args.epochs, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         limit_train_batches=args.limit_train_batches, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=args.epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_train_batches=args.limit_train_batches,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     return module.eval(), time.perf_counter() - start
@@ -107,7 +147,7 @@ def train(args: argparse.Namespace, dm, regularizer: str, kwargs: dict[str, Any]
 
 def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     with eval_mode([model]), torch.no_grad():
-        return float((torch.cat([model(x[i:i + 500]).argmax(1) for i in range(0, len(x), 500)]) == y).float().mean())
+        return float((torch.cat([model(x[i : i + 500]).argmax(1) for i in range(0, len(x), 500)]) == y).float().mean())
 
 
 def evaluate(args: argparse.Namespace, module: Ensemble, dm, test: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
@@ -120,16 +160,25 @@ def evaluate(args: argparse.Namespace, module: Ensemble, dm, test: tuple[torch.T
     }
     eps = args.transfer_eps
     generator = torch.Generator().manual_seed(args.seed)
-    factory = lambda model: Attack(model, "linf", eps=eps, step_size=eps / 4, steps=args.attack_steps,
-                                   random_start=True, generator=generator)
+    factory = lambda model: Attack(
+        model, "linf", eps=eps, step_size=eps / 4, steps=args.attack_steps, random_start=True, generator=generator
+    )
     report = transfer_report(members, x, y, factory, ensemble=ensemble, restarts=args.restarts)
     result["transfer"] = report.to_dict()
     result["transfer_markdown"] = report.to_markdown()
     whitebox = {}
     steps = args.whitebox_steps or args.attack_steps
     for e in [float(v) for v in args.whitebox_eps.split(",") if v.strip()]:
-        attack = Attack(ensemble, "linf", eps=e, step_size=e / 4, steps=steps, loss=args.whitebox_loss,
-                        random_start=True, generator=torch.Generator().manual_seed(args.seed))
+        attack = Attack(
+            ensemble,
+            "linf",
+            eps=e,
+            step_size=e / 4,
+            steps=steps,
+            loss=args.whitebox_loss,
+            random_start=True,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
         robust = torch.ones_like(y, dtype=torch.bool)
         for _ in range(args.whitebox_restarts):
             with eval_mode([ensemble]), torch.no_grad():
@@ -141,8 +190,10 @@ def evaluate(args: argparse.Namespace, module: Ensemble, dm, test: tuple[torch.T
 
 
 def markdown_summary(results: dict[str, dict[str, Any]], eps_list: list[str]) -> str:
-    header = ("| ensemble | clean acc | member acc | transfer between members (mean off-diag.) | "
-              "member → ensemble (mean) | " + " | ".join(f"PGD ε={e}" for e in eps_list) + " |")
+    header = (
+        "| ensemble | clean acc | member acc | transfer between members (mean off-diag.) | "
+        "member → ensemble (mean) | " + " | ".join(f"PGD ε={e}" for e in eps_list) + " |"
+    )
     lines = [header, "|" + "---|" * (5 + len(eps_list))]
     for name, r in results.items():
         t = r["transfer"]
@@ -150,8 +201,10 @@ def markdown_summary(results: dict[str, dict[str, Any]], eps_list: list[str]) ->
         to_ensemble = sum(row[n] for row in t["matrix"][:n]) / n
         members = ", ".join(f"{100 * a:.1f}" for a in r["member_clean_acc"])
         wb = " | ".join(f"{100 * r['whitebox_acc'][e]:.1f}" for e in eps_list)
-        lines.append(f"| {name} | {100 * r['clean_acc']:.1f} | {members} | {100 * t['off_diagonal_mean']:.1f} | "
-                     f"{100 * to_ensemble:.1f} | {wb} |")
+        lines.append(
+            f"| {name} | {100 * r['clean_acc']:.1f} | {members} | {100 * t['off_diagonal_mean']:.1f} | "
+            f"{100 * to_ensemble:.1f} | {wb} |"
+        )
     return "\n".join(lines)
 
 
@@ -162,8 +215,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dm, data_name = make_datamodule(args)
     dm.setup()
     test = dm.probe_set(len(dm.dataset("test")), split="test", seed=args.seed)
-    trs_kwargs = {"lambda_sim": args.lambda_sim, "lambda_smooth": args.lambda_smooth, "variant": args.variant,
-                  "eps_start": args.eps_start, "eps_end": args.eps_end, "inner_steps": args.inner_steps}
+    trs_kwargs = {
+        "lambda_sim": args.lambda_sim,
+        "lambda_smooth": args.lambda_smooth,
+        "variant": args.variant,
+        "eps_start": args.eps_start,
+        "eps_end": args.eps_end,
+        "inner_steps": args.inner_steps,
+    }
     results, timings = {}, {}
     for name, reg, kwargs in (("plain", "none", {}), ("trs", "trs", trs_kwargs)):
         module, seconds = train(args, dm, reg, kwargs)
@@ -175,18 +234,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     eps_list = list(results["plain"]["whitebox_acc"])
     summary = markdown_summary(results, eps_list)
     print(f"\n## TRS vs plain ensemble on {data_name} ({args.members}× {args.arch}, {args.epochs} epochs)\n")
-    print(f"Transfer attack: L∞ PGD ε={args.transfer_eps}, {args.attack_steps} steps of ε/4, random start, "
-          f"{args.restarts} restart(s); success rates in % over the probe points all models classify correctly. "
-          f"White-box: PGD ({args.whitebox_loss} loss) on the ensemble output "
-          f"({args.whitebox_steps or args.attack_steps} steps of ε/4, "
-          f"{args.whitebox_restarts} restart(s)), accuracy in % over {args.probe} test points.\n")
+    print(
+        f"Transfer attack: L∞ PGD ε={args.transfer_eps}, {args.attack_steps} steps of ε/4, random start, "
+        f"{args.restarts} restart(s); success rates in % over the probe points all models classify correctly. "
+        f"White-box: PGD ({args.whitebox_loss} loss) on the ensemble output "
+        f"({args.whitebox_steps or args.attack_steps} steps of ε/4, "
+        f"{args.whitebox_restarts} restart(s)), accuracy in % over {args.probe} test points.\n"
+    )
     print(summary)
     for name, r in results.items():
-        print(f"\n### {name}: transfer success (%), rows = attacked model, columns = evaluated model "
-              f"({r['transfer']['num_points']} points)\n")
+        print(
+            f"\n### {name}: transfer success (%), rows = attacked model, columns = evaluated model "
+            f"({r['transfer']['num_points']} points)\n"
+        )
         print(r["transfer_markdown"])
-    payload = {"dataset": data_name, "args": vars(args), "trs_kwargs": trs_kwargs, "results": results,
-               "summary_markdown": summary}
+    payload = {
+        "dataset": data_name,
+        "args": vars(args),
+        "trs_kwargs": trs_kwargs,
+        "results": results,
+        "summary_markdown": summary,
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2))

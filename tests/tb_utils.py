@@ -1,4 +1,5 @@
 """Read TensorBoard event files back in tests."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,6 @@
 """AdversarialTraining (PGD-AT, TRADES): inner attacks, objectives against formulas, robust validation,
 TensorBoard scalars of CLI fits, DDP, argument errors and the configs."""
+
 from __future__ import annotations
 
 import math
@@ -21,10 +22,24 @@ from tests.tb_utils import read_scalars
 
 EPS = 0.1
 # batch limits >= 2: jsonargparse reads "1" as the float 1.0, which Lightning takes as 100% of the batches
-FAST = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2",
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--trainer.log_every_n_steps", "1",
-        "--model.init_args.attack.steps", "2", "--model.init_args.eval_attack.steps", "2"]
+FAST = [
+    "--trainer.limit_train_batches",
+    "2",
+    "--trainer.limit_val_batches",
+    "2",
+    "--trainer.limit_test_batches",
+    "2",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+    "--trainer.log_every_n_steps",
+    "1",
+    "--model.init_args.attack.steps",
+    "2",
+    "--model.init_args.eval_attack.steps",
+    "2",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -54,8 +69,9 @@ def _module(dm: DigitsDataModule, attack: dict | None = None, **kwargs) -> Adver
     if kwargs.get("arch", "small_cnn") == "small_cnn":
         kwargs.setdefault("arch_kwargs", {"width": 8})
     attack = {"eps": EPS, "step_size": EPS / 4, **(attack or {})}
-    return AdversarialTraining(num_classes=dm.num_classes, input_shape=dm.input_shape, mean=dm.mean, std=dm.std,
-                               attack=attack, **kwargs)
+    return AdversarialTraining(
+        num_classes=dm.num_classes, input_shape=dm.input_shape, mean=dm.mean, std=dm.std, attack=attack, **kwargs
+    )
 
 
 def _pretrain(module: AdversarialTraining, dm: DigitsDataModule, steps: int = 40) -> AdversarialTraining:
@@ -97,7 +113,7 @@ def test_pgd_inner_attack_raises_the_loss_inside_the_ball(digits, trained_state,
     module = _trained(digits, trained_state, attack={"steps": 5}).train()
     x_adv = module.adversarial_examples(x, y, seed=0)
     assert module.training and all(m.training for m in module.modules())  # modes restored
-    assert all(p.grad is None for p in module.parameters())              # only the input got gradients
+    assert all(p.grad is None for p in module.parameters())  # only the input got gradients
     assert (x_adv - x).abs().max() <= EPS + 1e-6
     assert x_adv.min() >= 0 and x_adv.max() <= 1
     with torch.no_grad():
@@ -206,8 +222,9 @@ def test_zero_eps_is_standard_training(digits, trained_state, batch):
 @pytest.mark.parametrize("method", ["pgd", "trades"])
 def test_a_few_training_steps_lower_the_adversarial_loss(digits, method):
     torch.manual_seed(0)
-    module = _module(digits, method=method, attack={"steps": 2, "step_size": EPS / 2}, beta=1.0,
-                     eval_attack={"steps": 5}).train()
+    module = _module(
+        digits, method=method, attack={"steps": 2, "step_size": EPS / 2}, beta=1.0, eval_attack={"steps": 5}
+    ).train()
     x_eval, y_eval = next(iter(digits.val_dataloader()))
 
     def adversarial_loss() -> float:
@@ -234,9 +251,16 @@ def test_a_few_training_steps_lower_the_adversarial_loss(digits, method):
 # ------------------------------------------------------------------------- robust validation
 def test_robust_validation_is_below_clean_and_needs_gradients(tmp_path, digits, trained_state):
     module = _trained(digits, trained_state, eval_attack={"steps": 5})
-    kwargs = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,
-              "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": tmp_path,
-              "limit_val_batches": 2}
+    kwargs = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": tmp_path,
+        "limit_val_batches": 2,
+    }
     first = pl.Trainer(inference_mode=False, **kwargs).validate(module, datamodule=digits, verbose=False)[0]
     assert 0.0 <= first["val/adv_acc"] <= first["val/acc"]
     assert first["val/adv_acc"] < first["val/acc"] - 0.1  # a standard-trained model is not robust at ε = 0.1
@@ -267,11 +291,35 @@ def test_robust_eval_attack_defaults(digits):
 # ------------------------------------------------------------------------------------ the CLI
 def test_cli_fit_logs_adversarial_scalars_and_warms_up_eps(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    main(["fit", "--config", str(CONFIGS / "adversarial_digits.yaml"), *FAST, "--trainer.max_epochs", "2",
-          "--model.init_args.eps_warmup_epochs", "1.5", "--model.init_args.mixed_fraction", "0.5"])
+    main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "adversarial_digits.yaml"),
+            *FAST,
+            "--trainer.max_epochs",
+            "2",
+            "--model.init_args.eps_warmup_epochs",
+            "1.5",
+            "--model.init_args.mixed_fraction",
+            "0.5",
+        ]
+    )
     scalars = read_scalars(tmp_path / "runs" / "adversarial_digits" / "version_0")
-    for tag in ("train/loss_step", "train/loss_epoch", "train/adv_loss_step", "train/clean_loss_step", "train/adv_acc",
-                "train/clean_acc", "train/eps", "val/acc", "val/adv_acc", "val/adv_loss", "test/acc", "test/adv_acc"):
+    for tag in (
+        "train/loss_step",
+        "train/loss_epoch",
+        "train/adv_loss_step",
+        "train/clean_loss_step",
+        "train/adv_acc",
+        "train/clean_acc",
+        "train/eps",
+        "val/acc",
+        "val/adv_acc",
+        "val/adv_loss",
+        "test/acc",
+        "test/adv_acc",
+    ):
         assert tag in scalars, f"{tag} missing from {sorted(scalars)}"
     # ε_t = ε·min(1, (epoch + (batch + 1)/2)/1.5) for 2 batches per epoch
     eps = [value for _, value in sorted(scalars["train/eps"])]
@@ -288,29 +336,66 @@ def test_cli_fit_logs_adversarial_scalars_and_warms_up_eps(tmp_path, monkeypatch
 
 def test_cli_fit_trades_logs_its_terms(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    main(["fit", "--config", str(CONFIGS / "trades_digits.yaml"), *FAST, "--trainer.max_epochs", "1",
-          "--test_after_fit", "false"])
+    main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "trades_digits.yaml"),
+            *FAST,
+            "--trainer.max_epochs",
+            "1",
+            "--test_after_fit",
+            "false",
+        ]
+    )
     scalars = read_scalars(tmp_path / "runs" / "trades_digits" / "version_0")
-    for tag in ("train/loss_step", "train/kl_step", "train/clean_loss_step", "train/adv_loss_step",
-                "train/clean_acc", "train/adv_acc", "train/eps", "val/acc", "val/adv_acc"):
+    for tag in (
+        "train/loss_step",
+        "train/kl_step",
+        "train/clean_loss_step",
+        "train/adv_loss_step",
+        "train/clean_acc",
+        "train/adv_acc",
+        "train/eps",
+        "val/acc",
+        "val/adv_acc",
+    ):
         assert tag in scalars, f"{tag} missing from {sorted(scalars)}"
     # loss = CE(clean) + β·KL at every logged step
     beta = yaml.safe_load((CONFIGS / "trades_digits.yaml").read_text())["model"]["init_args"]["beta"]
-    for (s1, loss), (s2, clean), (s3, kl) in zip(scalars["train/loss_step"], scalars["train/clean_loss_step"],
-                                                 scalars["train/kl_step"]):
+    for (s1, loss), (s2, clean), (s3, kl) in zip(
+        scalars["train/loss_step"], scalars["train/clean_loss_step"], scalars["train/kl_step"]
+    ):
         assert s1 == s2 == s3 and kl >= 0
         assert loss == pytest.approx(clean + beta * kl, rel=1e-5)
 
 
 def test_fit_with_ddp_on_two_cpu_processes(tmp_path):
     """DDP (gloo, 2 CPU processes) through the CLI: the attacks run on both ranks, rank 0 writes logs."""
-    cmd = [sys.executable, "-m", "lit_advgame", "fit", "--config", str(CONFIGS / "adversarial_digits.yaml"), *FAST,
-           "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-           "--trainer.strategy", "ddp", "--trainer.deterministic", "false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lit_advgame",
+        "fit",
+        "--config",
+        str(CONFIGS / "adversarial_digits.yaml"),
+        *FAST,
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.deterministic",
+        "false",
+    ]
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
-    ckpt = torch.load(tmp_path / "runs/adversarial_digits/version_0/checkpoints/last.ckpt", map_location="cpu",
-                      weights_only=False)
+    ckpt = torch.load(
+        tmp_path / "runs/adversarial_digits/version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=False
+    )
     assert ckpt["epoch"] == 0 and ckpt["global_step"] == 2
     scalars = read_scalars(tmp_path / "runs/adversarial_digits/version_0")
     for tag in ("train/adv_acc", "val/adv_acc", "test/adv_acc"):
@@ -347,7 +432,12 @@ def test_bad_arguments_are_clear_errors(kwargs, error, match):
 def test_deprecated_flat_keywords_still_work(digits):
     """The flat keywords of the previous release set the injected settings, with a DeprecationWarning naming the
     new argument and their old defaults (ε = 0.1, α = 0.025), so old calls train exactly as before."""
-    data = {"num_classes": digits.num_classes, "input_shape": digits.input_shape, "mean": digits.mean, "std": digits.std}
+    data = {
+        "num_classes": digits.num_classes,
+        "input_shape": digits.input_shape,
+        "mean": digits.mean,
+        "std": digits.std,
+    }
     with pytest.warns(DeprecationWarning, match=r"steps is deprecated; use attack\.steps"):
         old = AdversarialTraining(**data, eps=EPS, step_size=EPS / 4, steps=3, norm="linf", random_start=True)
     new = _module(digits, attack={"steps": 3})
@@ -385,8 +475,12 @@ def test_bad_batches_are_clear_errors(digits, batch):
 # ------------------------------------------------------------------------------------ configs
 @pytest.mark.parametrize(
     "name, method",
-    [("adversarial_digits.yaml", "pgd"), ("trades_digits.yaml", "trades"), ("adversarial_mnist.yaml", "pgd"),
-     ("adversarial_cifar10.yaml", "pgd")],
+    [
+        ("adversarial_digits.yaml", "pgd"),
+        ("trades_digits.yaml", "trades"),
+        ("adversarial_mnist.yaml", "pgd"),
+        ("adversarial_cifar10.yaml", "pgd"),
+    ],
 )
 def test_configs_parse(name, method, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -414,8 +508,22 @@ def test_mnist_config_runs_on_the_shared_test_set(tmp_path, monkeypatch, repo_ro
     if not data.is_dir():
         pytest.skip("../shared/data/mnist-t10k not present")
     monkeypatch.chdir(tmp_path)
-    main(["fit", "--config", str(CONFIGS / "adversarial_mnist.yaml"), *FAST, "--trainer.max_epochs", "1",
-          "--data.init_args.data_dir", str(data), "--data.init_args.batch_size", "32", "--trainer.accelerator", "cpu"])
+    main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "adversarial_mnist.yaml"),
+            *FAST,
+            "--trainer.max_epochs",
+            "1",
+            "--data.init_args.data_dir",
+            str(data),
+            "--data.init_args.batch_size",
+            "32",
+            "--trainer.accelerator",
+            "cpu",
+        ]
+    )
     scalars = read_scalars(tmp_path / "runs/adversarial_mnist/version_0")
     assert "val/adv_acc" in scalars and "test/adv_acc" in scalars
     assert scalars["train/eps"][0][1] == pytest.approx(0.3)

@@ -1,4 +1,5 @@
 """The package's shape: no import cycles, helpers defined once, one vocabulary of string choices."""
+
 from __future__ import annotations
 
 import ast

@@ -1,4 +1,5 @@
 """Interaction callbacks: strength-controlled attack, short fits read back from TensorBoard, clear errors, DDP."""
+
 from __future__ import annotations
 
 import csv
@@ -93,18 +94,32 @@ def _slow_sgd(params):
 
 
 def _standard(dm: DigitsDataModule, state: dict[str, torch.Tensor]) -> StandardClassifier:
-    module = StandardClassifier(arch="mlp", arch_kwargs=MLP, num_classes=10, input_shape=dm.input_shape,
-                                mean=dm.mean, std=dm.std, optimizer=_slow_sgd)
+    module = StandardClassifier(
+        arch="mlp",
+        arch_kwargs=MLP,
+        num_classes=10,
+        input_shape=dm.input_shape,
+        mean=dm.mean,
+        std=dm.std,
+        optimizer=_slow_sgd,
+    )
     module.model.load_state_dict(state)
     return module
 
 
 def _trainer(tmp_path: Path, callbacks: list, loggers=None, **kwargs) -> pl.Trainer:
     options = {
-        "accelerator": "cpu", "devices": 1, "max_epochs": 2, "limit_train_batches": 2, "limit_val_batches": 1,
-        "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False,
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_epochs": 2,
+        "limit_train_batches": 2,
+        "limit_val_batches": 1,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
         "logger": loggers if loggers is not None else TensorBoardLogger(tmp_path, name="tb", default_hp_metric=False),
-        "callbacks": callbacks, "default_root_dir": tmp_path,
+        "callbacks": callbacks,
+        "default_root_dir": tmp_path,
     }
     options.update(kwargs)
     return pl.Trainer(**options)
@@ -127,8 +142,16 @@ def test_strength_attack_follows_the_reference_rule_on_a_linear_model():
     alpha = 1 / 64  # with 64 movable pixels a full step lowers z_0 by exactly 64 * (1/64) * (1/64) = 1/64
     x = torch.full((2, 1, 8, 8), 0.5)
     x[1, :, :4] = 0.0  # image 1: half its pixels sit at 0 and cannot go down, so its steps drop half as much
-    attack = StrengthControlledAttack(model, threshold=2.2 / 64, tolerance=0.5 / 64, eps=1.0, step_size=alpha,
-                                      steps=50, init_std=0.0, require_misclassification=False)
+    attack = StrengthControlledAttack(
+        model,
+        threshold=2.2 / 64,
+        tolerance=0.5 / 64,
+        eps=1.0,
+        step_size=alpha,
+        steps=50,
+        init_std=0.0,
+        require_misclassification=False,
+    )
     result = attack.run(x, torch.zeros(2, dtype=torch.long))
     unit = 1 / 64
     # image 0: drops 1, 2 (accepted), 3 overshoots (> 2.7) -> halved step gives 2.5, inside (2.2, 2.7]: stop
@@ -187,13 +210,23 @@ def test_strength_attack_bad_arguments():
 
 # ------------------------------------------------------------------------------------------ fits
 def _fit_single_model(tmp_path, digits, trained):
-    external = export_classifier(_net(digits, trained[1]), tmp_path / "external.pt", arch="mlp", num_classes=10,
-                                 input_shape=digits.input_shape, arch_kwargs=MLP)
+    external = export_classifier(
+        _net(digits, trained[1]),
+        tmp_path / "external.pt",
+        arch="mlp",
+        num_classes=10,
+        input_shape=digits.input_shape,
+        arch_kwargs=MLP,
+    )
     callbacks = [
         MultiOrderInteractionCallback(probe_size=8, game=TINY),
         DisentanglementCallback(probe_size=8, game=TINY),
-        PerturbationInteractionCallback(probe_size=8, interaction={"grid": 4, "num_samples": 16}, every_n_epochs=2,
-                                        attack_kwargs={"eps": 16 / 255, "steps": 5}),
+        PerturbationInteractionCallback(
+            probe_size=8,
+            interaction={"grid": 4, "num_samples": 16},
+            every_n_epochs=2,
+            attack_kwargs={"eps": 16 / 255, "steps": 5},
+        ),
         TransferabilityCallback(probe_size=16, external_models=[{"path": str(external), "name": "ext"}]),
     ]
     loggers = [TensorBoardLogger(tmp_path, name="tb", default_hp_metric=False), CSVLogger(tmp_path, name="csv")]
@@ -235,8 +268,12 @@ def test_fit_logs_every_callback_per_epoch(tmp_path, digits, trained, capfd, cap
     assert sum(share) == pytest.approx(1.0, abs=1e-5)
     for label, m in zip(LABELS, ORDERS):
         delta = last[f"interaction/delta/{label}"]
-        assert delta == pytest.approx(last[f"interaction/clean/{label}"] - last[f"interaction/adversarial/{label}"], abs=1e-5)
-        assert last[f"interaction/utility/{label}"] == pytest.approx((n - 1 - m) / (n * (n - 1)) * delta, rel=1e-4, abs=1e-9)
+        assert delta == pytest.approx(
+            last[f"interaction/clean/{label}"] - last[f"interaction/adversarial/{label}"], abs=1e-5
+        )
+        assert last[f"interaction/utility/{label}"] == pytest.approx(
+            (n - 1 - m) / (n * (n - 1)) * delta, rel=1e-4, abs=1e-9
+        )
 
     # the logged numbers are the engine's: recompute epoch 1 by hand with the same seeds
     model = module.model.eval()
@@ -249,8 +286,17 @@ def test_fit_logs_every_callback_per_epoch(tmp_path, digits, trained, capfd, cap
     for k, label in enumerate(LABELS):
         assert last[f"interaction/delta/{label}"] == pytest.approx(float(expected.values[k]), rel=1e-4, abs=1e-7)
     outcome = pert.attack.run(model, x, y, 256)
-    expected = perturbation_interaction_estimate(model, outcome.x, outcome.x_adv - outcome.x, outcome.y, grid=4,
-                                                 form="single", num_samples=16, value="margin_max", scale="paper")
+    expected = perturbation_interaction_estimate(
+        model,
+        outcome.x,
+        outcome.x_adv - outcome.x,
+        outcome.y,
+        grid=4,
+        form="single",
+        num_samples=16,
+        value="margin_max",
+        scale="paper",
+    )
     assert last["perturbation_interaction/value"] == pytest.approx(float(expected.values), rel=1e-4, abs=1e-7)
 
     # other loggers get log_metrics(step=epoch)
@@ -270,8 +316,16 @@ def test_fit_logs_every_callback_per_epoch(tmp_path, digits, trained, capfd, cap
 
 
 def test_ensemble_transfer_matrix(tmp_path, digits, trained):
-    module = Ensemble(arch="mlp", num_members=2, arch_kwargs=MLP, num_classes=10, input_shape=digits.input_shape,
-                      mean=digits.mean, std=digits.std, optimizer=_slow_sgd)
+    module = Ensemble(
+        arch="mlp",
+        num_members=2,
+        arch_kwargs=MLP,
+        num_classes=10,
+        input_shape=digits.input_shape,
+        mean=digits.mean,
+        std=digits.std,
+        optimizer=_slow_sgd,
+    )
     for member, state in zip(module.model.members, trained):
         member.load_state_dict(state)
     callback = TransferabilityCallback(probe_size=32, attack_kwargs={"eps": 0.1, "step_size": 0.025, "steps": 5})
@@ -290,9 +344,11 @@ def test_ensemble_transfer_matrix(tmp_path, digits, trained):
     for value in last.values():  # success rates are fractions of the probe points
         assert value * points == pytest.approx(round(value * points), abs=1e-3)
     assert scalars["transfer/member_off_diagonal_mean"][-1][1] == pytest.approx(
-        (last[("member0", "member1")] + last[("member1", "member0")]) / 2, abs=1e-6)
+        (last[("member0", "member1")] + last[("member1", "member0")]) / 2, abs=1e-6
+    )
     assert scalars["transfer/member_whitebox_mean"][-1][1] == pytest.approx(
-        (last[("member0", "member0")] + last[("member1", "member1")]) / 2, abs=1e-6)
+        (last[("member0", "member0")] + last[("member1", "member1")]) / 2, abs=1e-6
+    )
     assert "transfer/matrix" in read_image_tags(trainer.logger.log_dir)
 
 
@@ -307,7 +363,8 @@ def test_probe_tensors_without_a_datamodule(tmp_path, digits, trained):
     assert callback.last_metrics["disentanglement/num_images"] <= 6
     with pytest.raises(ValueError, match="probe examples"):
         _trainer(tmp_path, [DisentanglementCallback(game=TINY)], max_epochs=1, logger=False).fit(
-            _standard(digits, trained[0]), train_dataloaders=loader, val_dataloaders=loader)
+            _standard(digits, trained[0]), train_dataloaders=loader, val_dataloaders=loader
+        )
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -333,7 +390,9 @@ def test_bad_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="probe_y"):
         DisentanglementCallback(probe_x=torch.rand(4, 1, 16, 16))
     with pytest.raises(ValueError, match="probe_size=8 is larger than the 4 given"):
-        DisentanglementCallback(probe_size=8, probe_x=torch.rand(4, 1, 16, 16), probe_y=torch.zeros(4, dtype=torch.long))
+        DisentanglementCallback(
+            probe_size=8, probe_x=torch.rand(4, 1, 16, 16), probe_y=torch.zeros(4, dtype=torch.long)
+        )
     with pytest.raises(ValueError, match="restarts"):
         TransferabilityCallback(restarts=0)
 
@@ -353,8 +412,15 @@ def test_settings_objects_are_defined_once_and_flat_keywords_are_deprecated_alia
     assert GameSettings().grid == DEFAULT_GRID and GameSettings().max_forward_passes == DEFAULT_MAX_FORWARD_PASSES
     assert PerturbationInteractionCallback().interaction == PerturbationInteraction()
     # probe settings: defined once in ProbeCallback, forwarded by every subclass (only the defaults differ)
-    assert [cb().probe_size for cb in (MultiOrderInteractionCallback, DisentanglementCallback,
-                                        PerturbationInteractionCallback, TransferabilityCallback)] == [16, 16, 16, 64]
+    assert [
+        cb().probe_size
+        for cb in (
+            MultiOrderInteractionCallback,
+            DisentanglementCallback,
+            PerturbationInteractionCallback,
+            TransferabilityCallback,
+        )
+    ] == [16, 16, 16, 64]
     with pytest.raises(ValueError, match="unknown game option"):
         DisentanglementCallback(game={"grids": 4})
     with pytest.raises(TypeError, match="game must be a GameSettings"):
@@ -393,16 +459,28 @@ def test_module_without_a_classifier_is_a_clear_error(tmp_path, digits):
 
 # ------------------------------------------------------------------------------------------ config and DDP
 def test_callbacks_config_fragment_appends_the_four_callbacks(capsys):
-    args = ["fit", "--config", str(CONFIGS / "standard_digits.yaml"), "--config", str(CONFIGS / "callbacks_digits.yaml")]
+    args = [
+        "fit",
+        "--config",
+        str(CONFIGS / "standard_digits.yaml"),
+        "--config",
+        str(CONFIGS / "callbacks_digits.yaml"),
+    ]
     with pytest.raises(SystemExit) as exc:
         main([*args, "--print_config"])
     assert exc.value.code == 0
     callbacks = yaml.safe_load(capsys.readouterr().out)["trainer"]["callbacks"]
     paths = [c["class_path"] for c in callbacks]
     assert paths[0] == "pytorch_lightning.callbacks.ModelCheckpoint"  # kept: the fragment appends
-    assert paths[-4:] == [f"lit_advgame.callbacks.{name}" for name in (
-        "MultiOrderInteractionCallback", "DisentanglementCallback", "PerturbationInteractionCallback",
-        "TransferabilityCallback")]
+    assert paths[-4:] == [
+        f"lit_advgame.callbacks.{name}"
+        for name in (
+            "MultiOrderInteractionCallback",
+            "DisentanglementCallback",
+            "PerturbationInteractionCallback",
+            "TransferabilityCallback",
+        )
+    ]
     cli = build_cli(args[1:], run=False)
     built = [cb for cb in cli.trainer.callbacks if type(cb).__module__.startswith("lit_advgame.callbacks")]
     assert [type(cb).__name__ for cb in built] == [p.rsplit(".", 1)[1] for p in paths[-4:]]
@@ -410,28 +488,70 @@ def test_callbacks_config_fragment_appends_the_four_callbacks(capsys):
     # the nested settings keep the configs' meaning: 8x8 grid, reference orders, 4 pairs x 8 contexts; exact Eq. 4
     digits_game = GameSettings(grid=8, orders="reference", num_pairs=4, num_contexts=8)
     assert built[0].settings == built[1].settings == digits_game
-    assert built[2].interaction == PerturbationInteraction(grid=8, form="single", num_samples=64, value="margin_max",
-                                                           scale="paper")
+    assert built[2].interaction == PerturbationInteraction(
+        grid=8, form="single", num_samples=64, value="margin_max", scale="paper"
+    )
     # a bad choice inside a settings object fails when the config is parsed
     with pytest.raises(SystemExit):
-        build_cli([*args[1:], "--trainer.callbacks+=lit_advgame.callbacks.DisentanglementCallback",
-                   "--trainer.callbacks.game.pairs=diagonal"], run=False)
+        build_cli(
+            [
+                *args[1:],
+                "--trainer.callbacks+=lit_advgame.callbacks.DisentanglementCallback",
+                "--trainer.callbacks.game.pairs=diagonal",
+            ],
+            run=False,
+        )
     assert "diagonal" in capsys.readouterr().err
 
 
 def test_callbacks_under_ddp_on_two_cpu_processes(tmp_path):
     """DDP (gloo, 2 CPU processes): rank 0 computes and logs with the epoch as step, no rank hangs."""
     fragment = tmp_path / "tiny_callbacks.yaml"
-    fragment.write_text(yaml.safe_dump({"trainer": {"callbacks+": [
-        {"class_path": "lit_advgame.callbacks.MultiOrderInteractionCallback",
-         "init_args": {"probe_size": 4, "game": TINY}},
-        {"class_path": "lit_advgame.callbacks.TransferabilityCallback", "init_args": {"probe_size": 8}},
-    ]}}))
-    cmd = [sys.executable, "-m", "lit_advgame", "fit", "--config", str(CONFIGS / "standard_digits.yaml"),
-           "--config", str(fragment), "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
-           "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--test_after_fit", "false",
-           "--model.init_args.arch", "mlp", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-           "--trainer.strategy", "ddp", "--trainer.deterministic", "false"]
+    fragment.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {
+                    "callbacks+": [
+                        {
+                            "class_path": "lit_advgame.callbacks.MultiOrderInteractionCallback",
+                            "init_args": {"probe_size": 4, "game": TINY},
+                        },
+                        {"class_path": "lit_advgame.callbacks.TransferabilityCallback", "init_args": {"probe_size": 8}},
+                    ]
+                }
+            }
+        )
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "lit_advgame",
+        "fit",
+        "--config",
+        str(CONFIGS / "standard_digits.yaml"),
+        "--config",
+        str(fragment),
+        "--trainer.limit_train_batches",
+        "3",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--test_after_fit",
+        "false",
+        "--model.init_args.arch",
+        "mlp",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.deterministic",
+        "false",
+    ]
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout + out.stderr

@@ -1,4 +1,5 @@
 """The lit-advgame command line: config printing, a short fit read back from TensorBoard, resuming."""
+
 from __future__ import annotations
 
 import subprocess
@@ -13,8 +14,18 @@ from lit_advgame.cli import build_cli, main
 from tests.conftest import CONFIGS
 from tests.tb_utils import read_scalars
 
-FAST = ["--trainer.limit_train_batches", "5", "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2",
-        "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1"]
+FAST = [
+    "--trainer.limit_train_batches",
+    "5",
+    "--trainer.limit_val_batches",
+    "2",
+    "--trainer.limit_test_batches",
+    "2",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.log_every_n_steps",
+    "1",
+]
 
 
 def _fit(args: list[str]) -> None:
@@ -41,8 +52,13 @@ def test_quickstart_is_a_trs_ensemble_with_interaction_callbacks(capsys):
     assert cfg["model"]["init_args"]["regularizer"] == "trs"
     assert cfg["data"]["class_path"] == "lit_advgame.data.DigitsDataModule"
     callbacks = {cb["class_path"].rsplit(".", 1)[-1] for cb in cfg["trainer"]["callbacks"]}
-    assert {"MultiOrderInteractionCallback", "DisentanglementCallback", "TransferabilityCallback",
-            "PerturbationInteractionCallback", "ModelCheckpoint"} <= callbacks
+    assert {
+        "MultiOrderInteractionCallback",
+        "DisentanglementCallback",
+        "TransferabilityCallback",
+        "PerturbationInteractionCallback",
+        "ModelCheckpoint",
+    } <= callbacks
 
 
 def test_unknown_config_key_is_a_clear_error(capsys):
@@ -87,7 +103,9 @@ def test_resume_from_last_checkpoint_continues_training(tmp_path, monkeypatch):
     assert float(step_second) == 2 * float(step_first)
     # the resumed run logged into the same TensorBoard run (version_0), its steps after the first run's
     assert not (tmp_path / "runs" / "standard_digits" / "version_1").exists()
-    steps = sorted(step for step, _ in read_scalars(tmp_path / "runs" / "standard_digits" / "version_0")["train/loss_step"])
+    steps = sorted(
+        step for step, _ in read_scalars(tmp_path / "runs" / "standard_digits" / "version_0")["train/loss_step"]
+    )
     assert steps == sorted(set(steps)) and steps[-1] == second["global_step"] - 1
     assert sum(step >= first["global_step"] for step in steps) == first["global_step"]
 
@@ -101,14 +119,31 @@ def test_module_entry_point_help():
 
 def test_fit_with_ddp_on_two_cpu_processes(tmp_path):
     """DDP (gloo, 2 CPU processes) through the CLI: both ranks train, rank 0 writes logs and checkpoints."""
-    cmd = [sys.executable, "-m", "lit_advgame", "fit", "--config", str(CONFIGS / "standard_digits.yaml"), *FAST,
-           "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-           "--trainer.strategy", "ddp", "--trainer.deterministic", "false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lit_advgame",
+        "fit",
+        "--config",
+        str(CONFIGS / "standard_digits.yaml"),
+        *FAST,
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.deterministic",
+        "false",
+    ]
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "world_size: 2" in (out.stdout + out.stderr) or "GLOBAL_RANK: 1" in (out.stdout + out.stderr)
-    ckpt = torch.load(tmp_path / "runs/standard_digits/version_0/checkpoints/last.ckpt", map_location="cpu",
-                      weights_only=False)
+    ckpt = torch.load(
+        tmp_path / "runs/standard_digits/version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=False
+    )
     assert ckpt["epoch"] == 0 and ckpt["global_step"] == 5
     scalars = read_scalars(tmp_path / "runs/standard_digits/version_0")
     assert "val/acc" in scalars and "test/acc" in scalars
@@ -131,8 +166,18 @@ def test_mnist_config_runs_on_the_shared_test_set(tmp_path, monkeypatch, repo_ro
     if not data.is_dir():
         pytest.skip("../shared/data/mnist-t10k not present")
     monkeypatch.chdir(tmp_path)
-    main(["fit", "--config", str(CONFIGS / "standard_mnist.yaml"), *FAST, "--trainer.max_epochs", "1",
-          "--data.init_args.data_dir", str(data)])
+    main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "standard_mnist.yaml"),
+            *FAST,
+            "--trainer.max_epochs",
+            "1",
+            "--data.init_args.data_dir",
+            str(data),
+        ]
+    )
     scalars = read_scalars(tmp_path / "runs/standard_mnist/version_0")
     assert "val/acc" in scalars and "test/acc" in scalars
 
@@ -147,7 +192,9 @@ def test_cifar_config_without_data_fails_clearly(tmp_path, monkeypatch, capsys):
         main(args)
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and any(line.startswith("error:") and "cifar" in line.lower() for line in err.splitlines())
+    assert "Traceback" not in err and any(
+        line.startswith("error:") and "cifar" in line.lower() for line in err.splitlines()
+    )
 
 
 def test_num_threads_option_sets_torch_threads():

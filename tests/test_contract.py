@@ -9,6 +9,7 @@ interaction inside the perturbations is measured on the checkpoint sources named
 other spec kinds (checkpoints without a class path, ensemble files, members, robustness-format and torchvision
 specs) and its errors are checked on hand-made files.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,8 +70,14 @@ ONE_STEP = {
     "data": {"init_args": {"batch_size": 8}},
 }
 TINY_ATTACK = {
-    "model": {"init_args": {"attack": "pgd", "overrides": {"eps": "32/255", "step_size": "8/255", "steps": 2},
-                            "record": "uint8", "score_models": None}},
+    "model": {
+        "init_args": {
+            "attack": "pgd",
+            "overrides": {"eps": "32/255", "step_size": "8/255", "steps": 2},
+            "record": "uint8",
+            "score_models": None,
+        }
+    },
     "data": {"init_args": {"batch_size": 16, "predict_limit": 16}},
 }
 EPS = 32 / 255
@@ -98,15 +105,36 @@ def pipeline(tmp_path_factory) -> dict[str, Path]:
     try:
         for method, (config, _) in METHODS.items():
             run_root = root / "fit" / method
-            main(["fit", "--config", str(CONFIGS / config), "--config", str(one_step),
-                  "--trainer.default_root_dir", str(run_root)])
+            main(
+                [
+                    "fit",
+                    "--config",
+                    str(CONFIGS / config),
+                    "--config",
+                    str(one_step),
+                    "--trainer.default_root_dir",
+                    str(run_root),
+                ]
+            )
             (last,) = run_root.glob("version_*/checkpoints/last.ckpt")
             shutil.copy(last, ckpts / f"{method}.ckpt")  # the file name is the model's display name
         for method in METHODS:
             out = root / "attacks" / method
-            main(["predict", "--config", str(CONFIGS / "attack_quickstart.yaml"), "--config", str(tiny),
-                  "--model.init_args.source", str(ckpts / f"{method}.ckpt"),
-                  "--trainer.callbacks.init_args.output_dir", str(out), "--trainer.default_root_dir", str(out)])
+            main(
+                [
+                    "predict",
+                    "--config",
+                    str(CONFIGS / "attack_quickstart.yaml"),
+                    "--config",
+                    str(tiny),
+                    "--model.init_args.source",
+                    str(ckpts / f"{method}.ckpt"),
+                    "--trainer.callbacks.init_args.output_dir",
+                    str(out),
+                    "--trainer.default_root_dir",
+                    str(out),
+                ]
+            )
     finally:
         torch.set_num_threads(threads)
     report = root / "transfer"
@@ -114,9 +142,28 @@ def pipeline(tmp_path_factory) -> dict[str, Path]:
     targets = [str(ckpts / f"{m}.ckpt") for m in METHODS]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "lit_advgame.evaluation", *runs, "--targets", *targets, "--members", "--subset", "all",
-         "--output", str(report), "--no-interaction", "--batch-size", "64", "--no-tensorboard"],
-        capture_output=True, text=True, env=env, cwd=root, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "lit_advgame.evaluation",
+            *runs,
+            "--targets",
+            *targets,
+            "--members",
+            "--subset",
+            "all",
+            "--output",
+            str(report),
+            "--no-interaction",
+            "--batch-size",
+            "64",
+            "--no-tensorboard",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return {"root": root, "ckpts": ckpts, "report": report}
@@ -128,7 +175,7 @@ def test_checkpoint_loads_as_the_trained_pixel_space_classifier(pipeline, method
     ckpt = pipeline["ckpts"] / f"{method}.ckpt"
     loaded = load_classifier(str(ckpt), num_classes=10, input_shape=(1, 16, 16))
     raw = torch.load(ckpt, map_location="cpu", weights_only=True)
-    trained = {k[len("model."):]: v for k, v in raw["state_dict"].items() if k.startswith("model.")}
+    trained = {k[len("model.") :]: v for k, v in raw["state_dict"].items() if k.startswith("model.")}
     state = loaded.model.state_dict()
     assert set(state) == set(trained)
     for key, value in trained.items():  # the trained weights and normalization, nothing else
@@ -162,8 +209,12 @@ def test_every_checkpoint_exports_to_a_classifier_file(pipeline, tmp_path, metho
     metrics = export_lightning_checkpoint(ckpt, out)
     assert set(metrics) == {"val_acc", "test_acc"} and all(0 <= v <= 1 for v in metrics.values())
     stored = torch.load(out, map_location="cpu", weights_only=True)
-    assert stored["module"].rsplit(".", 1)[-1] in ("StandardClassifier", "AdversarialTraining", "RandomizedSmoothing",
-                                                   "Ensemble")
+    assert stored["module"].rsplit(".", 1)[-1] in (
+        "StandardClassifier",
+        "AdversarialTraining",
+        "RandomizedSmoothing",
+        "Ensemble",
+    )
     original, exported = load_classifier(str(ckpt)), load_classifier(str(out))
     x = torch.rand(6, 1, 16, 16)
     torch.testing.assert_close(exported.model(x), original.model(x), rtol=0, atol=0)
@@ -197,8 +248,11 @@ def test_every_checkpoint_is_scored_as_a_transfer_target_with_the_ensembles_memb
         assert row["num_images"] == 16 and set(row["targets"]) == set(expected_targets)
         assert 0 <= row["whitebox_success"] <= 1
         for name in ("trs", "trs_member2", "smoothing"):  # the scores are those of the loaded target classifiers
-            spec = str(pipeline["ckpts"] / f"{name}.ckpt") if "member" not in name else {
-                "path": str(pipeline["ckpts"] / "trs.ckpt"), "member": 2}
+            spec = (
+                str(pipeline["ckpts"] / f"{name}.ckpt")
+                if "member" not in name
+                else {"path": str(pipeline["ckpts"] / "trs.ckpt"), "member": 2}
+            )
             model = load_classifier(spec).model
             clean = batched_margins(model, adv.x, adv.label, 64, "cpu")
             fooled = batched_margins(model, adv.x_adv, adv.label, 64, "cpu")
@@ -210,8 +264,14 @@ def test_every_checkpoint_is_scored_as_a_transfer_target_with_the_ensembles_memb
 
 def test_interaction_is_measured_on_checkpoint_sources_reloaded_from_the_run_metadata(pipeline):
     runs = [pipeline["root"] / "attacks" / m for m in ("trs", "smoothing")]
-    report = evaluate_transfer(runs, str(pipeline["ckpts"] / "standard.ckpt"), subset="all", loo=False,
-                               interaction={"grid": 2, "num_samples": 2, "max_images": 4}, device="cpu")
+    report = evaluate_transfer(
+        runs,
+        str(pipeline["ckpts"] / "standard.ckpt"),
+        subset="all",
+        loo=False,
+        interaction={"grid": 2, "num_samples": 2, "max_images": 4},
+        device="cpu",
+    )
     for row in report.rows:  # the source (an ensemble for trs) is loaded from the spec in the run's metadata
         assert math.isfinite(row.interaction) and math.isfinite(row.interaction_stderr)
 
@@ -277,8 +337,13 @@ def test_checkpoint_of_a_class_that_is_not_a_lightning_module_or_no_longer_fits_
     ckpt = _lightning_checkpoint(tmp_path / "odd.ckpt", model, _class_path="collections.OrderedDict")
     with pytest.raises(ValueError, match="'collections.OrderedDict' as its module, which is not a LightningModule"):
         load_classifier(str(ckpt))
-    stale = _lightning_checkpoint(tmp_path / "stale.ckpt", model, _class_path="lit_advgame.training.StandardClassifier",
-                                  _instantiator="pytorch_lightning.cli.instantiate_module", arch="mlp")
+    stale = _lightning_checkpoint(
+        tmp_path / "stale.ckpt",
+        model,
+        _class_path="lit_advgame.training.StandardClassifier",
+        _instantiator="pytorch_lightning.cli.instantiate_module",
+        arch="mlp",
+    )
     with pytest.raises(ValueError, match="could not rebuild its lit_advgame.training.StandardClassifier"):
         load_classifier(str(stale))  # lenet weights under an mlp architecture
 
@@ -287,18 +352,27 @@ def test_robustness_format_and_torchvision_specs_load_as_pixel_space_classifiers
     torch.manual_seed(0)
     net = build_model("lenet", 10, 1, 16).net
     mean, std = torch.tensor([0.4]).view(1, 1, 1), torch.tensor([0.25]).view(1, 1, 1)
-    state = {**{f"module.model.{k}": v for k, v in net.state_dict().items()},
-             **{f"module.attacker.model.{k}": v for k, v in net.state_dict().items()},
-             "module.normalizer.new_mean": mean, "module.normalizer.new_std": std,
-             "module.attacker.normalize.new_mean": mean, "module.attacker.normalize.new_std": std}
+    state = {
+        **{f"module.model.{k}": v for k, v in net.state_dict().items()},
+        **{f"module.attacker.model.{k}": v for k, v in net.state_dict().items()},
+        "module.normalizer.new_mean": mean,
+        "module.normalizer.new_std": std,
+        "module.attacker.normalize.new_mean": mean,
+        "module.attacker.normalize.new_std": std,
+    }
     torch.save({"model": state, "epoch": 3}, tmp_path / "robust.pt")
-    loaded = load_classifier({"arch": "lenet", "weights": str(tmp_path / "robust.pt")}, num_classes=10,
-                             input_shape=(1, 16, 16))
+    loaded = load_classifier(
+        {"arch": "lenet", "weights": str(tmp_path / "robust.pt")}, num_classes=10, input_shape=(1, 16, 16)
+    )
     x = torch.rand(3, 1, 16, 16)
     torch.testing.assert_close(loaded.model(x), net.eval()((x - 0.4) / 0.25))
     assert (loaded.mean, loaded.std, loaded.arch) == ([pytest.approx(0.4)], [pytest.approx(0.25)], "lenet")
-    tv = load_classifier({"arch": "torchvision:squeezenet1_1", "num_classes": 4, "name": "sq"}, input_shape=(3, 32, 32),
-                         mean=[0.5] * 3, std=[0.2] * 3)
+    tv = load_classifier(
+        {"arch": "torchvision:squeezenet1_1", "num_classes": 4, "name": "sq"},
+        input_shape=(3, 32, 32),
+        mean=[0.5] * 3,
+        std=[0.2] * 3,
+    )
     assert isinstance(tv, LoadedModel) and tv.model(torch.rand(2, 3, 32, 32)).shape == (2, 4)
     assert tv.metadata()["arch"] == "torchvision:squeezenet1_1" and tv.mean == [0.5] * 3
 
@@ -309,7 +383,12 @@ def test_attack_module_needs_a_batch_prediction_writer(tmp_path, pipeline):
     trainer = pl.Trainer(accelerator="cpu", inference_mode=False, logger=False, enable_progress_bar=False)
     with pytest.raises(ValueError, match="needs a batch-interval prediction writer"):
         trainer.predict(module, datamodule=data, return_predictions=False)
-    trainer = pl.Trainer(accelerator="cpu", inference_mode=False, logger=False, enable_progress_bar=False,
-                         callbacks=[AdversarialWriter(str(tmp_path / "run"))])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        inference_mode=False,
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=[AdversarialWriter(str(tmp_path / "run"))],
+    )
     trainer.predict(module, datamodule=data, return_predictions=False)
     assert load_adversarial(tmp_path / "run").index.tolist() == [0, 1, 2, 3]

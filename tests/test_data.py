@@ -1,4 +1,5 @@
 """Tests of lit_advgame.data: shapes, ranges, splits, statistics, loaders and clear errors."""
+
 from __future__ import annotations
 
 import gzip
@@ -105,8 +106,10 @@ def test_digits_pixels_are_scaled_sklearn_digits():
 def test_digits_splits_disjoint_covering_deterministic():
     def split_contents(seed):
         dm = DigitsDataModule(image_size=8, seed=seed)
-        return {split: {tuple(x.flatten().tolist()) + (int(y),) for x, y in zip(*stack_split(dm, split))}
-                for split in ("train", "val", "test")}, dm.split_sizes()
+        return {
+            split: {tuple(x.flatten().tolist()) + (int(y),) for x, y in zip(*stack_split(dm, split))}
+            for split in ("train", "val", "test")
+        }, dm.split_sizes()
 
     a, sizes = split_contents(0)
     assert sizes == {"train": 1797 - 270 - 270, "val": 270, "test": 270}
@@ -260,8 +263,15 @@ def test_digits_in_a_trainer():
 
     dm = DigitsDataModule(batch_size=32, predict_limit=40)
     model = Linear(dm.input_shape, dm.num_classes)
-    trainer = pl.Trainer(max_steps=3, limit_val_batches=2, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer = pl.Trainer(
+        max_steps=3,
+        limit_val_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     trainer.fit(model, datamodule=dm)
     predictions = trainer.predict(model, datamodule=dm)
     assert sum(len(p) for p in predictions) == 40

@@ -1,5 +1,6 @@
 """Ensembles with diversity regularizers: the losses against their formulas, double backprop,
 the transfer matrix, the Lightning module's logging, configs and DDP."""
+
 from __future__ import annotations
 
 import itertools
@@ -132,8 +133,12 @@ def test_trs_similarity_on_hand_made_gradients():
     assert gradient_similarity(_grads([1.0, 1.0], [5.0, 0.0])).item() == pytest.approx(1 / math.sqrt(2))
     # N = 4: the mean over all 6 pairs, by enumeration
     vecs = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 0.0], [-1.0, 0.0, 0.0]]
-    expected = np.mean([abs(np.dot(a, b)) / (np.linalg.norm(a) * np.linalg.norm(b))
-                        for a, b in itertools.combinations(np.array(vecs), 2)])
+    expected = np.mean(
+        [
+            abs(np.dot(a, b)) / (np.linalg.norm(a) * np.linalg.norm(b))
+            for a, b in itertools.combinations(np.array(vecs), 2)
+        ]
+    )
     assert gradient_similarity(_grads(*vecs)).item() == pytest.approx(expected, abs=1e-6)
     # batched: the mean over examples
     batch = torch.stack([_grads([1.0, 0.0], [1.0, 0.0])[:, 0], _grads([1.0, 0.0], [0.0, 1.0])[:, 0]], dim=1)
@@ -235,8 +240,12 @@ def _objective(model, x, y):
 def _smooth_ensemble() -> EnsembleModel:
     """Smooth members (softplus, BatchNorm) so that gradient ascent on the gradient norm is monotone."""
     torch.manual_seed(0)
-    return EnsembleModel([nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.Softplus(),
-                                        nn.Linear(32, 10)) for _ in range(3)])
+    return EnsembleModel(
+        [
+            nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.Softplus(), nn.Linear(32, 10))
+            for _ in range(3)
+        ]
+    )
 
 
 def test_smoothness_pgd_stays_in_the_ball_and_raises_the_gradient_norm():
@@ -264,7 +273,9 @@ def test_smoothness_pgd_stays_in_the_ball_and_raises_the_gradient_norm():
     assert (values[-1] > values[0]).all()  # every example's gradient norm grew
     # reference options: train-mode attack updates the BatchNorm statistics; accumulated sign steps stay in the ball
     model.train()
-    acc = smoothness_pgd(model, x, y, eps, accumulate_grad=True, bn_mode="train", generator=torch.Generator().manual_seed(0))
+    acc = smoothness_pgd(
+        model, x, y, eps, accumulate_grad=True, bn_mode="train", generator=torch.Generator().manual_seed(0)
+    )
     assert (acc - x).abs().max() <= eps + 1e-6
     assert not torch.equal(model.members[0][2].running_mean, running)
     assert torch.equal(smoothness_pgd(model, x, y, 0.0), x)  # eps = 0 is the identity
@@ -316,9 +327,14 @@ def _adp_by_hand(probs: np.ndarray, y: np.ndarray, alpha: float, beta: float) ->
 
 
 def test_adp_terms_match_the_formula():
-    probs = torch.tensor([[[0.7, 0.2, 0.1, 0.0], [0.1, 0.1, 0.1, 0.7]],
-                          [[0.6, 0.1, 0.1, 0.2], [0.25, 0.25, 0.25, 0.25]],
-                          [[0.5, 0.0, 0.5, 0.0], [0.0, 0.3, 0.3, 0.4]]], dtype=torch.float64)
+    probs = torch.tensor(
+        [
+            [[0.7, 0.2, 0.1, 0.0], [0.1, 0.1, 0.1, 0.7]],
+            [[0.6, 0.1, 0.1, 0.2], [0.25, 0.25, 0.25, 0.25]],
+            [[0.5, 0.0, 0.5, 0.0], [0.0, 0.3, 0.3, 0.4]],
+        ],
+        dtype=torch.float64,
+    )
     y = torch.tensor([0, 3])
     h, d, _ = _adp_by_hand(probs.numpy(), y.numpy(), 2.0, 0.5)
     assert ensemble_entropy(probs).item() == pytest.approx(h, rel=1e-9)
@@ -412,17 +428,29 @@ def _module(dm: DigitsDataModule, **kwargs) -> Ensemble:
 
 def _fit(tmp_path, module: Ensemble, dm: DigitsDataModule, epochs: int = 1) -> dict:
     logger = TensorBoardLogger(tmp_path, name="run", default_hp_metric=False)
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, limit_train_batches=2, limit_val_batches=1,
-                         log_every_n_steps=1, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, deterministic=True)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        log_every_n_steps=1,
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+    )
     trainer.fit(module, datamodule=dm)
     return read_scalars(logger.log_dir)
 
 
 METHODS = {
     "none": ({}, ()),
-    "trs": ({"lambda_sim": 1.0, "lambda_smooth": 1.0, "eps_start": 0.02, "eps_end": 0.06, "inner_steps": 2},
-            ("sim", "smooth", "eps")),
+    "trs": (
+        {"lambda_sim": 1.0, "lambda_smooth": 1.0, "eps_start": 0.02, "eps_end": 0.06, "inner_steps": 2},
+        ("sim", "smooth", "eps"),
+    ),
     "gal": ({}, ("gal",)),
     "adp": ({}, ("adp_entropy", "adp_logdet")),
 }
@@ -438,8 +466,16 @@ def test_short_fit_logs_every_term(tmp_path, name):
     module = _module(dm, num_members=2 if name == "adp" else 3, regularizer=name, regularizer_kwargs=kwargs, **extra)
     scalars = _fit(tmp_path, module, dm, epochs)
     members = module.num_members
-    expected = {"train/loss_step", "train/ce_step", "train/ce_epoch", "train/acc", "val/loss", "val/acc",
-                *(f"train/{t}_step" for t in terms), *(f"val/acc_member{i}" for i in range(members))}
+    expected = {
+        "train/loss_step",
+        "train/ce_step",
+        "train/ce_epoch",
+        "train/acc",
+        "val/loss",
+        "val/acc",
+        *(f"train/{t}_step" for t in terms),
+        *(f"val/acc_member{i}" for i in range(members)),
+    }
     if extra:
         expected.add("train/ce_adv_step")
     assert expected <= set(scalars), sorted(expected - set(scalars))
@@ -471,10 +507,25 @@ def test_training_loss_is_reproducible_and_members_are_distinct():
 def test_checkpoint_round_trip(tmp_path):
     pl.seed_everything(0)
     dm = DigitsDataModule(image_size=8, batch_size=16, seed=0)
-    module = _module(dm, num_members=2, archs=["small_cnn", "mlp"], regularizer="gal",
-                     regularizer_kwargs={"lambda_gal": 0.25}, scaling="mean", arch_kwargs=None)
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    module = _module(
+        dm,
+        num_members=2,
+        archs=["small_cnn", "mlp"],
+        regularizer="gal",
+        regularizer_kwargs={"lambda_gal": 0.25},
+        scaling="mean",
+        arch_kwargs=None,
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, datamodule=dm)
     trainer.save_checkpoint(tmp_path / "ens.ckpt")
     restored = Ensemble.load_from_checkpoint(tmp_path / "ens.ckpt", map_location="cpu")
@@ -508,7 +559,9 @@ def test_adversarial_training_settings_and_deprecated_keywords():
     new = Ensemble(num_members=2, attack={"eps": 0.1, "steps": 2})
     assert new.attack_settings == PGDSettings(norm="linf", eps=0.1, steps=2, step_size=0.125, random_start=True)
     assert new.hparams.attack == new.attack_settings.as_dict()
-    with pytest.warns(DeprecationWarning, match="adversarial_training is deprecated; give the training attack as attack"):
+    with pytest.warns(
+        DeprecationWarning, match="adversarial_training is deprecated; give the training attack as attack"
+    ):
         old = Ensemble(num_members=2, adversarial_training=True, adv_eps=0.1, adv_steps=2)
     assert old.attack_settings == new.attack_settings
     with pytest.warns(DeprecationWarning):
@@ -520,8 +573,9 @@ def test_adversarial_training_settings_and_deprecated_keywords():
 
 def test_classifier_contract():
     """``classifier`` is the EnsembleModel (with ``.members``); the metadata lists each member's architecture."""
-    module = Ensemble(num_members=2, archs=["small_cnn", "mlp"], arch_kwargs=None, input_shape=(1, 8, 8),
-                      mean=[0.5], std=[0.25])
+    module = Ensemble(
+        num_members=2, archs=["small_cnn", "mlp"], arch_kwargs=None, input_shape=(1, 8, 8), mean=[0.5], std=[0.25]
+    )
     assert module.classifier is module.model and len(module.classifier.members) == 2
     meta = module.classifier_metadata()
     assert [m["arch"] for m in meta["members"]] == ["small_cnn", "mlp"]
@@ -531,8 +585,14 @@ def test_classifier_contract():
 
 
 # --------------------------------------------------------------------------- configs and DDP
-CONFIG_NAMES = ["ensemble_digits.yaml", "trs_digits.yaml", "gal_digits.yaml", "adp_digits.yaml",
-                "trs_mnist.yaml", "trs_cifar10.yaml"]
+CONFIG_NAMES = [
+    "ensemble_digits.yaml",
+    "trs_digits.yaml",
+    "gal_digits.yaml",
+    "adp_digits.yaml",
+    "trs_mnist.yaml",
+    "trs_cifar10.yaml",
+]
 
 
 @pytest.mark.parametrize("name", CONFIG_NAMES)
@@ -549,22 +609,55 @@ def test_reference_cifar_config_uses_the_published_coefficients(capsys):
         main(["fit", "--config", str(CONFIGS / "trs_cifar10.yaml"), "--print_config"])
     args = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
     assert args["scaling"] == "reference" and args["regularizer"] == "trs"
-    assert args["regularizer_kwargs"] == {"lambda_sim": 40.0, "lambda_smooth": 2.5, "variant": "plus",
-                                          "eps_start": 0.01, "eps_end": 0.03}
+    assert args["regularizer_kwargs"] == {
+        "lambda_sim": 40.0,
+        "lambda_smooth": 2.5,
+        "variant": "plus",
+        "eps_start": 0.01,
+        "eps_end": 0.03,
+    }
 
 
 def test_trs_fit_with_ddp_on_two_cpu_processes(tmp_path):
     """Double backprop under DDP (gloo, 2 CPU processes) through the CLI."""
-    cmd = [sys.executable, "-m", "lit_advgame", "fit", "--config", str(CONFIGS / "trs_digits.yaml"),
-           "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
-           "--trainer.limit_test_batches", "1", "--trainer.log_every_n_steps", "1",
-           "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-           "--trainer.strategy", "ddp", "--trainer.deterministic", "false",
-           "--model.init_args.arch_kwargs", "{width: 4}", "--model.init_args.regularizer_kwargs.inner_steps", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lit_advgame",
+        "fit",
+        "--config",
+        str(CONFIGS / "trs_digits.yaml"),
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.limit_test_batches",
+        "1",
+        "--trainer.log_every_n_steps",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.deterministic",
+        "false",
+        "--model.init_args.arch_kwargs",
+        "{width: 4}",
+        "--model.init_args.regularizer_kwargs.inner_steps",
+        "1",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
-    ckpt = torch.load(tmp_path / "runs/trs_digits/version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(
+        tmp_path / "runs/trs_digits/version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=False
+    )
     assert ckpt["global_step"] == 2
     scalars = read_scalars(tmp_path / "runs/trs_digits/version_0")
     assert {"train/sim_step", "train/smooth_step", "val/acc", "val/acc_member2", "test/acc"} <= set(scalars)

@@ -1,5 +1,6 @@
 """Transfer evaluation: O(N·T) leave-one-out against brute force, the success / utility / white-box
 numbers against direct computation, the interaction measurement, the report files, TensorBoard, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -109,13 +110,21 @@ def setup(tmp_path):
     x_adv = (x + 0.2 * torch.randn(n, 1, 16, 16, generator=g)).clamp(0, 1)
     label = torch.randint(0, 10, (n,), generator=g)
     records = {
-        "index": torch.arange(n), "label": label, "x": x, "x_adv": x_adv,
+        "index": torch.arange(n),
+        "label": label,
+        "x": x,
+        "x_adv": x_adv,
         "source_margin_clean": torch.randn(n, generator=g) - 0.5,
         "source_margin_adv": torch.randn(n, generator=g),
         "step_scores": torch.randn(n, steps, 1, generator=g),
     }
-    meta = {"name": "src/pgd", "source_names": ["src"], "sources": [{"path": str(paths["src"]), "name": "src"}],
-            "attack": "pgd", "score_models": ["t_lenet"]}
+    meta = {
+        "name": "src/pgd",
+        "source_names": ["src"],
+        "sources": [{"path": str(paths["src"]), "name": "src"}],
+        "attack": "pgd",
+        "score_models": ["t_lenet"],
+    }
     run = tmp_path / "run"
     run.mkdir()
     atomic_torch_save({"records": records, "meta": meta}, run / "adversarial.pt")
@@ -125,8 +134,9 @@ def setup(tmp_path):
 @pytest.mark.parametrize("subset", ["source_correct", "all", "both_correct"])
 def test_report_numbers_equal_direct_computation(setup, subset):
     paths, adv, _ = setup
-    report = evaluate_transfer(adv, [str(paths["t_lenet"]), str(paths["t_mlp"])], subset=subset,
-                               interaction=False, device="cpu")
+    report = evaluate_transfer(
+        adv, [str(paths["t_lenet"]), str(paths["t_mlp"])], subset=subset, interaction=False, device="cpu"
+    )
     row = report.rows[0]
     assert report.targets == ["t_lenet", "t_mlp"] and row.source == "src" and row.method == "pgd"
     source_ok = adv.records["source_margin_clean"] < 0
@@ -174,8 +184,14 @@ def test_interaction_is_zero_for_zero_perturbations_and_linear_two_class_models(
 def test_report_files_tensorboard_and_table_shape(setup, tmp_path):
     paths, _, run = setup
     out = tmp_path / "report"
-    report = evaluate_transfer([run, run], [str(paths["t_lenet"]), str(paths["t_mlp"])], labels=["src/pgd", "src/pgd+ir"],
-                               interaction={"grid": 4, "num_samples": 8}, device="cpu", output_dir=out)
+    report = evaluate_transfer(
+        [run, run],
+        [str(paths["t_lenet"]), str(paths["t_mlp"])],
+        labels=["src/pgd", "src/pgd+ir"],
+        interaction={"grid": 4, "num_samples": 8},
+        device="cpu",
+        output_dir=out,
+    )
     for name in ("report.json", "report.csv", "report.md", "utility_vs_interaction.png"):
         assert (out / name).is_file(), name
     data = json.loads((out / "report.json").read_text())
@@ -200,8 +216,19 @@ def test_pearson_matches_numpy():
 def test_cli_writes_the_report_and_fails_clearly(setup, tmp_path, capsys):
     paths, _, run = setup
     out = tmp_path / "cli"
-    code = evaluation_main([str(run), "--targets", str(paths["t_lenet"]), "--output", str(out), "--no-interaction",
-                            "--device", "cpu", "--no-tensorboard"])
+    code = evaluation_main(
+        [
+            str(run),
+            "--targets",
+            str(paths["t_lenet"]),
+            "--output",
+            str(out),
+            "--no-interaction",
+            "--device",
+            "cpu",
+            "--no-tensorboard",
+        ]
+    )
     assert code == 0 and (out / "report.md").is_file()
     assert "| Source | Method |" in capsys.readouterr().out
     code = evaluation_main([str(run), "--targets", str(tmp_path / "nope.pt"), "--output", str(out)])
@@ -225,8 +252,20 @@ def test_runs_of_different_sizes_or_settings_under_one_label_are_refused(setup, 
         evaluate_transfer([adv, smaller], target, interaction=False, device="cpu")
     with pytest.raises(ValueError, match="both labelled 'x'"):
         evaluate_transfer([adv, smaller], target, labels=["x", "x"], interaction=False, device="cpu")
-    code = evaluation_main([str(run), str(other), "--targets", *target, "--output", str(tmp_path / "cli"),
-                            "--no-interaction", "--device", "cpu", "--no-tensorboard"])
+    code = evaluation_main(
+        [
+            str(run),
+            str(other),
+            "--targets",
+            *target,
+            "--output",
+            str(tmp_path / "cli"),
+            "--no-interaction",
+            "--device",
+            "cpu",
+            "--no-tensorboard",
+        ]
+    )
     assert code == 2 and "both labelled 'src/pgd'" in capsys.readouterr().err
     # distinct labels, or the same run twice under one label, are fine
     report = evaluate_transfer([run, other], target, labels=["seed0", "seed1"], interaction=False, device="cpu")
@@ -242,12 +281,28 @@ def test_truncated_target_or_source_checkpoints_give_one_clear_line(setup, tmp_p
     if suffix == ".pt":
         good.write_bytes(paths["t_lenet"].read_bytes())
     else:
-        torch.save({"hyper_parameters": {"arch": "lenet", "num_classes": 10, "input_shape": (1, 16, 16)},
-                    "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, good)
+        torch.save(
+            {
+                "hyper_parameters": {"arch": "lenet", "num_classes": 10, "input_shape": (1, 16, 16)},
+                "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+            },
+            good,
+        )
     truncated = tmp_path / f"truncated{suffix}"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    code = evaluation_main([str(run), "--targets", str(truncated), "--output", str(tmp_path / "out"),
-                            "--no-interaction", "--device", "cpu", "--no-tensorboard"])
+    code = evaluation_main(
+        [
+            str(run),
+            "--targets",
+            str(truncated),
+            "--output",
+            str(tmp_path / "out"),
+            "--no-interaction",
+            "--device",
+            "cpu",
+            "--no-tensorboard",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert f"truncated{suffix}" in err and "corrupt" in err

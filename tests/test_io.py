@@ -1,4 +1,5 @@
 """Atomic writes: whole files only, with the permissions of any file the user creates."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Tests of the model layer: registry, in-model normalization, weight files, robustness loader."""
+
 from __future__ import annotations
 
 import warnings
@@ -149,8 +150,13 @@ def test_resnet20_uses_trs_layout():
     net = build_net("resnet20", 10)
     names = set(net.state_dict())
     # bearpaw/TRS parameter names, option-B projection in the first block of stages 2 and 3.
-    assert {"conv1.weight", "bn1.weight", "fc.weight", "layer2.0.downsample.0.weight",
-            "layer3.0.downsample.1.running_mean"} <= names
+    assert {
+        "conv1.weight",
+        "bn1.weight",
+        "fc.weight",
+        "layer2.0.downsample.0.weight",
+        "layer3.0.downsample.1.running_mean",
+    } <= names
     assert "layer1.0.downsample.0.weight" not in names
     assert len(net.layer1) == len(net.layer2) == len(net.layer3) == 3
 
@@ -345,8 +351,9 @@ def tv_resnet18():
 
 
 def test_robustness_checkpoint_torchvision_resnet18(tmp_path, tv_resnet18):
-    path = _save_robustness(tmp_path / "cifar_nat.pt", _robustness_state(tv_resnet18.net, CIFAR_MEAN, CIFAR_STD),
-                            nat_prec1=91.5)
+    path = _save_robustness(
+        tmp_path / "cifar_nat.pt", _robustness_state(tv_resnet18.net, CIFAR_MEAN, CIFAR_STD), nat_prec1=91.5
+    )
     loaded = load_robustness_checkpoint(path, "torchvision:resnet18")
     assert isinstance(loaded, NormalizedModel) and not loaded.training and loaded.normalize.clamp
     torch.testing.assert_close(loaded.normalize.mean.flatten(), torch.tensor(CIFAR_MEAN))
@@ -376,8 +383,16 @@ def test_robustness_checkpoint_layouts(tmp_path, key, dummy):
 
 def test_robustness_cifar_names_match_the_library_layout():
     names = set(build_net("robustness_cifar:resnet50", 10).state_dict())
-    assert {"conv1.weight", "bn1.running_var", "layer1.0.conv3.weight", "layer1.0.shortcut.0.weight",
-            "layer1.0.shortcut.1.weight", "layer4.2.bn3.bias", "linear.weight", "linear.bias"} <= names
+    assert {
+        "conv1.weight",
+        "bn1.running_var",
+        "layer1.0.conv3.weight",
+        "layer1.0.shortcut.0.weight",
+        "layer1.0.shortcut.1.weight",
+        "layer4.2.bn3.bias",
+        "linear.weight",
+        "linear.bias",
+    } <= names
     assert "layer1.1.shortcut.0.weight" not in names and not any(k.startswith("fc.") for k in names)
 
 
@@ -416,8 +431,9 @@ def test_robustness_unknown_layout(tmp_path):
 def test_robustness_unsafe_pickle_needs_trust(tmp_path):
     torch.manual_seed(0)
     src = build_model("robustness_cifar:resnet18", 10, mean=CIFAR_MEAN, std=CIFAR_STD, clamp=True, wm=0.125)
-    path = _save_robustness(tmp_path / "unsafe.pt", _robustness_state(src.net, CIFAR_MEAN, CIFAR_STD),
-                            args=OpaqueConfig())
+    path = _save_robustness(
+        tmp_path / "unsafe.pt", _robustness_state(src.net, CIFAR_MEAN, CIFAR_STD), args=OpaqueConfig()
+    )
     with pytest.raises(UnsafeCheckpointError) as err:
         load_robustness_checkpoint(path, "robustness_cifar:resnet18", wm=0.125)
     msg = str(err.value)

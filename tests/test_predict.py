@@ -4,6 +4,7 @@ Covers: IR lowers the measured interaction against PGD on a trained digits model
 midway and restarted completes without loss or duplicates and equals an uninterrupted run; DDP on 2
 CPU processes writes every index once and the same adversarial examples as one process; clear errors.
 """
+
 from __future__ import annotations
 
 import json
@@ -129,7 +130,9 @@ def test_cli_predict_writes_merged_sorted_examples_with_records(tmp_path, monkey
     # the last step's score is the score model's margin on x_adv
     lenet = load_classifier(SCORER).model
     logits = lenet(adv.x_adv)
-    margin = logits.scatter(1, adv.label[:, None], float("-inf")).max(1).values - logits.gather(1, adv.label[:, None])[:, 0]
+    margin = (
+        logits.scatter(1, adv.label[:, None], float("-inf")).max(1).values - logits.gather(1, adv.label[:, None])[:, 0]
+    )
     torch.testing.assert_close(adv.records["step_scores"][:, -1, 0], margin, rtol=1e-4, atol=1e-4)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_examples"] == 40 and 0 <= summary["whitebox_success"] <= 1
@@ -162,8 +165,20 @@ def test_killed_run_resumes_without_loss_or_duplicates_and_ddp_matches_one_proce
 
     # 3. DDP with 2 CPU processes (gloo) through the CLI
     ddp = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "lit_advgame", "predict", "--config", str(write_config(tmp_path, ddp)),
-           "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lit_advgame",
+        "predict",
+        "--config",
+        str(write_config(tmp_path, ddp)),
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     run = subprocess.run(cmd, check=False, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -203,12 +218,25 @@ def test_uint8_candidates_give_the_same_loo_as_per_step_scores(tmp_path):
     runs = {}
     for record in ("uint8", "scores"):
         module = AttackModule(
-            str(SOURCE), "mi", overrides={"steps": 4, "eps": "32/255"}, seed=3, record=record, quantize=True,
-            score_models=[str(SCORER)] if record == "scores" else None, input_shape=(1, 16, 16), num_classes=10,
+            str(SOURCE),
+            "mi",
+            overrides={"steps": 4, "eps": "32/255"},
+            seed=3,
+            record=record,
+            quantize=True,
+            score_models=[str(SCORER)] if record == "scores" else None,
+            input_shape=(1, 16, 16),
+            num_classes=10,
         )
         out = tmp_path / record
-        trainer = pl.Trainer(accelerator="cpu", devices=1, inference_mode=False, logger=False,
-                             enable_progress_bar=False, callbacks=[AdversarialWriter(str(out))])
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=1,
+            inference_mode=False,
+            logger=False,
+            enable_progress_bar=False,
+            callbacks=[AdversarialWriter(str(out))],
+        )
         trainer.predict(module, datamodule=data, return_predictions=False)
         runs[record] = load_adversarial(out)
     candidates = runs["uint8"].records["candidates"]
@@ -225,8 +253,10 @@ def test_uint8_candidates_give_the_same_loo_as_per_step_scores(tmp_path):
 def _records(indices, value=0.0):
     n = len(indices)
     return {
-        "index": torch.tensor(indices), "label": torch.zeros(n, dtype=torch.long),
-        "x": torch.full((n, 1, 2, 2), value), "x_adv": torch.full((n, 1, 2, 2), value),
+        "index": torch.tensor(indices),
+        "label": torch.zeros(n, dtype=torch.long),
+        "x": torch.full((n, 1, 2, 2), value),
+        "x_adv": torch.full((n, 1, 2, 2), value),
     }
 
 
@@ -261,15 +291,20 @@ def test_model_specs_load_files_lightning_checkpoints_and_dicts(tmp_path):
     torch.manual_seed(0)
     model = build_model("lenet", 10, 1, 16, mean=[0.3], std=[0.2])
     export_classifier(model, tmp_path / "exported.pt", arch="lenet", num_classes=10, input_shape=(1, 16, 16))
-    ckpt = {"hyper_parameters": {"arch": "lenet", "num_classes": 10, "input_shape": (1, 16, 16), "arch_kwargs": None},
-            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}
+    ckpt = {
+        "hyper_parameters": {"arch": "lenet", "num_classes": 10, "input_shape": (1, 16, 16), "arch_kwargs": None},
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+    }
     torch.save(ckpt, tmp_path / "run.ckpt")
     torch.save(model.net.state_dict(), tmp_path / "plain.pt")
     x = torch.rand(3, 1, 16, 16)
     expected = model.eval()(x)
-    for spec in (str(tmp_path / "exported.pt"), str(tmp_path / "run.ckpt"),
-                 {"arch": "lenet", "weights": str(tmp_path / "plain.pt"), "name": "p"},
-                 {"path": str(tmp_path / "run.ckpt"), "name": "renamed"}):
+    for spec in (
+        str(tmp_path / "exported.pt"),
+        str(tmp_path / "run.ckpt"),
+        {"arch": "lenet", "weights": str(tmp_path / "plain.pt"), "name": "p"},
+        {"path": str(tmp_path / "run.ckpt"), "name": "renamed"},
+    ):
         loaded = load_classifier(spec, num_classes=10, input_shape=(1, 16, 16), mean=[0.3], std=[0.2])
         torch.testing.assert_close(loaded.model(x), expected)
         assert not any(p.requires_grad for p in loaded.model.parameters())

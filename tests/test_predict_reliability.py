@@ -1,6 +1,7 @@
 """Predict outputs that are whole and unambiguous (issue 8): the output-folder lock, the completeness
 check, extending a run bit for bit, clear messages for corrupt shards / meta.json / checkpoints, the
 normalization check, empty predict data, the low white-box success warning, file permissions."""
+
 from __future__ import annotations
 
 import json
@@ -40,23 +41,39 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def run_predict(out: Path, predict_limit: int, batch_size: int = 8, attack: str = "pgd+ir", callbacks=(),
-                writer_args: dict | None = None, **module_args) -> AdversarialWriter:
+def run_predict(
+    out: Path,
+    predict_limit: int,
+    batch_size: int = 8,
+    attack: str = "pgd+ir",
+    callbacks=(),
+    writer_args: dict | None = None,
+    **module_args,
+) -> AdversarialWriter:
     """One predict run of the digits small CNN (tiny attack) into ``out``; returns its writer."""
     module_args = {"overrides": dict(TINY_ATTACK), "seed": 0, **module_args}
     data = DigitsDataModule(predict_limit=predict_limit, batch_size=batch_size)
-    module = AttackModule(str(SOURCE), attack, input_shape=(1, 16, 16), num_classes=10, mean=data.mean,
-                          std=data.std, **module_args)
+    module = AttackModule(
+        str(SOURCE), attack, input_shape=(1, 16, 16), num_classes=10, mean=data.mean, std=data.std, **module_args
+    )
     writer = AdversarialWriter(str(out), **(writer_args or {}))
-    trainer = pl.Trainer(accelerator="cpu", devices=1, inference_mode=False, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[writer, *callbacks])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        inference_mode=False,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[writer, *callbacks],
+    )
     trainer.predict(module, datamodule=data, return_predictions=False)
     return writer
 
 
 def dead_pid() -> int:
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                          check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     return int(proc.stdout)
 
 
@@ -178,11 +195,21 @@ def test_truncated_or_misnamed_shards_and_meta_get_a_message_naming_the_file(tmp
 
     misnamed = tmp_path / "misnamed"
     misnamed.mkdir()
-    path = write_shard(misnamed, {"index": torch.arange(4), "label": torch.zeros(4, dtype=torch.long),
-                                  "x": torch.zeros(4, 1, 2, 2), "x_adv": torch.zeros(4, 1, 2, 2)})
+    path = write_shard(
+        misnamed,
+        {
+            "index": torch.arange(4),
+            "label": torch.zeros(4, dtype=torch.long),
+            "x": torch.zeros(4, 1, 2, 2),
+            "x_adv": torch.zeros(4, 1, 2, 2),
+        },
+    )
     path.rename(misnamed / "shard_000000004_000000007.pt")
-    with pytest.raises(ValueError, match=r"shard_000000004_000000007\.pt' is named for dataset indices 4\.\.7 but "
-                                         r"holds 0\.\.3.*delete it"):
+    with pytest.raises(
+        ValueError,
+        match=r"shard_000000004_000000007\.pt' is named for dataset indices 4\.\.7 but "
+        r"holds 0\.\.3.*delete it",
+    ):
         load_adversarial(misnamed)
 
     meta = out / "meta.json"
@@ -207,8 +234,13 @@ def test_data_normalization_that_differs_from_the_checkpoint_is_an_error(tmp_pat
 def test_empty_predict_data_gets_a_clear_message(tmp_path):
     module = AttackModule(str(SOURCE), "mi", overrides={"steps": 1})
     empty = DataLoader(TensorDataset(torch.zeros(0, 1, 16, 16), torch.zeros(0, dtype=torch.long)), batch_size=4)
-    trainer = pl.Trainer(accelerator="cpu", inference_mode=False, logger=False, enable_progress_bar=False,
-                         callbacks=[AdversarialWriter(str(tmp_path / "run"))])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        inference_mode=False,
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=[AdversarialWriter(str(tmp_path / "run"))],
+    )
     with pytest.raises(ValueError, match="served no batch.*predict split is empty"):
         trainer.predict(module, dataloaders=empty, return_predictions=False)
     assert not (tmp_path / "run" / LOCK_NAME).exists()
@@ -221,8 +253,11 @@ def test_empty_predict_data_gets_a_clear_message(tmp_path):
 @needs_checkpoints
 def test_low_whitebox_success_warns_with_the_measured_figures(tmp_path):
     weak = {**TINY_ATTACK, "steps": 1, "eps": "1/255", "step_size": "1/255"}
-    with pytest.warns(UserWarning, match=r"fooled its own source model\(s\) on only 0\.\d\d .*loss 'ce', IR lambda 2\.0"
-                                         r".*overrides: \{loss: margin\}.*ir_lambda: 0\.5"):
+    with pytest.warns(
+        UserWarning,
+        match=r"fooled its own source model\(s\) on only 0\.\d\d .*loss 'ce', IR lambda 2\.0"
+        r".*overrides: \{loss: margin\}.*ir_lambda: 0\.5",
+    ):
         run_predict(tmp_path / "weak", 8, overrides=weak)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*fooled its own source")
@@ -264,9 +299,15 @@ def test_cli_predict_is_refused_while_another_run_holds_the_folder(tmp_path, mon
 
 def test_a_lock_held_by_another_process_is_refused_and_taken_over_once_that_process_is_killed(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from lit_advgame.predict import OutputLock; "
-         f"OutputLock({str(tmp_path)!r}).acquire(); print('locked', flush=True); sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys; from lit_advgame.predict import OutputLock; "
+            f"OutputLock({str(tmp_path)!r}).acquire(); print('locked', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
     )
     try:
@@ -284,11 +325,18 @@ def test_a_lock_held_by_another_process_is_refused_and_taken_over_once_that_proc
 
 
 def test_records_written_before_batch_records_existed_still_merge(tmp_path):
-    legacy = {"index": torch.arange(4), "label": torch.zeros(4, dtype=torch.long), "x": torch.zeros(4, 1, 2, 2),
-              "x_adv": torch.zeros(4, 1, 2, 2)}
+    legacy = {
+        "index": torch.arange(4),
+        "label": torch.zeros(4, dtype=torch.long),
+        "x": torch.zeros(4, 1, 2, 2),
+        "x_adv": torch.zeros(4, 1, 2, 2),
+    }
     write_shard(tmp_path, legacy)
-    write_shard(tmp_path, {k: v + 4 if k == "index" else v for k, v in legacy.items()}
-                | {"batch_first": torch.full((4,), 4), "batch_len": torch.full((4,), 4)})
+    write_shard(
+        tmp_path,
+        {k: v + 4 if k == "index" else v for k, v in legacy.items()}
+        | {"batch_first": torch.full((4,), 4), "batch_len": torch.full((4,), 4)},
+    )
     merged = load_adversarial(tmp_path)
     assert merged.index.tolist() == list(range(8)) and "batch_len" not in merged.records
 

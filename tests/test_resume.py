@@ -1,5 +1,6 @@
 """Resuming and checkpoints: `fit --ckpt_path last`, run folders, LR schedules that follow max_epochs,
 callback state across a resume, checkpoint hyper-parameter conflicts and where configs are saved."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,9 +15,22 @@ from lit_advgame.cli import build_cli, main
 from tests.conftest import CONFIGS, REPO_ROOT
 from tests.tb_utils import read_scalars
 
-RUN = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar",
-       "false", "--trainer.log_every_n_steps", "1", "--test_after_fit", "false", "--data.init_args.batch_size", "16",
-       "--model.init_args.arch_kwargs", "{width: 4}"]
+RUN = [
+    "--trainer.limit_train_batches",
+    "2",
+    "--trainer.limit_val_batches",
+    "1",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.log_every_n_steps",
+    "1",
+    "--test_after_fit",
+    "false",
+    "--data.init_args.batch_size",
+    "16",
+    "--model.init_args.arch_kwargs",
+    "{width: 4}",
+]
 # lr 0.05 makes val/acc jump around: on this tiny run it does not improve at every epoch (checked below)
 NOISY_LR = ["--model.init_args.optimizer.init_args.lr", "0.05"]
 PROBE = ["--trainer.callbacks+=tests.test_resume.MeanLogitProbe", "--trainer.callbacks.probe_size=8"]
@@ -91,12 +105,29 @@ def test_interrupted_and_resumed_fit_equals_an_uninterrupted_one(tmp_path, monke
 
     monkeypatch.chdir(tmp_path / "crashed")
     with pytest.raises(SimulatedCrash):
-        _fit("standard_digits.yaml", *epochs, *NOISY_LR, *PROBE, "--trainer.callbacks+=tests.test_resume.CrashAt",
-             "--trainer.callbacks.epoch=2")
+        _fit(
+            "standard_digits.yaml",
+            *epochs,
+            *NOISY_LR,
+            *PROBE,
+            "--trainer.callbacks+=tests.test_resume.CrashAt",
+            "--trainer.callbacks.epoch=2",
+        )
     run = tmp_path / "crashed/runs/standard_digits/version_0"
     assert torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)["epoch"] == 1
-    cli = build_cli(["fit", "--config", str(CONFIGS / "standard_digits.yaml"), *RUN, *epochs, *NOISY_LR, *PROBE,
-                     "--ckpt_path", "last"])
+    cli = build_cli(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "standard_digits.yaml"),
+            *RUN,
+            *epochs,
+            *NOISY_LR,
+            *PROBE,
+            "--ckpt_path",
+            "last",
+        ]
+    )
     assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]  # resumed in place, no version_1
     for name, tensor in _weights(full / "checkpoints/last.ckpt").items():
         torch.testing.assert_close(_weights(run / "checkpoints/last.ckpt")[name], tensor, rtol=0, atol=0, msg=name)
@@ -122,8 +153,18 @@ def test_a_second_run_gets_its_own_folder_and_last_resolves_to_the_newest(tmp_pa
         assert sorted(p.name for p in (root / version / "checkpoints").glob("last*.ckpt")) == ["last.ckpt"]
         assert torch.load(root / version / "checkpoints/last.ckpt", weights_only=True)["epoch"] == epoch
     assert not (root / "checkpoints").exists()
-    cli = build_cli(["fit", "--config", str(CONFIGS / "standard_digits.yaml"), *RUN, "--trainer.max_epochs", "3",
-                     "--ckpt_path", "last"])
+    cli = build_cli(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "standard_digits.yaml"),
+            *RUN,
+            "--trainer.max_epochs",
+            "3",
+            "--ckpt_path",
+            "last",
+        ]
+    )
     assert cli.config.fit.ckpt_path == str(Path("runs/standard_digits/version_1/checkpoints/last.ckpt"))
     assert torch.load(root / "version_1/checkpoints/last.ckpt", weights_only=True)["epoch"] == 2
     assert sorted(p.name for p in root.iterdir()) == ["version_0", "version_1"]
@@ -132,8 +173,15 @@ def test_a_second_run_gets_its_own_folder_and_last_resolves_to_the_newest(tmp_pa
 def test_without_a_logger_runs_are_versioned_under_default_root_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "config.yaml").write_text("mine: true\n")
-    no_logger = ["--trainer.logger", "false", "--trainer.callbacks", "[]", "--trainer.callbacks+=ModelCheckpoint",
-                 "--trainer.callbacks.filename=last", "--trainer.callbacks.enable_version_counter=false"]
+    no_logger = [
+        "--trainer.logger",
+        "false",
+        "--trainer.callbacks",
+        "[]",
+        "--trainer.callbacks+=ModelCheckpoint",
+        "--trainer.callbacks.filename=last",
+        "--trainer.callbacks.enable_version_counter=false",
+    ]
     _fit("standard_digits.yaml", "--trainer.max_epochs", "1", *no_logger)
     _fit("standard_digits.yaml", "--trainer.max_epochs", "2", *no_logger, "--ckpt_path", "last")
     assert (tmp_path / "config.yaml").read_text() == "mine: true\n"  # never overwritten
@@ -201,20 +249,42 @@ def test_cosine_schedule_of_a_resumed_longer_run_anneals_to_the_new_end():
 def digits_ckpt(tmp_path_factory) -> Path:
     """last.ckpt of a one-epoch standard_digits run (small_cnn, 10 classes)."""
     root = tmp_path_factory.mktemp("ckpt_run")
-    build_cli(["fit", "--config", str(CONFIGS / "standard_digits.yaml"), *RUN, "--trainer.max_epochs", "1",
-               "--trainer.logger.init_args.save_dir", str(root / "runs")])
+    build_cli(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "standard_digits.yaml"),
+            *RUN,
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.logger.init_args.save_dir",
+            str(root / "runs"),
+        ]
+    )
     (last,) = (root / "runs").rglob("last.ckpt")
     return last
 
 
 def _test_args(ckpt: Path, *args: str) -> list[str]:
-    return ["test", "--config", str(CONFIGS / "standard_digits.yaml"), "--ckpt_path", str(ckpt),
-            "--model.init_args.arch_kwargs", "{width: 4}", "--trainer.limit_test_batches", "1",
-            "--trainer.enable_progress_bar", "false", *args]
+    return [
+        "test",
+        "--config",
+        str(CONFIGS / "standard_digits.yaml"),
+        "--ckpt_path",
+        str(ckpt),
+        "--model.init_args.arch_kwargs",
+        "{width: 4}",
+        "--trainer.limit_test_batches",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        *args,
+    ]
 
 
-def test_explicit_model_arguments_that_differ_from_the_checkpoint_are_an_error(digits_ckpt, tmp_path, monkeypatch,
-                                                                              capsys):
+def test_explicit_model_arguments_that_differ_from_the_checkpoint_are_an_error(
+    digits_ckpt, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
         main(_test_args(digits_ckpt, "--model.init_args.arch", "lenet", "--model.init_args.arch_kwargs", "null"))
@@ -248,8 +318,16 @@ def test_class_count_mismatch_with_a_weights_file_names_num_classes(tmp_path, mo
     net = build_model("small_cnn", num_classes=3, in_channels=1, input_size=(16, 16), width=4)
     torch.save(net.state_dict(), tmp_path / "three.pt")
     with pytest.raises(SystemExit) as exc:
-        main(["fit", "--config", str(CONFIGS / "standard_digits.yaml"), *RUN, "--model.init_args.weights",
-              str(tmp_path / "three.pt")])
+        main(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / "standard_digits.yaml"),
+                *RUN,
+                "--model.init_args.weights",
+                str(tmp_path / "three.pt"),
+            ]
+        )
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "num_classes=10" in err and "3 classes" in err and "Traceback" not in err
@@ -297,8 +375,13 @@ def test_predict_runs_into_other_folders_keep_their_own_config(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     (tmp_path / "config.yaml").write_text("mine: true\n")
     cfg = yaml.safe_load((CONFIGS / "attack_quickstart.yaml").read_text())
-    cfg["model"]["init_args"].update(source=str(ATTACK_SOURCE), score_models=None, attack="pgd", record="none",
-                                     overrides={"steps": 1, "eps": "8/255", "step_size": "8/255"})
+    cfg["model"]["init_args"].update(
+        source=str(ATTACK_SOURCE),
+        score_models=None,
+        attack="pgd",
+        record="none",
+        overrides={"steps": 1, "eps": "8/255", "step_size": "8/255"},
+    )
     cfg["data"]["init_args"].update(batch_size=4)
     for name, limit in (("a", 4), ("b", 8)):
         cfg["trainer"]["callbacks"][0]["init_args"]["output_dir"] = str(tmp_path / name)
@@ -313,8 +396,18 @@ def test_predict_runs_into_other_folders_keep_their_own_config(tmp_path, monkeyp
 
 
 # --------------------------------------------------------------------------- randomized smoothing's certify_sigma
-CERTIFY_TINY = ["--model.init_args.n0", "4", "--model.init_args.n", "16", "--model.init_args.certify_limit", "2",
-                "--model.init_args.certify_batch_size", "64", "--trainer.limit_test_batches", "1"]
+CERTIFY_TINY = [
+    "--model.init_args.n0",
+    "4",
+    "--model.init_args.n",
+    "16",
+    "--model.init_args.certify_limit",
+    "2",
+    "--model.init_args.certify_batch_size",
+    "64",
+    "--trainer.limit_test_batches",
+    "1",
+]
 
 
 def test_smoothing_certifies_at_certify_sigma_and_refuses_a_silent_sigma_swap(tmp_path, monkeypatch, capsys):
@@ -331,8 +424,17 @@ def test_smoothing_certifies_at_certify_sigma_and_refuses_a_silent_sigma_swap(tm
     monkeypatch.chdir(tmp_path)
     config = ["--config", str(CONFIGS / "smoothing_digits.yaml")]
     build_cli(["fit", *config, *RUN, "--trainer.max_epochs", "1"])
-    test = ["test", *config, "--ckpt_path", "last", "--model.init_args.arch_kwargs", "{width: 4}",
-            "--trainer.enable_progress_bar", "false", *CERTIFY_TINY]
+    test = [
+        "test",
+        *config,
+        "--ckpt_path",
+        "last",
+        "--model.init_args.arch_kwargs",
+        "{width: 4}",
+        "--trainer.enable_progress_bar",
+        "false",
+        *CERTIFY_TINY,
+    ]
     with pytest.raises(SystemExit) as exc:
         main([*test, "--model.init_args.sigma", "0.5"])
     assert exc.value.code == 2
@@ -381,8 +483,9 @@ def test_help_describes_run_folders_resume_and_errors():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "lit_advgame", "fit", "--help"], capture_output=True, text=True,
-                         timeout=120, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "lit_advgame", "fit", "--help"], capture_output=True, text=True, timeout=120, check=False
+    )
     assert out.returncode == 0, out.stderr
     text = " ".join(out.stdout.split())
     for phrase in ("--ckpt_path last", "version_<N>", "never a silent swap", "LIT_ADVGAME_DEBUG=1", "status 2"):
@@ -410,8 +513,19 @@ def test_ckpt_path_last_with_a_named_version_resumes_that_run(tmp_path, monkeypa
     named = ["--trainer.logger.init_args.version", "exp"]
     _fit("standard_digits.yaml", "--trainer.max_epochs", "1", *named)
     _fit("standard_digits.yaml", "--trainer.max_epochs", "2")  # a newer, unnamed run: version_0
-    cli = build_cli(["fit", "--config", str(CONFIGS / "standard_digits.yaml"), *RUN, "--trainer.max_epochs", "2",
-                     *named, "--ckpt_path", "last"])
+    cli = build_cli(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "standard_digits.yaml"),
+            *RUN,
+            "--trainer.max_epochs",
+            "2",
+            *named,
+            "--ckpt_path",
+            "last",
+        ]
+    )
     assert cli.config.fit.ckpt_path == str(Path("runs/standard_digits/exp/checkpoints/last.ckpt"))
     assert torch.load(tmp_path / "runs/standard_digits/exp/checkpoints/last.ckpt", weights_only=True)["epoch"] == 1
     assert sorted(p.name for p in (tmp_path / "runs/standard_digits").iterdir()) == ["exp", "version_0"]

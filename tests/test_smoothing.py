@@ -1,5 +1,6 @@
 """Randomized smoothing (Cohen et al. 2019): statistics, PREDICT/CERTIFY, pixel-space noise, the Lightning
 module through the CLI (TensorBoard read back), the prediction writer under DDP, and the configs."""
+
 from __future__ import annotations
 
 import json
@@ -84,10 +85,14 @@ def _gens(seed: int = 0, indices=(0,)):
 
 
 # --------------------------------------------------------------------------- statistics
-@pytest.mark.parametrize("k,n,alpha", [(60, 100, 0.001), (1, 10, 0.05), (999, 1000, 0.001), (500, 1000, 0.01), (7, 7, 0.1)])
+@pytest.mark.parametrize(
+    "k,n,alpha", [(60, 100, 0.001), (1, 10, 0.05), (999, 1000, 0.001), (500, 1000, 0.01), (7, 7, 0.1)]
+)
 def test_clopper_pearson_matches_scipy_exact_interval_and_beta_form(k, n, alpha):
     bound = clopper_pearson_lower(k, n, alpha)
-    assert bound == pytest.approx(binomtest(k, n).proportion_ci(confidence_level=1 - 2 * alpha, method="exact").low, abs=1e-10)
+    assert bound == pytest.approx(
+        binomtest(k, n).proportion_ci(confidence_level=1 - 2 * alpha, method="exact").low, abs=1e-10
+    )
     assert bound == pytest.approx(beta.ppf(alpha, k, n - k + 1), abs=1e-12)
 
 
@@ -97,7 +102,9 @@ def test_clopper_pearson_edge_cases_and_arrays():
     assert clopper_pearson_lower(50, 50, 0.01) == pytest.approx(0.01 ** (1 / 50))
     k = np.array([0, 3, 10])
     bounds = clopper_pearson_lower(k, np.array([10, 10, 10]), 0.05)
-    assert bounds[0] == 0.0 and bounds[1] == pytest.approx(beta.ppf(0.05, 3, 8)) and bounds[2] == pytest.approx(0.05 ** 0.1)
+    assert (
+        bounds[0] == 0.0 and bounds[1] == pytest.approx(beta.ppf(0.05, 3, 8)) and bounds[2] == pytest.approx(0.05**0.1)
+    )
     with pytest.raises(ValueError, match="successes"):
         clopper_pearson_lower(11, 10, 0.05)
     with pytest.raises(ValueError, match="alpha"):
@@ -112,7 +119,7 @@ def test_binomial_test_and_radius_formulas():
     # the caps quoted by the reference: 3.81σ (n=1e5, α=1e-3), 1.50σ / 2.46σ / 3.20σ for n = 100 / 1000 / 10000
     for n, factor in [(100_000, 3.81), (100, 1.50), (1000, 2.46), (10_000, 3.20)]:
         assert radius_cap(n, 0.001, 1.0) == pytest.approx(factor, abs=0.01)
-    assert radius_cap(100_000, 0.001, 0.25) == pytest.approx(0.25 * norm.ppf(0.001 ** 1e-5))
+    assert radius_cap(100_000, 0.001, 0.25) == pytest.approx(0.25 * norm.ppf(0.001**1e-5))
 
 
 def test_certified_accuracy_counts_abstentions_as_wrong():
@@ -121,8 +128,9 @@ def test_certified_accuracy_counts_abstentions_as_wrong():
     radii = [0.5, 0.0, 0.2, 1.0, 0.0]
     acc = certified_accuracy(predictions, labels, radii, [0.0, 0.1, 0.3, 0.6])
     np.testing.assert_allclose(acc, [2 / 5, 2 / 5, 1 / 5, 0.0])
-    records = SmoothingRecords(index=torch.arange(5), label=torch.tensor(labels), predict=torch.tensor(predictions),
-                               radius=torch.tensor(radii))
+    records = SmoothingRecords(
+        index=torch.arange(5), label=torch.tensor(labels), predict=torch.tensor(predictions), radius=torch.tensor(radii)
+    )
     np.testing.assert_allclose(records.certified_accuracy([0.0, 0.3]), [0.4, 0.2])
     assert records.abstain_rate() == pytest.approx(0.4) and records.accuracy() == pytest.approx(0.4)
     # an abstention is wrong even if the label were -1
@@ -130,8 +138,12 @@ def test_certified_accuracy_counts_abstentions_as_wrong():
 
 
 def test_records_merge_by_index_and_tsv_round_trip(tmp_path):
-    a = SmoothingRecords(index=[4, 0, 2], label=[1, 0, 2], predict=[1, ABSTAIN, 2], radius=[0.3, 0.0, 0.1], p_lower=[0.9, 0.4, 0.7])
-    b = SmoothingRecords(index=[2, 6], label=[2, 1], predict=[2, 0], radius=[0.1, 0.2], p_lower=[0.7, 0.8])  # 2 is a padding duplicate
+    a = SmoothingRecords(
+        index=[4, 0, 2], label=[1, 0, 2], predict=[1, ABSTAIN, 2], radius=[0.3, 0.0, 0.1], p_lower=[0.9, 0.4, 0.7]
+    )
+    b = SmoothingRecords(
+        index=[2, 6], label=[2, 1], predict=[2, 0], radius=[0.1, 0.2], p_lower=[0.7, 0.8]
+    )  # 2 is a padding duplicate
     merged = SmoothingRecords.concat([a, b]).merge()
     assert merged.index.tolist() == [0, 2, 4, 6]
     assert merged.predict.tolist() == [ABSTAIN, 2, 1, 0]
@@ -221,7 +233,9 @@ def test_smooth_noise_is_in_pixel_space_unclamped_with_independent_draws():
     recorder = Recorder()
     recorder.train()
     x = torch.rand(SHAPE, generator=torch.Generator().manual_seed(0))
-    Smooth(recorder, num_classes=2, sigma=0.5).certify(x, n0=64, n=2000, alpha=0.01, batch_size=512, generator=_gens()[0])
+    Smooth(recorder, num_classes=2, sigma=0.5).certify(
+        x, n0=64, n=2000, alpha=0.01, batch_size=512, generator=_gens()[0]
+    )
     assert recorder.training and recorder.model.training  # modes restored
     inputs = torch.cat(recorder.seen)
     assert inputs.shape == (2064, *SHAPE)
@@ -292,27 +306,66 @@ def test_test_certification_does_not_depend_on_the_data_batch_size(tmp_path):
     for batch_size in (3, 16):
         dm = DigitsDataModule(image_size=8, batch_size=batch_size, seed=0)
         torch.manual_seed(0)
-        module = RandomizedSmoothing(arch="mlp", num_classes=10, input_shape=dm.input_shape, mean=dm.mean, std=dm.std,
-                                     sigma=0.25, n0=16, n=64, alpha=0.01, certify_batch_size=256, certify_skip=2,
-                                     certify_limit=5, radii=[0.0, 0.1])
-        trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                             limit_test_batches=4 if batch_size == 3 else 1)
+        module = RandomizedSmoothing(
+            arch="mlp",
+            num_classes=10,
+            input_shape=dm.input_shape,
+            mean=dm.mean,
+            std=dm.std,
+            sigma=0.25,
+            n0=16,
+            n=64,
+            alpha=0.01,
+            certify_batch_size=256,
+            certify_skip=2,
+            certify_limit=5,
+            radii=[0.0, 0.1],
+        )
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+            limit_test_batches=4 if batch_size == 3 else 1,
+        )
         metrics = trainer.test(module, datamodule=dm, verbose=False)[0]
         results.append((module.certified, metrics))
     (small, m_small), (large, m_large) = results
     assert small.index.tolist() == large.index.tolist() == [0, 2, 4, 6, 8]
     assert torch.equal(small.predict, large.predict) and torch.allclose(small.radius, large.radius)
-    assert m_small["test/certified_acc@0"] == m_large["test/certified_acc@0"] == pytest.approx(small.certified_accuracy([0.0])[0])
+    assert (
+        m_small["test/certified_acc@0"]
+        == m_large["test/certified_acc@0"]
+        == pytest.approx(small.certified_accuracy([0.0])[0])
+    )
 
 
 def test_predict_step_runs_predict_with_binomial_p_values(tmp_path):
     dm = DigitsDataModule(image_size=8, batch_size=8, seed=0, predict_limit=10)
-    module = RandomizedSmoothing(arch="mlp", num_classes=10, input_shape=dm.input_shape, mean=dm.mean, std=dm.std,
-                                 sigma=0.5, n=64, alpha=0.01, certify_batch_size=256, certify_skip=3,
-                                 predict_method="predict")
-    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=tmp_path)
+    module = RandomizedSmoothing(
+        arch="mlp",
+        num_classes=10,
+        input_shape=dm.input_shape,
+        mean=dm.mean,
+        std=dm.std,
+        sigma=0.5,
+        n=64,
+        alpha=0.01,
+        certify_batch_size=256,
+        certify_skip=3,
+        predict_method="predict",
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     rows = trainer.predict(module, datamodule=dm)
     index = torch.cat([r["index"] for r in rows])
     assert index.tolist() == [0, 3, 6, 9]
@@ -325,10 +378,30 @@ def test_predict_step_runs_predict_with_binomial_p_values(tmp_path):
     assert torch.equal(direct.prediction, predict) and torch.allclose(direct.p_value, p_value)
 
 
-FAST = ["--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2", "--trainer.enable_progress_bar", "false",
-        "--trainer.log_every_n_steps", "1", "--trainer.max_epochs", "1"]
-CERTIFY_FAST = ["--model.init_args.n0", "10", "--model.init_args.n", "60", "--model.init_args.certify_batch_size", "512",
-                "--model.init_args.certify_limit", "6", "--model.init_args.certify_skip", "2"]
+FAST = [
+    "--trainer.limit_train_batches",
+    "3",
+    "--trainer.limit_val_batches",
+    "2",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.log_every_n_steps",
+    "1",
+    "--trainer.max_epochs",
+    "1",
+]
+CERTIFY_FAST = [
+    "--model.init_args.n0",
+    "10",
+    "--model.init_args.n",
+    "60",
+    "--model.init_args.certify_batch_size",
+    "512",
+    "--model.init_args.certify_limit",
+    "6",
+    "--model.init_args.certify_skip",
+    "2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -348,10 +421,20 @@ def trained_run(tmp_path_factory):
 
 def test_cli_fit_logs_noisy_and_clean_metrics(trained_run):
     scalars = read_scalars(trained_run / "runs/smoothing_digits/version_0")
-    for tag in ("train/loss_step", "train/loss_epoch", "train/acc", "val/loss", "val/acc", "val/acc_clean", "val/loss_clean"):
+    for tag in (
+        "train/loss_step",
+        "train/loss_epoch",
+        "train/acc",
+        "val/loss",
+        "val/acc",
+        "val/acc_clean",
+        "val/loss_clean",
+    ):
         assert tag in scalars, f"{tag} missing from {sorted(scalars)}"
     assert 0.0 <= scalars["val/acc"][-1][1] <= 1.0 and 0.0 <= scalars["val/acc_clean"][-1][1] <= 1.0
-    ckpt = torch.load(trained_run / "runs/smoothing_digits/version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(
+        trained_run / "runs/smoothing_digits/version_0/checkpoints/last.ckpt", map_location="cpu", weights_only=False
+    )
     assert ckpt["hyper_parameters"]["sigma"] == 0.25
     assert "n" not in ckpt["hyper_parameters"]  # evaluation options come from the config at test time
 
@@ -359,8 +442,20 @@ def test_cli_fit_logs_noisy_and_clean_metrics(trained_run):
 def test_cli_test_certifies_and_logs_certified_accuracy_and_figure(trained_run, monkeypatch):
     monkeypatch.chdir(trained_run)
     ckpt = trained_run / "runs/smoothing_digits/version_0/checkpoints/last.ckpt"
-    main(["test", "--config", str(CONFIGS / "smoothing_digits.yaml"), "--ckpt_path", str(ckpt),
-          "--trainer.enable_progress_bar", "false", "--trainer.limit_test_batches", "1", *CERTIFY_FAST])
+    main(
+        [
+            "test",
+            "--config",
+            str(CONFIGS / "smoothing_digits.yaml"),
+            "--ckpt_path",
+            str(ckpt),
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.limit_test_batches",
+            "1",
+            *CERTIFY_FAST,
+        ]
+    )
     version = trained_run / "runs/smoothing_digits/version_1"
     scalars = read_scalars(version)
     for radius in ("0", "0.125", "0.25", "0.375", "0.5"):
@@ -391,13 +486,36 @@ def test_test_and_predict_under_ddp_match_one_process(trained_run, monkeypatch):
     `predict` (per-rank TSVs of the writer merged by index) give the same rows on 1 and on 2 (DDP, gloo) processes."""
     monkeypatch.chdir(trained_run)
     ckpt = trained_run / "runs/smoothing_digits/version_0/checkpoints/last.ckpt"
-    common = ["--config", str(CONFIGS / "smoothing_digits.yaml"), "--ckpt_path", str(ckpt),
-              "--trainer.enable_progress_bar", "false", *CERTIFY_FAST]
+    common = [
+        "--config",
+        str(CONFIGS / "smoothing_digits.yaml"),
+        "--ckpt_path",
+        str(ckpt),
+        "--trainer.enable_progress_bar",
+        "false",
+        *CERTIFY_FAST,
+    ]
     # 359 test images (odd): DDP pads rank 1 with a duplicate of index 0, which is certified
-    test_args = ["test", *common, "--data.init_args.test_fraction", "0.2", "--model.init_args.certify_skip", "1",
-                 "--model.init_args.certify_limit", "5"]
-    predict_args = ["predict", *common, "--data.init_args.predict_limit", "20", "--data.init_args.batch_size", "4",
-                    "--model.init_args.certify_limit", "7"]
+    test_args = [
+        "test",
+        *common,
+        "--data.init_args.test_fraction",
+        "0.2",
+        "--model.init_args.certify_skip",
+        "1",
+        "--model.init_args.certify_limit",
+        "5",
+    ]
+    predict_args = [
+        "predict",
+        *common,
+        "--data.init_args.predict_limit",
+        "20",
+        "--data.init_args.batch_size",
+        "4",
+        "--model.init_args.certify_limit",
+        "7",
+    ]
     version = "--trainer.logger.init_args.version"
     main([*test_args, version, "single"])
     main([*predict_args, version, "single_predict"])
@@ -409,16 +527,32 @@ def test_test_and_predict_under_ddp_match_one_process(trained_run, monkeypatch):
     assert (out / "certified_accuracy.tsv").is_file() and not (out / "predictions_rank0.tsv").exists()
     (out / "predictions.tsv").unlink()
 
-    ddp = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-           "--trainer.deterministic", "false"]
+    ddp = [
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.deterministic",
+        "false",
+    ]
     runs = trained_run / "ddp_runs.json"
     runs.write_text(json.dumps([[*test_args, *ddp, version, "ddp"], [*predict_args, *ddp, version, "ddp_predict"]]))
     (trained_run / "ddp_runner.py").write_text(DDP_RUNNER)
-    proc = subprocess.run([sys.executable, "ddp_runner.py", str(runs)], check=False, cwd=trained_run, capture_output=True,
-                          text=True, timeout=400)
+    proc = subprocess.run(
+        [sys.executable, "ddp_runner.py", str(runs)],
+        check=False,
+        cwd=trained_run,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for one, two in [(single_test, SmoothingRecords.read_tsv(trained_run / "runs/smoothing_digits/ddp/certify_test.tsv")),
-                     (single_predict, SmoothingRecords.read_tsv(out / "predictions.tsv"))]:
+    for one, two in [
+        (single_test, SmoothingRecords.read_tsv(trained_run / "runs/smoothing_digits/ddp/certify_test.tsv")),
+        (single_predict, SmoothingRecords.read_tsv(out / "predictions.tsv")),
+    ]:
         assert two.index.tolist() == one.index.tolist()
         assert torch.equal(two.predict, one.predict) and torch.allclose(two.radius, one.radius)
     scalars = read_scalars(trained_run / "runs/smoothing_digits/ddp")
@@ -447,9 +581,10 @@ def test_rank_zero_merge_raises_its_error_on_every_rank():
     strategy = SimpleNamespace(barrier=lambda name: calls.append(name), broadcast=lambda obj, src=0: obj)
     assert run_on_rank_zero(SimpleNamespace(strategy=strategy, is_global_zero=True), lambda: 7, "merge") == 7
     assert calls == ["merge", "merge_done"]
-    other_rank = SimpleNamespace(strategy=SimpleNamespace(barrier=lambda name: None,
-                                                          broadcast=lambda obj, src=0: "OSError: disk full"),
-                                 is_global_zero=False)
+    other_rank = SimpleNamespace(
+        strategy=SimpleNamespace(barrier=lambda name: None, broadcast=lambda obj, src=0: "OSError: disk full"),
+        is_global_zero=False,
+    )
     with pytest.raises(RuntimeError, match="disk full"):
         run_on_rank_zero(other_rank, lambda: 7, "merge")
 

@@ -1,4 +1,5 @@
 """Lint: ``ruff check`` over the package, the tests and the scripts (rules in pyproject.toml)."""
+
 from __future__ import annotations
 
 import shutil

@@ -1,4 +1,5 @@
 """StandardClassifier: learning on digits, optimizer/scheduler injection, checkpoint round trip."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,12 +12,21 @@ from lit_advgame.training import StandardClassifier
 
 
 def _module(dm: DigitsDataModule, **kwargs) -> StandardClassifier:
-    return StandardClassifier(num_classes=dm.num_classes, input_shape=dm.input_shape, mean=dm.mean, std=dm.std, **kwargs)
+    return StandardClassifier(
+        num_classes=dm.num_classes, input_shape=dm.input_shape, mean=dm.mean, std=dm.std, **kwargs
+    )
 
 
 def _trainer(tmp_path, **kwargs) -> pl.Trainer:
-    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                    enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     defaults.update(kwargs)
     return pl.Trainer(**defaults)
 
@@ -101,8 +111,9 @@ def test_every_training_module_exposes_a_pixel_space_classifier(name):
     import lit_advgame.training as training
 
     dm = DigitsDataModule(seed=0)
-    module = getattr(training, name)(arch="mlp", num_classes=dm.num_classes, input_shape=dm.input_shape,
-                                     mean=dm.mean, std=dm.std)
+    module = getattr(training, name)(
+        arch="mlp", num_classes=dm.num_classes, input_shape=dm.input_shape, mean=dm.mean, std=dm.std
+    )
     assert isinstance(module.classifier, torch.nn.Module) and module.classifier is module.model
     assert "kwargs" not in module.hparams and module.hparams.arch == "mlp"
     x = torch.rand(3, *dm.input_shape)
@@ -120,20 +131,38 @@ def test_every_training_module_exposes_a_pixel_space_classifier(name):
         assert module.smoothed_classifier().base_classifier is module.classifier
 
 
-@pytest.mark.parametrize("config", ["standard_digits.yaml", "adversarial_digits.yaml", "smoothing_digits.yaml",
-                                    "ensemble_digits.yaml"])
+@pytest.mark.parametrize(
+    "config", ["standard_digits.yaml", "adversarial_digits.yaml", "smoothing_digits.yaml", "ensemble_digits.yaml"]
+)
 def test_subclasses_forward_the_base_arguments_to_the_cli(config, capsys):
     """The subclasses take ``**kwargs`` for ClassifierModule's arguments; LightningCLI still shows and sets them."""
     from lit_advgame.cli import main
     from tests.conftest import CONFIGS
 
     with pytest.raises(SystemExit) as exc:
-        main(["fit", "--config", str(CONFIGS / config), "--model.init_args.scheduler_interval", "step",
-              "--model.init_args.arch", "mlp", "--print_config"])
+        main(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / config),
+                "--model.init_args.scheduler_interval",
+                "step",
+                "--model.init_args.arch",
+                "mlp",
+                "--print_config",
+            ]
+        )
     assert exc.value.code == 0
     init_args = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
-    base_arguments = ("arch", "arch_kwargs", "weights", "optimizer", "lr_scheduler", "scheduler_interval",
-                      "scheduler_monitor")
+    base_arguments = (
+        "arch",
+        "arch_kwargs",
+        "weights",
+        "optimizer",
+        "lr_scheduler",
+        "scheduler_interval",
+        "scheduler_monitor",
+    )
     for key in base_arguments:
         assert key in init_args, key
     assert init_args["scheduler_interval"] == "step" and init_args["arch"] == "mlp"

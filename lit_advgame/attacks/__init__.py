@@ -5,6 +5,7 @@ strength-controlled attack of Ren et al. (NeurIPS 2021) that stops at a fixed lo
 >>> attack = build_attack("hybridir", model, steps=10, seed=0)   # doctest: +SKIP
 >>> x_adv = attack(x, y)                                          # doctest: +SKIP
 """
+
 from lit_advgame.attacks.base import Attack, AttackResult, l1_normalize
 from lit_advgame.attacks.ensemble import EnsembleLogits
 from lit_advgame.attacks.interaction_loss import InteractionLoss

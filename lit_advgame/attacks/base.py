@@ -17,12 +17,13 @@ the pixel cube) and an L2 ε or α above √n (its L2 diameter, n = C·H·W of o
 since such a value almost always means intensity levels (``eps: 16`` for 16/255): write the
 fraction (``"16/255"``) or pass ``unit="1/255"`` to give ε and α in 0–255 intensity levels.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -244,8 +245,10 @@ class Attack:
         self.resolved_step_size: float | None = None if step_scaling == "sqrt_dim" else self.step_size
 
     def _check_radii(self, numel: int | None) -> None:
-        for name, value, scaling in (("eps", self.eps, self.eps_scaling), ("step_size", self.step_size,
-                                                                          self.step_scaling)):
+        for name, value, scaling in (
+            ("eps", self.eps, self.eps_scaling),
+            ("step_size", self.step_size, self.step_scaling),
+        ):
             given = repr(self._given[name]) + ("" if self.unit == "pixel" else f" × 1/255 = {value:.6g}")
             check_radius(value, name, self.norm.name, numel, given=given, sqrt_dim=scaling == "sqrt_dim")
 

@@ -1,8 +1,9 @@
 """Ensembles of source models: the mean of their logits (Liu et al. 2017; the IR paper's Table 2
 ensemble RN-34 + RN-152 + DN-121, ``imagenet_ensemble.py`` of the official code)."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -36,9 +37,7 @@ def as_model_list(model: nn.Module | Sequence[nn.Module]) -> list[nn.Module]:
         check_module(model, "model")
     models = [model] if isinstance(model, nn.Module) else model
     if not isinstance(models, (list, tuple)) or len(models) == 0:
-        raise TypeError(
-            f"model must be a torch.nn.Module or a non-empty list of modules; got {type(model).__name__}"
-        )
+        raise TypeError(f"model must be a torch.nn.Module or a non-empty list of modules; got {type(model).__name__}")
     for i, m in enumerate(models):
         check_module(m, f"model[{i}]")
     return list(models)

@@ -22,6 +22,7 @@ v(S) + v(∅) is flat there), so step 1 of IR is pure CE. For λ = ∞ a zero st
 rounding noise in the gradient (which the sign step blows up to full steps), so λ = ∞ starts
 at random unless ``random_start=False`` is given (a deviation from the official code).
 """
+
 from __future__ import annotations
 
 import math

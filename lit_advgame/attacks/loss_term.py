@@ -1,7 +1,8 @@
 """The interface of extra loss terms added to an attack's per-image objective (e.g. the IR term)."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

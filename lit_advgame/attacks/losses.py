@@ -9,6 +9,7 @@ Rows are reduced by *summation* in :class:`~lit_advgame.attacks.base.Attack` (th
 uses ``CrossEntropyLoss(reduction="sum")`` on a batch of one image): each image's objective is
 then independent of the batch size, and so is the relative weight λ of the interaction term.
 """
+
 from __future__ import annotations
 
 import torch

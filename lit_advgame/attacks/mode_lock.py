@@ -6,6 +6,7 @@ dropout), as MadryLab's ``robustness`` and the TRS inner PGD do: give the attack
 :class:`ModeLockedView` of the network and run it inside :func:`restored_buffers`, so the attack's
 forward passes leave the BatchNorm running statistics as they were.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -4,6 +4,7 @@ All operations are per sample on a batch ``delta`` of shape (B, C, H, W) and end
 constraint x + δ ∈ [0, 1] (δ ← clip(x + δ, 0, 1) − x), which never increases |δ_i|, so the
 norm bound still holds after it (up to float rounding of (x + δ) − x, ~1e-7).
 """
+
 from __future__ import annotations
 
 import torch
@@ -100,8 +101,9 @@ class L2Norm(Norm):
 
     def project(self, delta: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
         norms = l2_norms(delta)
-        factor = torch.where(norms > eps, eps / torch.where(norms > 0, norms, torch.ones_like(norms)),
-                             torch.ones_like(norms))
+        factor = torch.where(
+            norms > eps, eps / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.ones_like(norms)
+        )
         return clip_to_box(delta * _per_sample(factor, delta), x)
 
     def norms(self, delta: torch.Tensor) -> torch.Tensor:

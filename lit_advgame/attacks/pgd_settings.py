@@ -14,6 +14,7 @@ papers), 10 steps, α = 2.5·ε/steps (Madry et al.'s rule: the attack can walk 
 The transfer attacks of :mod:`lit_advgame.attacks.presets` are another concept (the IR paper's 100-step attacks
 at 16/255) with their own defaults.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -138,9 +139,15 @@ class PGDSettings:
             radius = float(eps)
             step = step * radius / settings.eps if settings.eps > 0 and radius > 0 else step
         return Attack(
-            model, settings.norm if norm is None else norm, radius, step, settings.steps, loss="ce",
+            model,
+            settings.norm if norm is None else norm,
+            radius,
+            step,
+            settings.steps,
+            loss="ce",
             random_start=settings.random_start if random_start is None else random_start,
-            loss_terms=loss_terms, seed=seed,
+            loss_terms=loss_terms,
+            seed=seed,
         )
 
 
@@ -150,8 +157,11 @@ inherits the training norm and ε."""
 
 
 def settings_from_deprecated(
-    kwargs: dict[str, Any], settings: PGDSettings | Mapping[str, Any] | None, name: str,
-    keywords: Mapping[str, str], legacy_defaults: Mapping[str, Any] | None = None,
+    kwargs: dict[str, Any],
+    settings: PGDSettings | Mapping[str, Any] | None,
+    name: str,
+    keywords: Mapping[str, str],
+    legacy_defaults: Mapping[str, Any] | None = None,
 ) -> PGDSettings | Mapping[str, Any] | None:
     """Pop the deprecated flat ``keywords`` from ``kwargs`` (warning once per keyword, naming the new
     ``<name>.<setting>``) and merge them into ``settings``; ``legacy_defaults`` fill what the old keywords
@@ -161,8 +171,11 @@ def settings_from_deprecated(
         return settings
     old_names = [old for old, new in keywords.items() if new in given]
     for old in old_names:
-        warnings.warn(f"{old} is deprecated; use {name}.{keywords[old]} (e.g. `{name}: {{{keywords[old]}: ...}}`)",
-                      DeprecationWarning, stacklevel=3)
+        warnings.warn(
+            f"{old} is deprecated; use {name}.{keywords[old]} (e.g. `{name}: {{{keywords[old]}: ...}}`)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
     if settings is not None and PGDSettings.coerce(settings, name) != PGD_DEFAULTS:
         raise ValueError(f"give either {name} or the deprecated {', '.join(old_names)}, not both")
     return PGDSettings.coerce({**(legacy_defaults or {}), **given}, f"{name} (given as {', '.join(old_names)})")

@@ -36,6 +36,7 @@ whose IR is off because ``ir_lambda`` is unset; ``vr_sigma`` without ``vr_copies
 without ``di_prob``; ``ti_nsig`` without ``ti_kernel_size``; ``l2_init`` with the L∞ norm) are
 errors naming the option, the preset and the options the configuration uses.
 """
+
 from __future__ import annotations
 
 import re
@@ -134,8 +135,20 @@ PRESETS: dict[str, dict[str, Any]] = {
 _SCALED = {"eps_scaling": "eps", "step_scaling": "step_size"}
 #: the configuration keys that are keyword arguments of :class:`Attack` itself
 _ATTACK_KEYS = (
-    "norm", "eps", "step_size", "steps", "loss", "targeted", "random_start", "eps_scaling", "step_scaling", "l2_init",
-    "unit", "seed", "record_iterates", "record_format",
+    "norm",
+    "eps",
+    "step_size",
+    "steps",
+    "loss",
+    "targeted",
+    "random_start",
+    "eps_scaling",
+    "step_scaling",
+    "l2_init",
+    "unit",
+    "seed",
+    "record_iterates",
+    "record_format",
 )
 _ALIASES = {"ir": "pgd+ir", "hybrid": "hybridir", "hybrid+ir": "hybridir"}
 _NUMBER_KEYS = ("eps", "step_size", "vr_sigma", "di_prob", "di_resize_rate", "ti_nsig", "momentum")
@@ -235,9 +248,7 @@ def source_family(models: Sequence[nn.Module]) -> str:
     families = set()
     for model in models:
         kinds = {
-            "densenet" if "dense" in type(m).__name__.lower() else "resnet"
-            for m in model.modules()
-            if is_skip_block(m)
+            "densenet" if "dense" in type(m).__name__.lower() else "resnet" for m in model.modules() if is_skip_block(m)
         }
         families.add("densenet" if "densenet" in kinds else "resnet" if kinds else "other")
     return families.pop() if len(families) == 1 else "other"
@@ -282,7 +293,7 @@ def attack_from_config(config: dict[str, Any], model: nn.Module | Sequence[nn.Mo
         transforms.append(Momentum(c["momentum"]))
     loss_terms = []
     if c["ir_lambda"] is not None:
-        spec = {key[len("ir_"):]: c[key] for key in IR_SPEC_KEYS}
+        spec = {key[len("ir_") :]: c[key] for key in IR_SPEC_KEYS}
         loss_terms.append(InteractionLoss(c["ir_lambda"], spec, batch_size=c["ir_batch_size"]))
     attack = Attack(models, transforms=transforms, loss_terms=loss_terms, **{key: c[key] for key in _ATTACK_KEYS})
     _log_once(describe_radius(attack))
@@ -300,6 +311,7 @@ def _log_once(message: str) -> None:
 
 def describe_radius(attack: Attack) -> str:
     """One line with the attack's pixel-space radius and step (√n factors written out when unresolved)."""
+
     def fmt(value: float, scaling: str) -> str:
         return f"{value:.6g}·√n (n = C·H·W of one image)" if scaling == "sqrt_dim" else f"{value:.6g}"
 

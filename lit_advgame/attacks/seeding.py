@@ -7,6 +7,7 @@ one base seed and a stable name of the part (e.g. ``"random_start"``,
 another part sees. This is what makes equivalences such as "MI with μ = 0 equals PGD under
 the same seed" hold bit for bit. The helpers live in :mod:`lit_advgame.utils.seeding` (re-exported here).
 """
+
 from __future__ import annotations
 
 from lit_advgame.utils.seeding import derive_seed, draw_base_seed, make_generator

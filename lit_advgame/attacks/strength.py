@@ -40,6 +40,7 @@ Images are handled independently (each has its own step size and stopping time) 
 batch: a step evaluates only the images still running, and the halving retries only the
 images that overshot.
 """
+
 from __future__ import annotations
 
 import contextlib

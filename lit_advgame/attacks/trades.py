@@ -5,6 +5,7 @@
 * :class:`GaussianStart`: a norm whose random start is the reference's x + 0.001·N(0, I).
 * :func:`kl_per_example`: KL(p ‖ q) per row, the outer regularizer of TRADES Eq. 5.
 """
+
 from __future__ import annotations
 
 import torch

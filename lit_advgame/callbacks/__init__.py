@@ -23,6 +23,7 @@ The strength-controlled attack (stop at a fixed drop of the true-class logit) is
 :class:`lit_advgame.attacks.StrengthControlledAttack` (importing it from here still works for one
 release, with a ``DeprecationWarning``).
 """
+
 from lit_advgame.callbacks.base import ProbeCallback, log_figures, log_scalars
 from lit_advgame.callbacks.disentanglement import DisentanglementCallback
 from lit_advgame.callbacks.game_settings import GameCallback, GameSettings
@@ -57,7 +58,8 @@ def __getattr__(name: str):
         from lit_advgame.attacks import strength
 
         warnings.warn(
-            f"lit_advgame.callbacks.{name} is deprecated; import it from lit_advgame.attacks", DeprecationWarning,
+            f"lit_advgame.callbacks.{name} is deprecated; import it from lit_advgame.attacks",
+            DeprecationWarning,
             stacklevel=2,
         )
         return getattr(strength, name)

@@ -32,6 +32,7 @@ Resuming: ``history``, ``last_metrics`` and the last computed fit epoch are the 
 apart two callbacks of one class by prefix, probe set and schedule); ``fit --ckpt_path`` restores them,
 so a resumed run neither recomputes nor re-logs an epoch that the checkpoint already covers.
 """
+
 from __future__ import annotations
 
 import time
@@ -158,7 +159,10 @@ class ProbeCallback(Callback):
     @override
     def state_key(self) -> str:
         return self._generate_state_key(
-            prefix=self.prefix, probe_size=self.probe_size, probe_split=self.probe_split, seed=self.seed,
+            prefix=self.prefix,
+            probe_size=self.probe_size,
+            probe_split=self.probe_split,
+            seed=self.seed,
             every_n_epochs=self.every_n_epochs,
         )
 

@@ -10,6 +10,7 @@ Scalars (epoch as step): ``disentanglement/<o>`` and ``disentanglement/<o>_stder
 means), ``disentanglement/per_pair_form/<o>``, ``disentanglement/num_images``,
 ``disentanglement/num_forward_passes`` and the cost. Figure: ``disentanglement/curve``.
 """
+
 from __future__ import annotations
 
 from typing import Any

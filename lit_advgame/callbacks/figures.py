@@ -2,6 +2,7 @@
 
 TensorBoard's ``add_figure`` renders them with the Agg canvas and closes them.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -26,17 +27,34 @@ def multi_order_figure(result, epoch: int) -> Figure:
     axes = fig.subplots(2, 2)
     n = result.clean.num_players
     m = _order_axis(axes[0, 0], result.orders, n)
-    axes[0, 0].errorbar(m, result.clean.values.tolist(), yerr=result.clean.stderr.tolist(), marker="o", capsize=3, label="clean")
     axes[0, 0].errorbar(
-        m, result.adversarial.values.tolist(), yerr=result.adversarial.stderr.tolist(), marker="s", capsize=3, label="adversarial"
+        m, result.clean.values.tolist(), yerr=result.clean.stderr.tolist(), marker="o", capsize=3, label="clean"
+    )
+    axes[0, 0].errorbar(
+        m,
+        result.adversarial.values.tolist(),
+        yerr=result.adversarial.stderr.tolist(),
+        marker="s",
+        capsize=3,
+        label="adversarial",
     )
     axes[0, 0].set_ylabel("I^(m)")
     axes[0, 0].legend()
-    axes[0, 1].errorbar(_order_axis(axes[0, 1], result.orders, n), result.values.tolist(), yerr=result.stderr.tolist(), marker="o", capsize=3)
+    axes[0, 1].errorbar(
+        _order_axis(axes[0, 1], result.orders, n),
+        result.values.tolist(),
+        yerr=result.stderr.tolist(),
+        marker="o",
+        capsize=3,
+    )
     axes[0, 1].axhline(0.0, color="grey", lw=0.8)
     axes[0, 1].set_ylabel("ΔI^(m) = I(x) - I(x_adv)")
     axes[1, 0].errorbar(
-        _order_axis(axes[1, 0], result.orders, n), result.utility.tolist(), yerr=result.utility_stderr.tolist(), marker="o", capsize=3
+        _order_axis(axes[1, 0], result.orders, n),
+        result.utility.tolist(),
+        yerr=result.utility_stderr.tolist(),
+        marker="o",
+        capsize=3,
     )
     axes[1, 0].axhline(0.0, color="grey", lw=0.8)
     axes[1, 0].set_ylabel("ΔJ^(m) = (n-1-m)/(n(n-1)) ΔI^(m)")
@@ -52,7 +70,9 @@ def disentanglement_figure(result, epoch: int) -> Figure:
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     m = _order_axis(ax, result.orders, result.num_players)
-    ax.errorbar(m, result.values.tolist(), yerr=result.stderr.tolist(), marker="o", capsize=3, label="D^(m) (ratio of means)")
+    ax.errorbar(
+        m, result.values.tolist(), yerr=result.stderr.tolist(), marker="o", capsize=3, label="D^(m) (ratio of means)"
+    )
     ax.plot(m, result.per_pair_form.tolist(), marker="s", linestyle="--", label="per-pair form (Eq. 4)")
     ax.set_ylim(0.0, 1.05)
     ax.set_ylabel("D^(m)")
@@ -76,7 +96,9 @@ def transfer_figure(matrix: torch.Tensor, names: Sequence[str], num_points: int,
     for i in range(size):
         for j in range(size):
             v = float(values[i, j])
-            ax.text(j, i, f"{100 * v:.0f}%", ha="center", va="center", color="black" if v > 0.5 else "white", fontsize=9)
+            ax.text(
+                j, i, f"{100 * v:.0f}%", ha="center", va="center", color="black" if v > 0.5 else "white", fontsize=9
+            )
     fig.colorbar(image, ax=ax, label="attack success rate")
     ax.set_title(f"Transferability ({num_points} probes), epoch {epoch}")
     fig.tight_layout()

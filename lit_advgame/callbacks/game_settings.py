@@ -22,6 +22,7 @@ contexts = 80,000 per order and image), and the package's forward-pass cap
 standard error, so the noise of a budget is visible; raise ``num_pairs``/``num_contexts``/``probe_size``
 for tighter curves.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -17,6 +17,7 @@ Scalars (epoch as step; ``<o>`` is the order label, ``r0.10`` for ratio 0.1 or `
 ``interaction/attack/{clean_accuracy,success_rate,logit_drop,linf[,reached_fraction]}`` and the
 cost. Figure: ``interaction/curves`` (I clean/adversarial, ΔI, ΔJ and the share over orders).
 """
+
 from __future__ import annotations
 
 from typing import Any

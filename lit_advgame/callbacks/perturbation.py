@@ -20,6 +20,7 @@ Scalars (epoch as step): ``perturbation_interaction/value``, ``perturbation_inte
 ``perturbation_interaction/num_images``, ``perturbation_interaction/num_forward_passes``,
 ``perturbation_interaction/attack/{clean_accuracy,success_rate,logit_drop,linf}`` and the cost.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -14,6 +14,7 @@ As the reference, only probes the model classifies correctly are attacked. The a
 (the callback's ``seed`` unless the options give one), so an epoch's adversarial examples depend
 only on the model's weights.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -88,7 +89,9 @@ class ProbeAttack:
         self.options.setdefault("seed", seed)
         if name == STRENGTH:
             self.options = {key: _parse_number(value, key) for key, value in self.options.items()}
-            allowed = [p for p in inspect.signature(StrengthControlledAttack.__init__).parameters if p not in ("self", "model")]
+            allowed = [
+                p for p in inspect.signature(StrengthControlledAttack.__init__).parameters if p not in ("self", "model")
+            ]
             unknown = sorted(set(self.options) - set(allowed))
             if unknown:
                 raise ValueError(f"unknown option(s) {unknown} of the 'strength' attack; allowed: {', '.join(allowed)}")
@@ -117,12 +120,16 @@ class ProbeAttack:
         reference = clean_logits[correct].gather(1, ys[:, None]).squeeze(1)
         attack = self.build(model)
         if self.name == STRENGTH:
-            results = [attack.run(xs[s : s + batch_size], ys[s : s + batch_size]) for s in range(0, xs.shape[0], batch_size)]
+            results = [
+                attack.run(xs[s : s + batch_size], ys[s : s + batch_size]) for s in range(0, xs.shape[0], batch_size)
+            ]
             x_adv = torch.cat([r.x_adv for r in results])
             reached = torch.cat([r.reached for r in results])
             stats["reached_fraction"] = float(reached.float().mean())
         else:
-            x_adv = torch.cat([attack(xs[s : s + batch_size], ys[s : s + batch_size]) for s in range(0, xs.shape[0], batch_size)])
+            x_adv = torch.cat(
+                [attack(xs[s : s + batch_size], ys[s : s + batch_size]) for s in range(0, xs.shape[0], batch_size)]
+            )
             reached = torch.ones(xs.shape[0], dtype=torch.bool, device=x.device)
         adv_logits = batched_logits(model, x_adv, batch_size)
         stats["success_rate"] = float((adv_logits.argmax(dim=1) != ys).float().mean())

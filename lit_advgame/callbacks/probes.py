@@ -10,6 +10,7 @@ Probe set: a fixed, seeded subset chosen once (at ``setup``) from the DataModule
 ``probe_set(n, split, seed)``, or the first ``n`` of user-given tensors, and kept on the CPU; a
 copy is moved to the model's device when first used on it.
 """
+
 from __future__ import annotations
 
 import contextlib

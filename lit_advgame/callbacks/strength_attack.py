@@ -3,6 +3,7 @@
 Importing this module still works for one release (with a ``DeprecationWarning``); import
 :class:`~lit_advgame.attacks.StrengthControlledAttack` from :mod:`lit_advgame.attacks` instead.
 """
+
 from __future__ import annotations
 
 import warnings

@@ -23,6 +23,7 @@ the external models' names, ``ensemble``; ``model`` for a single classifier),
 members), ``transfer/member_whitebox_mean``, ``transfer/num_points`` and the cost. Figure:
 ``transfer/matrix`` (heatmap, rows = source, columns = target).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -115,7 +116,9 @@ class TransferabilityCallback(ProbeCallback):
             )
         except (TypeError, ValueError, OSError) as err:
             raise ValueError(f"{self.name}: cannot load external_models ({err})") from err
-        reserved = [item.name for item in loaded if item.name in ("model", "ensemble") or item.name.startswith("member")]
+        reserved = [
+            item.name for item in loaded if item.name in ("model", "ensemble") or item.name.startswith("member")
+        ]
         if reserved:
             raise ValueError(
                 f"{self.name}: external model names {reserved} clash with the names of the trained models "
@@ -173,7 +176,13 @@ class TransferabilityCallback(ProbeCallback):
             rank_zero_warn(f"{self.name}: no probe is classified correctly by every model at epoch {epoch}; skipped")
             return metrics, {}
         report = transfer_report(
-            sources, x[correct], y[correct], self._factory(), ensemble, restarts=self.restarts, batch_size=self.batch_size
+            sources,
+            x[correct],
+            y[correct],
+            self._factory(),
+            ensemble,
+            restarts=self.restarts,
+            batch_size=self.batch_size,
         )
         matrix = report.matrix
         for i, source in enumerate(names):
@@ -186,5 +195,7 @@ class TransferabilityCallback(ProbeCallback):
             if len(members) >= 2:
                 off = ~torch.eye(len(members), dtype=torch.bool)
                 metrics[self.tag("member_off_diagonal_mean")] = float(block[off].mean())
-        figures = {self.tag("matrix"): transfer_figure(matrix, names, report.num_points, epoch)} if self.log_figure else {}
+        figures = (
+            {self.tag("matrix"): transfer_figure(matrix, names, report.num_points, epoch)} if self.log_figure else {}
+        )
         return metrics, figures

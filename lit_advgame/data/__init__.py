@@ -1,4 +1,5 @@
 """DataModules serving pixel-space images in [0, 1] with int64 labels, and a name registry."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -7,6 +7,7 @@ which takes its ``mean``/``std`` from the DataModule. ``mean``, ``std``, ``num_c
 ``input_shape`` are therefore plain attributes set in ``__init__`` (before ``setup``), so the CLI
 can link them into the model with ``link_arguments(..., apply_on="instantiate")``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -4,6 +4,7 @@ Training augmentation follows the standard recipe used by Cohen et al. (2019) an
 baselines: ``RandomCrop(32, padding=4)`` and a random horizontal flip; evaluation images are
 only converted to tensors in [0, 1].
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Small dataset wrappers that yield ``(image float32 C×H×W in [0, 1], label int64 scalar)``."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

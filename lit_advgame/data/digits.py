@@ -3,6 +3,7 @@
 The data ships inside scikit-learn (``sklearn.datasets.load_digits``), so no network is needed;
 it is the default dataset of lit_advgame's small, fast experiments.
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal

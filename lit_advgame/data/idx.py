@@ -5,6 +5,7 @@ big-endian uint32 dimension sizes, then the data in C order (big-endian for mult
 types). MNIST images are ``0x00000803`` (uint8, 3 dims), labels ``0x00000801`` (uint8, 1 dim).
 Files may be gzip-compressed (``.gz``).
 """
+
 from __future__ import annotations
 
 import gzip

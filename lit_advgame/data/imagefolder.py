@@ -5,6 +5,7 @@ The main use is the ImageNet validation set for transfer attacks and interaction
 → tensor in [0, 1]. Only the validation folder is required; without a training folder the module
 serves val/test/predict only.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -13,6 +13,7 @@ Test-set-only mode (only the t10k pair present, e.g. ``shared/data/mnist-t10k``)
 images are split, seeded and stratified, into train/val/test with ``val_fraction`` and
 ``test_fraction``. Results in this mode are not comparable with the official test protocol.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -191,8 +192,6 @@ class MNISTDataModule(ImageDataModule):
         else:
             self.mode = "test_only"
             idx = stratified_split(test_labels, self.val_fraction, self.test_fraction, self.seed)
-            parts = {
-                name: (test_images[i], test_labels[i]) for name, i in zip(("train", "val", "test"), idx)
-            }
+            parts = {name: (test_images[i], test_labels[i]) for name, i in zip(("train", "val", "test"), idx)}
         splits = {name: InMemoryImageDataset(x, y, channels=self.channels) for name, (x, y) in parts.items()}
         return splits, None

@@ -1,4 +1,5 @@
 """Seeded, stratified train/val/test splits of a labelled dataset."""
+
 from __future__ import annotations
 
 import torch
@@ -22,9 +23,7 @@ def check_fractions(val_fraction: float, test_fraction: float, *, allow_zero_tes
     v = _check_fraction(val_fraction, "val_fraction", allow_zero=False)
     t = _check_fraction(test_fraction, "test_fraction", allow_zero=allow_zero_test)
     if v + t >= 1:
-        raise ValueError(
-            f"val_fraction + test_fraction must be < 1 to leave a training split; got {v} + {t} = {v + t}"
-        )
+        raise ValueError(f"val_fraction + test_fraction must be < 1 to leave a training split; got {v} + {t} = {v + t}")
 
 
 def stratified_split(

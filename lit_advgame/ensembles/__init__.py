@@ -8,6 +8,7 @@
 
 The LightningModule is :class:`lit_advgame.training.ensemble.Ensemble`.
 """
+
 from lit_advgame.ensembles.adp import (
     ADPRegularizer,
     ensemble_entropy,

@@ -16,6 +16,7 @@ then averaged over the batch. α is the official flag ``lamda`` (EE weight) and 
 all-zero row (a member certain of the true class in float32) with a 1e-20 floor, where the
 reference would produce NaN.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

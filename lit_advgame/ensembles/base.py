@@ -15,6 +15,7 @@ Loss scaling (``scaling``):
   of the members' cross-entropies, mean pairwise similarities, and smoothness
   ``mean_b ||∇_x CE(f_i(x_b), y_b)||²`` of per-example gradients, averaged over members.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

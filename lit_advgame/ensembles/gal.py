@@ -13,6 +13,7 @@ LeakyReLU(0.1) members (choose such an architecture) and adds Gaussian noise of 
 probability 0.5 to each training image (``input_noise_std=0.045``; our noisy images are clamped to
 [0, 1], DVERGE's are not). DVERGE's optional PGD term is the Ensemble's ``attack`` (adversarial training).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -45,9 +46,12 @@ def add_gaussian_noise(
 ) -> torch.Tensor:
     """Deprecated (one release): use :func:`lit_advgame.smoothing.noise.add_gaussian_noise` with ``prob`` and
     ``clamp=True`` (DVERGE's ``AddGaussianNoise``: N(0, std²) noise on each image with probability ``prob``)."""
-    warnings.warn("lit_advgame.ensembles.add_gaussian_noise is deprecated; use "
-                  "lit_advgame.smoothing.noise.add_gaussian_noise(x, std, generator, prob=prob, clamp=True)",
-                  DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        "lit_advgame.ensembles.add_gaussian_noise is deprecated; use "
+        "lit_advgame.smoothing.noise.add_gaussian_noise(x, std, generator, prob=prob, clamp=True)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return input_noise(x, std, prob, generator)
 
 

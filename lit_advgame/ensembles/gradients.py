@@ -5,6 +5,7 @@ regularise the members' *loss* gradients ``g_i = ∇_x CE(f_i(x), y)`` taken in 
 normalization is inside each member) with ``create_graph=True``, so that the regulariser can be
 differentiated w.r.t. the weights (double backprop).
 """
+
 from __future__ import annotations
 
 import torch

@@ -7,10 +7,12 @@ white-box attack on the ensemble targets this output. We compute it exactly and 
 ``logsumexp_i log_softmax(f_i(x)) − log N`` (the reference clamps the mean at 1e-40 before the
 log; the two agree wherever the reference does not clamp).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -108,8 +110,9 @@ def build_ensemble_model(
         raise ValueError(f"archs lists {len(names)} architectures but num_members={num_members}")
     c, h, w = (int(s) for s in input_shape)
     members = [
-        build_model(name, num_classes=num_classes, in_channels=c, input_size=(h, w), mean=mean, std=std,
-                    **(arch_kwargs or {}))
+        build_model(
+            name, num_classes=num_classes, in_channels=c, input_size=(h, w), mean=mean, std=std, **(arch_kwargs or {})
+        )
         for name in names
     ]
     return EnsembleModel(members)

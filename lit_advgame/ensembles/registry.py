@@ -1,8 +1,10 @@
 """Diversity regularizers by name: ``"none"`` (plain ensemble), ``"trs"``, ``"gal"``, ``"adp"``."""
+
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from lit_advgame.ensembles.adp import ADPRegularizer
 from lit_advgame.ensembles.base import DiversityRegularizer

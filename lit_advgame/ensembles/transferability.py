@@ -9,10 +9,12 @@ its row is the attack on the ensemble output and its column the transfer to the 
 (The TRS repo's ``trans_matrix.py`` instead reports target *accuracy* over the whole test set,
 without the all-correct conditioning: that is ``1 − success`` on unconditioned points.)
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn

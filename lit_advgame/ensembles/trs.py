@@ -38,6 +38,7 @@ the B examples), so λ_a = 40, λ_b = 2.5 (CIFAR-10, TRS issue #1) carry over, b
 smoothness weight falls as 1/B² with the batch size B; ``"mean"`` uses ``mean_b ||g_b||²`` of
 per-example gradients. The reference's ``scale·coeff`` and ``scale·lamda`` are λ_a and λ_b.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -171,8 +172,10 @@ class TRSRegularizer(DiversityRegularizer):
     @override
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._numbers(nonnegative=("lambda_sim", "lambda_smooth", "eps_start", "eps_end", "perturbed_fraction"),
-                      positive=("inner_step_ratio",))
+        self._numbers(
+            nonnegative=("lambda_sim", "lambda_smooth", "eps_start", "eps_end", "perturbed_fraction"),
+            positive=("inner_step_ratio",),
+        )
         check_choice(self.variant, "variant", VARIANTS)
         if self.ramp_epochs is not None:
             check_int(self.ramp_epochs, "ramp_epochs", minimum=1)
@@ -214,9 +217,15 @@ class TRSRegularizer(DiversityRegularizer):
             else:
                 n_clean = int(x.shape[0] * (1.0 - self.perturbed_fraction))
                 perturbed = smoothness_pgd(
-                    model, x[n_clean:], y[n_clean:], eps,
-                    steps=self.inner_steps, step_size=self.inner_step_ratio * eps if eps > 0 else None,
-                    accumulate_grad=self.accumulate_inner_grad, bn_mode=self.inner_bn_mode, generator=step.generator,
+                    model,
+                    x[n_clean:],
+                    y[n_clean:],
+                    eps,
+                    steps=self.inner_steps,
+                    step_size=self.inner_step_ratio * eps if eps > 0 else None,
+                    accumulate_grad=self.accumulate_inner_grad,
+                    bn_mode=self.inner_bn_mode,
+                    generator=step.generator,
                 )
                 x_smooth = torch.cat([x[:n_clean].detach(), perturbed])
                 _, smooth_grads = member_input_gradients(model, x_smooth, y, create_graph=True)

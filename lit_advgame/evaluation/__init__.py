@@ -9,6 +9,7 @@
     python -m lit_advgame.evaluation runs/attacks/quickstart --targets checkpoints/digits_lenet.pt \\
         --output runs/transfer/quickstart
 """
+
 from lit_advgame.evaluation.loo import (
     loo_best_steps,
     loo_best_steps_across_targets,

@@ -9,6 +9,7 @@ lit_advgame training module (``--members`` scores an ensemble's members too), or
 Writes ``report.{json,csv,md}``, ``utility_vs_interaction.png`` and TensorBoard events to ``DIR``
 and prints the Markdown tables.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,11 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("runs", nargs="+", help="attack run folders (or merged adversarial.pt files)")
     parser.add_argument("--targets", nargs="+", required=True, type=parse_spec, help="target model specs")
     parser.add_argument("--output", required=True, help="output folder of the report")
-    parser.add_argument("--members", action="store_true",
-                        help="also score each member of an ensemble target (as <name>_member<i>)")
-    parser.add_argument("--labels", nargs="+", default=None,
-                        help="row labels (default: each run's name); runs sharing a label must be the same run "
-                        "(same examples and settings), runs of different sizes or settings under one label are refused")
+    parser.add_argument(
+        "--members", action="store_true", help="also score each member of an ensemble target (as <name>_member<i>)"
+    )
+    parser.add_argument(
+        "--labels",
+        nargs="+",
+        default=None,
+        help="row labels (default: each run's name); runs sharing a label must be the same run "
+        "(same examples and settings), runs of different sizes or settings under one label are refused",
+    )
     parser.add_argument("--subset", choices=SUBSETS, default="source_correct", help="examples evaluated")
     parser.add_argument("--no-loo", action="store_true", help="skip the leave-one-out step selection")
     parser.add_argument("--no-interaction", action="store_true", help="skip the interaction measurement")
@@ -69,16 +75,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lit_advgame.utils.errors import USER_ERROR_EXIT_CODE, USER_ERRORS, debug_enabled, error_message
 
     args = build_parser().parse_args(argv)
-    interaction = None if args.no_interaction else {
-        "grid": args.interaction_grid,
-        "form": args.interaction_form,
-        "num_samples": args.interaction_samples,
-        "max_images": args.interaction_max_images,
-    }
+    interaction = (
+        None
+        if args.no_interaction
+        else {
+            "grid": args.interaction_grid,
+            "form": args.interaction_form,
+            "num_samples": args.interaction_samples,
+            "max_images": args.interaction_max_images,
+        }
+    )
     try:
         report = evaluate_transfer(
-            args.runs, args.targets, members=args.members, labels=args.labels, subset=args.subset, loo=not args.no_loo,
-            interaction=interaction, batch_size=args.batch_size, device=args.device, output_dir=args.output,
+            args.runs,
+            args.targets,
+            members=args.members,
+            labels=args.labels,
+            subset=args.subset,
+            loo=not args.no_loo,
+            interaction=interaction,
+            batch_size=args.batch_size,
+            device=args.device,
+            output_dir=args.output,
             tensorboard=not args.no_tensorboard,
         )
     except USER_ERRORS as err:

@@ -15,6 +15,7 @@ so the two computations agree exactly, ties included.
 each image's step by its success on the *other targets* (not the paper's protocol; offered for
 comparison, also O(K·N·T)).
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,6 @@
 """``TransferReport``: tables (Markdown in the shape of the IR paper's Table 1, CSV, JSON), the transfer
 utility vs interaction figure (the paper's Figure 1) and TensorBoard logging of a transfer evaluation."""
+
 from __future__ import annotations
 
 import csv
@@ -15,8 +16,20 @@ from lit_advgame.evaluation.results import RowResult
 from lit_advgame.utils.io import atomic_write, atomic_write_text
 
 CSV_COLUMNS = (
-    "name", "source", "method", "target", "num_images", "whitebox_success", "interaction", "interaction_stderr",
-    "perturbation_l2", "perturbation_linf", "success", "success_loo", "utility", "utility_stderr",
+    "name",
+    "source",
+    "method",
+    "target",
+    "num_images",
+    "whitebox_success",
+    "interaction",
+    "interaction_stderr",
+    "perturbation_l2",
+    "perturbation_linf",
+    "success",
+    "success_loo",
+    "utility",
+    "utility_stderr",
     "target_clean_accuracy",
 )
 METRICS = {
@@ -94,11 +107,25 @@ class TransferReport:
         for row in self.rows:
             for target in self.targets:
                 cell = row.targets[target]
-                writer.writerow([
-                    row.name, row.source, row.method, target, cell.num_images, row.whitebox_success, row.interaction,
-                    row.interaction_stderr, row.perturbation_l2, row.perturbation_linf, cell.success, cell.success_loo,
-                    cell.utility, cell.utility_stderr, cell.clean_accuracy,
-                ])
+                writer.writerow(
+                    [
+                        row.name,
+                        row.source,
+                        row.method,
+                        target,
+                        cell.num_images,
+                        row.whitebox_success,
+                        row.interaction,
+                        row.interaction_stderr,
+                        row.perturbation_l2,
+                        row.perturbation_linf,
+                        cell.success,
+                        cell.success_loo,
+                        cell.utility,
+                        cell.utility_stderr,
+                        cell.clean_accuracy,
+                    ]
+                )
         return buffer.getvalue()
 
     def markdown_table(self, metric: str = "success_loo", with_se: bool = True) -> str:
@@ -160,8 +187,15 @@ class TransferReport:
                 ax = axes[i][j]
                 xs = [r.interaction for r in rows]
                 ys = [r.targets[target].utility for r in rows]
-                ax.errorbar(xs, ys, xerr=[r.interaction_stderr for r in rows],
-                            yerr=[r.targets[target].utility_stderr for r in rows], fmt="o", ms=4, lw=0.8)
+                ax.errorbar(
+                    xs,
+                    ys,
+                    xerr=[r.interaction_stderr for r in rows],
+                    yerr=[r.targets[target].utility_stderr for r in rows],
+                    fmt="o",
+                    ms=4,
+                    lw=0.8,
+                )
                 for r, x, y in zip(rows, xs, ys):
                     ax.annotate(r.method, (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
                 ax.set_title(f"{source} → {target}  r={pearson(xs, ys):.2f}", fontsize=8)

@@ -1,5 +1,6 @@
 """Result records of a transfer evaluation: a leaf module, imported by :mod:`.transfer` (which fills
 them) and :mod:`.report` (which formats them)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,4 +1,5 @@
 """Target-model scores of adversarial examples, batched: margins at the last step and at every step."""
+
 from __future__ import annotations
 
 import torch
@@ -10,7 +11,11 @@ from lit_advgame.predict.shards import AdversarialSet
 
 @torch.no_grad()
 def batched_margins(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256, device: torch.device | str = "cpu"
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """``max_{k≠y} z_k − z_y`` of ``model`` for each image (N,), on CPU (> 0 ⇔ misclassified)."""
     out = []

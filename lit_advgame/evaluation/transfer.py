@@ -23,6 +23,7 @@ Examples are those the source classifies correctly (``subset="source_correct"``,
 protocol: its 1000 images are correctly classified by all sources), or ``"all"``, or
 ``"both_correct"`` (source and that target). Rates are averaged with torchmetrics ``MeanMetric``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -74,7 +75,9 @@ def _stderr(values: torch.Tensor) -> float:
 LABEL_NEUTRAL_META = ("name", "record", "score_models", "score_model_specs")
 
 
-def check_labels_unambiguous(sets: Sequence[AdversarialSet], labels: Sequence[str | None], names: Sequence[str]) -> None:
+def check_labels_unambiguous(
+    sets: Sequence[AdversarialSet], labels: Sequence[str | None], names: Sequence[str]
+) -> None:
     """Runs that share a row label must be the same run: the same dataset indices and the same
     settings (metadata other than the name and what is recorded per step, :data:`LABEL_NEUTRAL_META`);
     otherwise their numbers would be mixed under one label."""
@@ -157,7 +160,9 @@ def measure_interaction(
     return _mean(values), _stderr(values), values
 
 
-def _step_success(adv: AdversarialSet, target: LoadedModel, model: nn.Module, batch_size: int, device) -> torch.Tensor | None:
+def _step_success(
+    adv: AdversarialSet, target: LoadedModel, model: nn.Module, batch_size: int, device
+) -> torch.Tensor | None:
     names = adv.step_score_names
     if "step_scores" in adv.records and target.name in names:
         return adv.records["step_scores"][:, :, names.index(target.name)].float() > 0
@@ -189,9 +194,14 @@ def evaluate_row(
         raise ValueError(f"{name}: the records hold no source margins and no source model was given")
     row_mask = torch.ones_like(source_ok) if subset == "all" else source_ok
     row = RowResult(
-        name=name, source=source, method=method, num_images=int(row_mask.sum()),
-        whitebox_success=_mean(fooled_source[row_mask].float()), interaction=float("nan"),
-        interaction_stderr=float("nan"), meta=dict(adv.meta),
+        name=name,
+        source=source,
+        method=method,
+        num_images=int(row_mask.sum()),
+        whitebox_success=_mean(fooled_source[row_mask].float()),
+        interaction=float("nan"),
+        interaction_stderr=float("nan"),
+        meta=dict(adv.meta),
     )
     delta = (adv.x_adv - adv.x)[row_mask].flatten(1)  # magnitudes matter when comparing interactions (Sec. 3.1)
     row.perturbation_l2 = _mean(delta.norm(dim=1))
@@ -292,8 +302,15 @@ def evaluate_transfer(
             source_model = cache.get(specs, shape)
         rows.append(
             evaluate_row(
-                adv, loaded, label=None if labels is None else labels[i], subset=subset, loo=loo,
-                interaction=options, source_model=source_model, batch_size=batch_size, device=device,
+                adv,
+                loaded,
+                label=None if labels is None else labels[i],
+                subset=subset,
+                loo=loo,
+                interaction=options,
+                source_model=source_model,
+                batch_size=batch_size,
+                device=device,
             )
         )
     settings = {

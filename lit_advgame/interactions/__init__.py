@@ -35,6 +35,7 @@ Example::
     result = estimator.approximate(clean, adv)
     logger.log_metrics(result.to_dict("interaction"))
 """
+
 from lit_advgame.interactions.attacking_utility import (
     InteractionChangeApproximator,
     attacking_utility,

@@ -11,6 +11,7 @@ reference ``plot.py --type 2`` draws. :attr:`InteractionChangeResult.utility_sum
 ``n(n-1)`` times that, the sum over ordered pairs that adds up (with the singleton terms) to
 ``v(N|x) - v(N|x_adv)`` in Eq. 3.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -52,9 +53,11 @@ def check_paired_games(clean_game: MaskedGame, adversarial_game: MaskedGame) -> 
     if clean_game.labels.shape != adversarial_game.labels.shape or not torch.equal(
         clean_game.labels.cpu(), adversarial_game.labels.cpu()
     ):
-        differ = (clean_game.labels.cpu() != adversarial_game.labels.cpu()).nonzero().flatten()[:5].tolist() if (
-            clean_game.labels.shape == adversarial_game.labels.shape
-        ) else []
+        differ = (
+            (clean_game.labels.cpu() != adversarial_game.labels.cpu()).nonzero().flatten()[:5].tolist()
+            if (clean_game.labels.shape == adversarial_game.labels.shape)
+            else []
+        )
         raise ValueError(
             "clean_game and adversarial_game must use the same labels (pass the same y to both, e.g. the ground "
             f"truth); they differ on images {differ}"
@@ -78,7 +81,9 @@ class InteractionChangeApproximator(PairSampling):
         samples = self.sample([clean_game, adversarial_game])
         clean = multi_order_from_samples(samples, 0)
         adversarial = multi_order_from_samples(samples, 1)
-        change = summarize_two_stage(samples.deltas[0] - samples.deltas[1], samples.exhaustive_pairs, samples.enumerated)
+        change = summarize_two_stage(
+            samples.deltas[0] - samples.deltas[1], samples.exhaustive_pairs, samples.enumerated
+        )
         n = samples.num_players
         weights = torch.tensor(utility_weights(samples.orders.orders, n), dtype=torch.float64)
         total = change.values.abs().sum()

@@ -13,6 +13,7 @@ absent pixels exactly the baseline). Choices:
 * a sequence of C floats: an explicit per-channel mean.
 * a tensor broadcastable to ``(B, C, H, W)``: ``(C,)``, ``(C, H, W)``, ``(1 or B, C, 1 or H, 1 or W)``.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Forward-pass budget guard: refuse a computation *before* doing any work when it is too costly."""
+
 from __future__ import annotations
 
 from lit_advgame.utils.checks import check_int

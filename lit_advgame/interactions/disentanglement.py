@@ -20,6 +20,7 @@ delta method over the contexts of each pair, combined over the fixed pairs as
 
 The reference computes it on clean images only; pass the clean game.
 """
+
 from __future__ import annotations
 
 import math

@@ -30,6 +30,7 @@ Means over pairs here run over **all** pairs (``all_pairs_interaction``); the sa
 default to neighbour pairs, so compare a sampled result with ``exact.mean_over_pairs(result.pairs)``.
 * IR paper Eq. 4 / Appendix F: ``mean_{i<j} SII_ij = 1/(n-1) · mean_i [v(N) - v(N\\{i}) - v({i}) + v(∅)]``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -118,8 +119,9 @@ class ExactInteractions(ResultMixin):
     values = deprecated_alias("value_table", "values")
     mean_interaction = deprecated_alias("all_pairs_interaction", "mean_interaction")
     utility = deprecated_alias(
-        "utility_sum", "utility", " (the sum over ordered pairs; utility_per_pair is the per-pair convention of "
-        "InteractionChangeResult.utility)"
+        "utility_sum",
+        "utility",
+        " (the sum over ordered pairs; utility_per_pair is the per-pair convention of InteractionChangeResult.utility)",
     )
 
     @property
@@ -147,7 +149,9 @@ class ExactInteractions(ResultMixin):
         if pairs.dim() == 2:
             pairs = pairs.unsqueeze(0).expand(self.multi_order.shape[0], -1, -1)
         if pairs.dim() != 3 or pairs.shape[-1] != 2 or pairs.shape[0] != self.multi_order.shape[0]:
-            raise ValueError(f"pairs must have shape (P, 2) or (B, P, 2) with B = {self.multi_order.shape[0]}; got {tuple(pairs.shape)}")
+            raise ValueError(
+                f"pairs must have shape (P, 2) or (B, P, 2) with B = {self.multi_order.shape[0]}; got {tuple(pairs.shape)}"
+            )
         images = torch.arange(pairs.shape[0], device=pairs.device).view(-1, 1)
         per_pair = self.multi_order[images, :, pairs[..., 0], pairs[..., 1]]  # (B, P, n-1)
         return per_pair.mean(dim=1)
@@ -248,7 +252,9 @@ def exact_from_values(
     onehot_ij = _size_onehot(sizes_ij, n - 1)  # (2^(n-2), n-1)
     counts_ij = torch.tensor([comb(n - 2, m) for m in range(n - 1)], dtype=torch.float64, device=device)
     sii_weights = torch.tensor(
-        [factorial(s) * factorial(n - s - 2) / factorial(n - 1) for s in range(n - 1)], dtype=torch.float64, device=device
+        [factorial(s) * factorial(n - s - 2) / factorial(n - 1) for s in range(n - 1)],
+        dtype=torch.float64,
+        device=device,
     )[sizes_ij]
     order_sum = torch.empty(batch, num_pairs, n - 1, dtype=torch.float64, device=device)
     order_abs = torch.empty_like(order_sum)

@@ -20,6 +20,7 @@ lie in [0, 1] too (an attack's perturbation is clipped to the image box). Images
 of another floating dtype than the model, e.g. float64 for a float32 model, are cast to the
 model's dtype (differentiably), so the game and its values run in the model's dtype.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -197,7 +198,12 @@ class MaskedGame:
         if images is None:
             return torch.arange(self.num_images)
         ids = torch.as_tensor(images, dtype=torch.long).flatten().cpu()
-        if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= self.num_images or bool((ids[1:] <= ids[:-1]).any()):
+        if (
+            ids.numel() == 0
+            or int(ids.min()) < 0
+            or int(ids.max()) >= self.num_images
+            or bool((ids[1:] <= ids[:-1]).any())
+        ):
             raise ValueError(f"images must be increasing indices in [0, {self.num_images - 1}]; got {ids.tolist()}")
         return ids
 

@@ -15,6 +15,7 @@ deduplication (identical coalitions of an image, e.g. the sets shared by pairs a
 evaluated once). The reference recipe (16x16 grid, 200 pairs, 100 contexts) is 80,000 per image
 and order.
 """
+
 from __future__ import annotations
 
 import math
@@ -81,7 +82,9 @@ class PairDeltaSamples:
     def contexts_per_order(self) -> tuple[int, ...]:
         """Contexts actually used per order: ``C(n-2, m)`` where enumerated, else ``num_contexts``."""
         flags = self.enumerated or (False,) * len(self.orders)
-        return tuple(comb(self.num_players - 2, m) if e else self.num_contexts for m, e in zip(self.orders.orders, flags))
+        return tuple(
+            comb(self.num_players - 2, m) if e else self.num_contexts for m, e in zip(self.orders.orders, flags)
+        )
 
 
 def check_games(games: Sequence[MaskedGame]) -> None:
@@ -90,7 +93,9 @@ def check_games(games: Sequence[MaskedGame]) -> None:
         raise ValueError("pass at least one game")
     for game in games:
         if not isinstance(game, MaskedGame):
-            raise TypeError(f"games must be MaskedGame instances (InputGame, PerturbationGame); got {type(game).__name__}")
+            raise TypeError(
+                f"games must be MaskedGame instances (InputGame, PerturbationGame); got {type(game).__name__}"
+            )
     first = games[0]
     for game in games[1:]:
         if game.num_images != first.num_images or game.num_players != first.num_players:
@@ -174,7 +179,9 @@ class ContextTerms:
     num_forward_passes: list[int]
 
 
-def context_counts(num_players: int, unit_size: int, orders: Sequence[int], num_contexts: int, enumerate_contexts: bool) -> tuple[tuple[bool, ...], list[int]]:
+def context_counts(
+    num_players: int, unit_size: int, orders: Sequence[int], num_contexts: int, enumerate_contexts: bool
+) -> tuple[tuple[bool, ...], list[int]]:
     """Per order: whether its ``C(n-e, m)`` contexts are enumerated, and the contexts it uses."""
     free = num_players - unit_size
     enumerated = tuple(enumerate_contexts and comb(free, m) <= num_contexts for m in orders)
@@ -306,7 +313,9 @@ class PairSampling(ContextSampling):
         first = game_list[0]
         n, batch = first.num_players, first.num_images
         resolved = resolve_orders(self.orders, n)
-        pair_ids = sample_pairs(batch, n, self.num_pairs, kind=self.pairs, player_map=first.player_map, generator=generator)
+        pair_ids = sample_pairs(
+            batch, n, self.num_pairs, kind=self.pairs, player_map=first.player_map, generator=generator
+        )
         num_p = pair_ids.shape[1]
         _, contexts = context_counts(n, 2, resolved.orders, self.num_contexts, self.enumerate_contexts)
         planned = len(game_list) * batch * (sum(contexts) * num_p * 4 + 1)
@@ -316,12 +325,24 @@ class PairSampling(ContextSampling):
         for game in game_list:
             game.resolve_classes()
         evaluated = evaluate_context_terms(
-            game_list, pair_ids, resolved.orders, self.num_contexts, generator,
-            enumerate_contexts=self.enumerate_contexts, dedupe=self.dedupe,
+            game_list,
+            pair_ids,
+            resolved.orders,
+            self.num_contexts,
+            generator,
+            enumerate_contexts=self.enumerate_contexts,
+            dedupe=self.dedupe,
         )
         return PairDeltaSamples(
-            resolved, n, pair_ids, evaluated.terms, self.num_pairs is None, evaluated.num_forward_passes,
-            pair_kind=self.pairs, enumerated=evaluated.enumerated, value_scale=evaluated.value_scale,
+            resolved,
+            n,
+            pair_ids,
+            evaluated.terms,
+            self.num_pairs is None,
+            evaluated.num_forward_passes,
+            pair_kind=self.pairs,
+            enumerated=evaluated.enumerated,
+            value_scale=evaluated.value_scale,
             value_dtype=evaluated.value_dtype,
         )
 

@@ -1,5 +1,6 @@
 """Keyword options of the functional API: checked against an approximator's fields, and the
 deprecated aliases kept for one release (renamed result attributes and keyword arguments)."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -16,6 +16,7 @@ Presets (the lists of the official code and of the paper's supplement, Table 2):
 A sequence of Python ``int`` is taken as explicit orders; a sequence containing a ``float`` as
 ratios in ``[0, 1]``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -68,7 +69,9 @@ def resolve_orders(orders: OrderSpec, num_players: int, *, shapley: bool = False
         raise ValueError(f"{kind} orders need at least {2 - shapley} players; the game has {num_players}")
     if isinstance(orders, str):
         if orders not in ORDER_PRESETS:
-            raise ValueError(f"unknown order preset {orders!r}; choose one of {', '.join(ORDER_PRESETS)} or pass a list")
+            raise ValueError(
+                f"unknown order preset {orders!r}; choose one of {', '.join(ORDER_PRESETS)} or pass a list"
+            )
         orders = ORDER_PRESETS[orders]
     if not isinstance(orders, Sequence) or len(orders) == 0:
         raise ValueError(f"orders must be a preset name or a non-empty list of ratios/ints; got {orders!r}")

@@ -25,6 +25,7 @@ Values: ``"margin_fixed"`` (default, the code: ``z_t - z_y`` with ``t`` the runn
 Cost per image: ``1`` (``x + δ``) ``+ 1`` (``x``) ``+ 2 · num_samples`` forward passes
 (``2n + 2`` for the exact single form).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -94,7 +95,9 @@ class PerturbationInteractionApproximator:
         if n < 2:
             raise ValueError("the perturbation interaction needs at least 2 players")
         samples = min(self.num_samples, n) if self.form == "single" else self.num_samples
-        check_budget(batch * (2 + 2 * samples), self.max_forward_passes, f"{samples} {self.form}-form samples per image")
+        check_budget(
+            batch * (2 + 2 * samples), self.max_forward_passes, f"{samples} {self.form}-form samples per image"
+        )
         generator = make_generator(self.random_state)
         grad = game.delta.requires_grad and torch.is_grad_enabled()
         full_logits = game.full_logits(grad=grad)
@@ -162,7 +165,10 @@ def _game_and_approximator(
     game_keys = ("grid", "player_map", "value", "batch_size")
     game_options = {key: options.pop(key) for key in game_keys if key in options}
     approximator = build_approximator(
-        PerturbationInteractionApproximator, owner, extra=game_keys, random_state=options.pop("generator", None),
+        PerturbationInteractionApproximator,
+        owner,
+        extra=game_keys,
+        random_state=options.pop("generator", None),
         **options,
     )
     if y is None:

@@ -22,6 +22,7 @@ the presets use the official code's cheaper group approximation, :meth:`Perturba
 >>> PerturbationInteraction.ir_code().form
 'coalition'
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -91,8 +92,12 @@ class PerturbationInteraction:
         return cls(**{**IR_CODE_FIELDS, **changes})
 
     @classmethod
-    def of(cls, spec: PerturbationInteraction | Mapping[str, Any] | None, base: PerturbationInteraction | None = None,
-           name: str = "interaction") -> PerturbationInteraction:
+    def of(
+        cls,
+        spec: PerturbationInteraction | Mapping[str, Any] | None,
+        base: PerturbationInteraction | None = None,
+        name: str = "interaction",
+    ) -> PerturbationInteraction:
         """``spec`` as a :class:`PerturbationInteraction`: itself, ``base`` (default: the class defaults) with a
         mapping's fields changed, or ``base`` for ``None``."""
         base = cls() if base is None else base
@@ -125,8 +130,14 @@ class PerturbationInteraction:
         return dataclasses.asdict(self)
 
     def interaction(
-        self, model: nn.Module, x: torch.Tensor, delta: torch.Tensor, y: torch.Tensor, *,
-        generator: torch.Generator | None = None, batch_size: int | None = None,
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        delta: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        batch_size: int | None = None,
     ) -> torch.Tensor:
         """Per-image ``E_ij[I_ij(δ)]`` (Eq. 4 / 39), differentiable w.r.t. ``delta``:
         :func:`~lit_advgame.interactions.perturbation_interaction` with these settings."""
@@ -135,8 +146,14 @@ class PerturbationInteraction:
         )
 
     def estimate(
-        self, model: nn.Module, x: torch.Tensor, delta: torch.Tensor, y: torch.Tensor, *,
-        generator: torch.Generator | None = None, batch_size: int | None = None,
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        delta: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        batch_size: int | None = None,
     ) -> PerturbationInteractionResult:
         """The estimate of Eq. 4 / 39 with standard errors (no gradient):
         :func:`~lit_advgame.interactions.perturbation_interaction_estimate` with these settings."""

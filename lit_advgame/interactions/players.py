@@ -13,6 +13,7 @@ IR reference code, which uses ``H // L`` pixel cells and leaves the ``H % L`` la
 permanently outside every sampled set). Cell ``(p, q)`` (row band ``p``, column band ``q``) is
 player ``p * L_w + q`` (row-major order).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -92,7 +93,9 @@ def validate_player_map(player_map: torch.Tensor, height: int, width: int, name:
     if not isinstance(player_map, torch.Tensor):
         raise TypeError(f"{name} must be a (H, W) integer torch.Tensor; got {type(player_map).__name__}")
     if player_map.dim() != 2 or tuple(player_map.shape) != (height, width):
-        raise ValueError(f"{name} must have shape (H, W) = ({height}, {width}) like the images; got {tuple(player_map.shape)}")
+        raise ValueError(
+            f"{name} must have shape (H, W) = ({height}, {width}) like the images; got {tuple(player_map.shape)}"
+        )
     if player_map.is_floating_point() or player_map.is_complex() or player_map.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer player ids; got dtype {player_map.dtype}")
     if player_map.numel() == 0:

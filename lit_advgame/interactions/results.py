@@ -12,6 +12,7 @@ numbers, the orders (``orders`` = context sizes m, ``ratios`` = the ratios they 
 ``to_dict(prefix)`` returns ``{name: float}`` with names such as ``interaction/r0.10`` and
 ``interaction/r0.10_stderr`` (``m3`` instead of ``r0.10`` for explicit orders).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -33,7 +34,9 @@ class ResultMixin:
         raise NotImplementedError
 
 
-def _per_order(prefix: str, labels: tuple[str, ...], values: torch.Tensor, stderr: torch.Tensor | None) -> dict[str, float]:
+def _per_order(
+    prefix: str, labels: tuple[str, ...], values: torch.Tensor, stderr: torch.Tensor | None
+) -> dict[str, float]:
     out: dict[str, float] = {}
     for k, label in enumerate(labels):
         out[f"{prefix}/{label}"] = float(values[k])

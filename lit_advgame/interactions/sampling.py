@@ -20,6 +20,7 @@ smallest of ``n`` iid float64 keys, with the excluded players' keys set above al
 When there are no more ``m``-subsets than contexts asked for, :func:`enumerate_subsets` lists
 every one of them once instead (exact, no sampling).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -35,7 +36,9 @@ def _gen_device(generator: torch.Generator | None) -> torch.device:
     return generator.device if generator is not None else torch.device("cpu")
 
 
-def _rand(shape: tuple[int, ...], generator: torch.Generator | None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def _rand(
+    shape: tuple[int, ...], generator: torch.Generator | None, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
     return torch.rand(shape, generator=generator, dtype=dtype, device=_gen_device(generator))
 
 

@@ -7,6 +7,7 @@
 * :func:`multi_order_shapley`: ``φ^(m)(i) = E_{S ⊆ N\\{i}, |S| = m} [v(S ∪ {i}) - v(S)]``
   (Ren et al., supplement B.2, Eq. 10), with uniform contexts; ``φ_i = (1/n) Σ_{m=0}^{n-1} φ^(m)(i)``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -130,8 +131,13 @@ class MultiOrderShapleyApproximator(ContextSampling):
         check_budget(batch * sum(contexts) * k * 2, self.max_forward_passes, f"{len(resolved)} orders x {k} players")
         game.resolve_classes()
         evaluated = evaluate_context_terms(
-            [game], players.unsqueeze(-1), resolved.orders, self.num_contexts, generator,
-            enumerate_contexts=self.enumerate_contexts, dedupe=self.dedupe,
+            [game],
+            players.unsqueeze(-1),
+            resolved.orders,
+            self.num_contexts,
+            generator,
+            enumerate_contexts=self.enumerate_contexts,
+            dedupe=self.dedupe,
         )
         summary = summarize_two_stage(evaluated.terms[0], self.num_sampled_players is None, evaluated.enumerated)
         return MultiOrderShapleyResult(
@@ -154,7 +160,9 @@ def shapley_values(game: MaskedGame, *, generator: torch.Generator | None = None
     :class:`~lit_advgame.interactions.results.ShapleyResult` (``values`` averaged over images,
     ``per_image`` per image).
     """
-    return build_approximator(ShapleyApproximator, "shapley_values", random_state=generator, **options).approximate(game)
+    return build_approximator(ShapleyApproximator, "shapley_values", random_state=generator, **options).approximate(
+        game
+    )
 
 
 def multi_order_shapley(

@@ -13,6 +13,7 @@ Standard errors are conditional on the given images (the images are data, not sa
 A standard error that cannot be estimated (a single sample) is NaN. Enumerated orders pad the
 context axis with NaN after their ``C(n-2, m)`` contexts; the means here ignore the padding.
 """
+
 from __future__ import annotations
 
 import math
@@ -65,9 +66,7 @@ def combine_stderr(stderr: torch.Tensor, dim: int | Sequence[int] = -1) -> torch
     return stderr.pow(2).sum(dim=dims).sqrt() / count
 
 
-def context_stats(
-    deltas: torch.Tensor, enumerated: Sequence[bool] | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def context_stats(deltas: torch.Tensor, enumerated: Sequence[bool] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pair mean over the contexts (last dim) of ``(..., O, P, T)`` samples and its standard error.
 
     ``enumerated[o]``: order ``o`` used every context once (NaN padding after them): its mean
@@ -115,7 +114,9 @@ def summarize_two_stage(
     return TwoStageSummary(per_pair, per_pair_stderr, per_image, per_image_stderr, values, stderr)
 
 
-def ratio_of_means(numerator: torch.Tensor, denominator: torch.Tensor, dim: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def ratio_of_means(
+    numerator: torch.Tensor, denominator: torch.Tensor, dim: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``Σ a / Σ d`` over ``dim`` and its delta-method standard error (units along ``dim`` iid)."""
     count = math.prod(numerator.shape[d] for d in dim)
     mean_a = numerator.mean(dim=dim)

@@ -21,6 +21,7 @@ Named value functions:
 
 A user callable ``fn(logits, labels) -> values`` (``(K, C)``, ``(K,)`` -> ``(K,)``) is accepted too.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -7,6 +7,7 @@ residual / new-feature branch); ``TORCHVISION_SKIP_BLOCK_TYPES`` lists torchvisi
 (whose blocks reuse one ``relu`` module for the branch and the output). :func:`is_skip_block`
 (:mod:`.skip_blocks`) is the one rule SGM uses too.
 """
+
 from __future__ import annotations
 
 from lit_advgame.models.cifar_resnet import CifarBasicBlock, CifarResNet, ZeroPadShortcut

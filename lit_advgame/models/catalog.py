@@ -5,6 +5,7 @@ returning the bare network; :mod:`lit_advgame.models.registry` looks names up he
 normalization layer. This module imports nothing from the package, so every architecture module
 can import it without an import cycle.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -16,6 +16,7 @@ We follow it exactly, with the same parameter names (``conv1``, ``bn1``, ``layer
 works at 16x16. ``shortcut="A"`` gives the parameter-free option A of the paper (strided
 identity zero-padded with extra channels) instead. ResNet-20 has ~0.27M parameters.
 """
+
 from __future__ import annotations
 
 import torch

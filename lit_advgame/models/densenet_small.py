@@ -8,6 +8,7 @@ SGM, Wu et al. ICLR 2020, favours on DenseNets). Dense blocks are separated by t
 pooling and a linear ``classifier`` follow. With the defaults (growth 12, three blocks of four
 layers) it has about 0.1M parameters and works for inputs >= 8x8.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -109,6 +110,8 @@ def densenet_small(
     compression: float = 0.5,
 ) -> DenseNetSmall:
     if input_size is not None and min(input_size) < 2 ** (len(list(block_layers)) - 1):
-        raise ValueError(f"densenet_small with {len(list(block_layers))} dense blocks needs larger inputs; "
-                         f"got input_size={input_size}")
+        raise ValueError(
+            f"densenet_small with {len(list(block_layers))} dense blocks needs larger inputs; "
+            f"got input_size={input_size}"
+        )
     return DenseNetSmall(num_classes, in_channels, growth_rate, block_layers, bn_size, compression)

@@ -7,6 +7,7 @@ operation is ``(x - mean) / std`` with ``mean``/``std`` stored as registered buf
 ``NormalizeLayer`` of Cohen et al. (2019) and the ``InputNormalize`` of MadryLab's
 ``robustness`` library (whose ``clamp(x, 0, 1)`` is available here as an option).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

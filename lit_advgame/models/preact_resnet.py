@@ -8,6 +8,7 @@ a linear head named ``linear``. Parameter names follow kuangliu's (``conv1``, ``
 ``bn1``/``conv1``/``bn2``/``conv2``/``shortcut.0`` in blocks) plus ``bn`` for the final BN.
 ``width`` scales all stages (``width=8`` makes a tiny model for tests).
 """
+
 from __future__ import annotations
 
 import torch

@@ -16,6 +16,7 @@ Names:
       (``torchvision.models.list_models(module=torchvision.models)``), always built with
       ``weights=None``: nothing is ever downloaded; load a local file with ``weights=``.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -76,7 +77,7 @@ def get_builder(name: str) -> Builder:
     if builder is not None:
         return builder
     if name.startswith(TORCHVISION_PREFIX):
-        return torchvision_builder(name[len(TORCHVISION_PREFIX):])
+        return torchvision_builder(name[len(TORCHVISION_PREFIX) :])
     close = difflib.get_close_matches(name, registered_names(), n=3)
     hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
     raise ValueError(
@@ -107,9 +108,7 @@ def _check_builder_kwargs(name: str, builder: Builder, kwargs: dict[str, Any]) -
     allowed = [p for p in params if p not in ("num_classes", "in_channels", "input_size")]
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
-        raise TypeError(
-            f"model {name!r} got unexpected option(s) {unknown}; its options are: {allowed or 'none'}"
-        )
+        raise TypeError(f"model {name!r} got unexpected option(s) {unknown}; its options are: {allowed or 'none'}")
 
 
 def build_net(

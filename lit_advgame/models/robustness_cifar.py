@@ -14,6 +14,7 @@ pooling, identical to ``avg_pool2d(out, 4)`` at 32x32 inputs; ReLUs are ``nn.ReL
 instead of ``F.relu`` (so hooks can be attached); ``robustness``'s ``with_latent`` /
 ``fake_relu`` forward options are not provided.
 """
+
 from __future__ import annotations
 
 import torch

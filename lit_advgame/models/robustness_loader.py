@@ -16,6 +16,7 @@ reproduces it with :class:`~lit_advgame.models.normalize.NormalizedModel` and ``
 default (pass ``clamp=False`` for Gaussian-noised inputs of randomized smoothing, Cohen et al.
 2019, which must not be clipped).
 """
+
 from __future__ import annotations
 
 import os
@@ -137,9 +138,7 @@ def load_robustness_checkpoint(
         )
     net_state, file_mean, file_std = extract_robustness_state(state, source)
     if mean is None and std is None and file_mean is None:
-        raise ValueError(
-            f"{source}: stores no normalizer ('{NORMALIZER_KEYS[0]}'); pass mean= and std= explicitly"
-        )
+        raise ValueError(f"{source}: stores no normalizer ('{NORMALIZER_KEYS[0]}'); pass mean= and std= explicitly")
     in_channels = len(mean) if mean is not None else int(file_mean.numel())
     mean_l, std_l = resolve_normalization(mean, std, in_channels, file_mean, file_std, source=source)
 

@@ -10,6 +10,7 @@ Whether a skip block's skip connection is an *identity* (the blocks SGM acts on)
 behaviour when the block runs, not here: see
 :func:`lit_advgame.attacks.transforms.skip_gradient.skip_kind`.
 """
+
 from __future__ import annotations
 
 from torchvision.models.densenet import _DenseLayer

@@ -11,6 +11,7 @@ source and target architectures of transfer experiments:
 All take standardised input; :func:`~lit_advgame.models.registry.build_model` adds the
 normalization layer.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -77,8 +78,9 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"MLP built for inputs of shape (B, {', '.join(map(str, self.input_shape))}); "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"MLP built for inputs of shape (B, {', '.join(map(str, self.input_shape))}); got {tuple(x.shape)}"
+            )
         return self.layers(torch.flatten(x, 1))
 
 

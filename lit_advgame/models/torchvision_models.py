@@ -13,6 +13,7 @@ Adversarially Robust ImageNet Models Transfer Better?" (NeurIPS 2020), as MadryL
 ``robustness`` builds them: ``torchvision.models.resnet.ResNet(Bottleneck, [3, 4, 6, 3],
 width_per_group=64 * k)``; their parameter names are torchvision's.
 """
+
 from __future__ import annotations
 
 import difflib

@@ -4,6 +4,7 @@ Files are read with ``torch.load(path, map_location=..., weights_only=True)``: o
 and plain containers are unpickled, so a file cannot run code when loaded. The unsafe
 ``weights_only=False`` path is taken only when the caller says the file is trusted.
 """
+
 from __future__ import annotations
 
 import os
@@ -177,7 +178,7 @@ def extract_net_state(
     """
     expected = list(net.state_dict().keys())
     prefix = _find_prefix(state, expected, source)
-    net_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    net_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     mean = std = None
     if prefix.endswith("net.") and (prefix == "net." or prefix.endswith(".net.")):
         outer = prefix[: -len("net.")]
@@ -224,7 +225,7 @@ def is_robustness_state(state: Mapping[str, Any]) -> bool:
 
 
 def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _strip_dummy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -253,9 +254,10 @@ def extract_robustness_state(
     if model_part and attacker_part:
         differ = sorted(set(model_part) ^ set(attacker_part))
         differ += [
-            k for k in model_part
-            if k in attacker_part and (model_part[k].shape != attacker_part[k].shape
-                                       or not torch.equal(model_part[k], attacker_part[k]))
+            k
+            for k in model_part
+            if k in attacker_part
+            and (model_part[k].shape != attacker_part[k].shape or not torch.equal(model_part[k], attacker_part[k]))
         ]
         if differ:
             warnings.warn(

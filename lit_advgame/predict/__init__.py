@@ -12,6 +12,7 @@
 
     lit-advgame predict --config configs/attack_quickstart.yaml
 """
+
 from lit_advgame.predict.attack_module import RECORD_MODES, AttackModule, batch_seed
 from lit_advgame.predict.lock import OutputLock, OutputLockedError
 from lit_advgame.predict.models import (

@@ -42,6 +42,7 @@ states before each update (0..T−1) instead.
 Predict runs under ``torch.inference_mode()`` by default; the attack needs gradients, so configs set
 ``trainer.inference_mode: false`` and this module refuses to run otherwise.
 """
+
 from __future__ import annotations
 
 import json
@@ -273,11 +274,15 @@ class AttackModule(pl.LightningModule):
             images = quantize(images).float() / 255.0
         return torch.stack([margins(m(images), labels) for m in self.score_models], dim=1)
 
-    def attack_batch(self, x: torch.Tensor, y: torch.Tensor, indices: Sequence[int] | torch.Tensor) -> dict[str, torch.Tensor]:
+    def attack_batch(
+        self, x: torch.Tensor, y: torch.Tensor, indices: Sequence[int] | torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """Attack one batch; ``indices`` are the examples' dataset indices. Returns the shard records."""
         indices = torch.as_tensor(indices, dtype=torch.int64).flatten()
         if x.shape[0] == 0:
-            raise ValueError("AttackModule got an empty batch (0 images); the predict dataloader must not yield empty batches")
+            raise ValueError(
+                "AttackModule got an empty batch (0 images); the predict dataloader must not yield empty batches"
+            )
         if indices.numel() != x.shape[0]:
             raise ValueError(f"got {indices.numel()} dataset indices for a batch of {x.shape[0]} images")
         y = y.long()
@@ -385,7 +390,9 @@ class AttackModule(pl.LightningModule):
             raise TypeError("AttackModule needs batches of (images, labels)")
         x, y = batch[0], batch[1]
         if len(y) == 0:
-            raise ValueError(f"AttackModule got an empty batch (batch {batch_idx}: 0 images) from the predict dataloader")
+            raise ValueError(
+                f"AttackModule got an empty batch (batch {batch_idx}: 0 images) from the predict dataloader"
+            )
         indices = self._batch_indices(batch_idx, len(y))
         self.seen_indices.update(indices)
         if not self.owns_batch(batch_idx):

@@ -10,6 +10,7 @@ is rebuilt from the checkpoint's ``datamodule_hyper_parameters`` (saved by ``sav
 in lit_advgame's DataModules) and the class given; the exported file stores that data config and
 the clean accuracy on the val and test splits, measured here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,8 +62,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("ckpt", help="Lightning checkpoint of a lit_advgame training module")
     parser.add_argument("out", help="output weights-only file (e.g. checkpoints/digits_small_cnn.pt)")
-    parser.add_argument("--data-class", default=None,
-                        help="DataModule class path (default: the one recorded in the checkpoint, else digits)")
+    parser.add_argument(
+        "--data-class",
+        default=None,
+        help="DataModule class path (default: the one recorded in the checkpoint, else digits)",
+    )
     args = parser.parse_args(argv)
     metrics = export_lightning_checkpoint(args.ckpt, args.out, args.data_class)
     size = Path(args.out).stat().st_size

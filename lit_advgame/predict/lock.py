@@ -17,6 +17,7 @@ dies, plus the holder's pid, host and start time written into the file for the m
   since this host cannot tell whether that run is alive (``flock`` is not reliable across hosts on
   every network file system): delete the lock file if that run is no longer running, then rerun.
 """
+
 from __future__ import annotations
 
 import errno

@@ -6,6 +6,7 @@ architecture and a plain, ``NormalizedModel``, Lightning or ``robustness`` weigh
 ..., "member": i}`` (see :mod:`lit_advgame.classifiers`). Every model returned is a pixel-space classifier
 (normalization is its first layer), on CPU, in eval mode, with frozen parameters.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -24,6 +24,7 @@ that exists is complete; a shard whose content does not match its name, or a fil
 batch. The merged file (``adversarial.pt`` by default) holds the same records
 for all examples, sorted by index and de-duplicated (see :func:`dedupe_sort`), plus the run's ``meta`` dict.
 """
+
 from __future__ import annotations
 
 import json
@@ -263,7 +264,11 @@ class AdversarialSet:
     def subset(self, mask: torch.Tensor) -> AdversarialSet:
         """The examples where ``mask`` (N,) is True."""
         return AdversarialSet(
-            self.index[mask], self.label[mask], self.x[mask], self.x_adv[mask], dict(self.meta),
+            self.index[mask],
+            self.label[mask],
+            self.x[mask],
+            self.x_adv[mask],
+            dict(self.meta),
             {k: v[mask] for k, v in self.records.items()},
         )
 

@@ -28,6 +28,7 @@ Use it with :class:`~lit_advgame.predict.attack_module.AttackModule` in ``traine
 A shard or ``meta.json`` that cannot be read (truncated, or a shard whose content does not match
 its name) is reported by name: delete it and rerun, which resumes and re-attacks what is missing.
 """
+
 from __future__ import annotations
 
 import json
@@ -106,7 +107,9 @@ def summarize(records: dict[str, torch.Tensor]) -> dict[str, float]:
         "num_examples": int(records["index"].numel()),
         "source_clean_accuracy": float(clean_correct.float().mean()),
         "whitebox_success": float(fooled.float().mean()),
-        "whitebox_success_on_clean_correct": float(fooled[clean_correct].float().mean()) if clean_correct.any() else float("nan"),
+        "whitebox_success_on_clean_correct": float(fooled[clean_correct].float().mean())
+        if clean_correct.any()
+        else float("nan"),
     }
     if "loss/interaction" in records:
         summary["final_step_interaction"] = float(records["loss/interaction"][:, -1].mean())
@@ -228,7 +231,9 @@ class AdversarialWriter(BasePredictionWriter):
         dataloader_idx: int,
     ) -> None:
         if not isinstance(prediction, dict):
-            raise TypeError(f"AdversarialWriter needs predict_step to return a dict of records; got {type(prediction).__name__}")
+            raise TypeError(
+                f"AdversarialWriter needs predict_step to return a dict of records; got {type(prediction).__name__}"
+            )
         if "skipped" in prediction:
             return
         index = prediction["index"].tolist()
@@ -286,8 +291,10 @@ class AdversarialWriter(BasePredictionWriter):
         config = self.meta.get("config") or {}
         lam, loss = config.get("ir_lambda"), config.get("loss")
         if lam:
-            hint = (f"On small confident models the IR penalty can overwhelm the classification loss: try the margin "
-                    f"loss (overrides: {{loss: margin}}) or a smaller IR lambda (overrides: {{ir_lambda: {float(lam) / 4:g}}}).")
+            hint = (
+                f"On small confident models the IR penalty can overwhelm the classification loss: try the margin "
+                f"loss (overrides: {{loss: margin}}) or a smaller IR lambda (overrides: {{ir_lambda: {float(lam) / 4:g}}})."
+            )
         else:
             hint = "Try the margin loss (overrides: {loss: margin}), more steps or a larger eps."
         rank_zero_warn(

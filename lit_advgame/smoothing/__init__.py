@@ -1,6 +1,7 @@
 """Randomized smoothing (Cohen, Rosenfeld & Kolter, ICML 2019): the smoothed classifier with PREDICT
 and CERTIFY, its binomial statistics, per-example seeded pixel-space noise, per-example results and a
 prediction writer. The training module is :class:`lit_advgame.training.smoothing.RandomizedSmoothing`."""
+
 from lit_advgame.smoothing.certify import CertifyResult, PredictResult, Smooth
 from lit_advgame.smoothing.noise import (
     add_gaussian_noise,

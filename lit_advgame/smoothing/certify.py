@@ -18,6 +18,7 @@ example depends on its generator and on ``batch_size`` only); chunks of several 
 into one forward pass of at most ``batch_size`` images, so small ``n`` does not waste passes.
 Predicted classes are counted with ``torch.bincount``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -112,7 +113,9 @@ class Smooth:
     ) -> tuple[int, float]:
         """CERTIFY one image ``x`` of shape (C, H, W): ``(class or ABSTAIN, radius)``."""
         self._check_single(x)
-        result = self.certify_batch(x.unsqueeze(0), n0, n, alpha, batch_size, None if generator is None else [generator])
+        result = self.certify_batch(
+            x.unsqueeze(0), n0, n, alpha, batch_size, None if generator is None else [generator]
+        )
         return int(result.prediction[0]), float(result.radius[0])
 
     def predict(
@@ -152,7 +155,9 @@ class Smooth:
         guess = selection.argmax(dim=1).cpu()
         count = estimation.cpu().gather(1, guess[:, None]).squeeze(1)
         p_lower = torch.as_tensor(
-            np.asarray(clopper_pearson_lower(count.numpy(), np.full(len(count), n), alpha), dtype=np.float64).reshape(-1)
+            np.asarray(clopper_pearson_lower(count.numpy(), np.full(len(count), n), alpha), dtype=np.float64).reshape(
+                -1
+            )
         )
         certified = p_lower >= 0.5
         radius = torch.zeros(len(guess), dtype=torch.float64)
@@ -231,16 +236,16 @@ class Smooth:
         scores = self.base_classifier(torch.cat(inputs))
         if not isinstance(scores, torch.Tensor) or scores.dim() != 2 or scores.shape[1] != self.num_classes:
             shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-            raise ValueError(
-                f"base_classifier must return (N, num_classes={self.num_classes}) scores; got {shape}"
-            )
+            raise ValueError(f"base_classifier must return (N, num_classes={self.num_classes}) scores; got {shape}")
         votes = torch.cat(owners) * self.num_classes + scores.argmax(dim=1)
         return torch.bincount(votes, minlength=total_bins)
 
     def _check_single(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor) or x.dim() != 3:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"x must be one image of shape (C, H, W) (use certify_batch/predict_batch for batches); got {shape}")
+            raise ValueError(
+                f"x must be one image of shape (C, H, W) (use certify_batch/predict_batch for batches); got {shape}"
+            )
 
     def _check_batch(
         self, x: torch.Tensor, batch_size: int, generators: Sequence[torch.Generator] | None

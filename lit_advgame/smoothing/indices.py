@@ -10,6 +10,7 @@ Per-example noise is seeded from the dataset index, so each step needs the indic
 * anything else (a shuffling sampler, an iterable without a batch sampler): indices fall back to
   a running count of examples per dataloader, with a warning.
 """
+
 from __future__ import annotations
 
 from typing import Any

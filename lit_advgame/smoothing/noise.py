@@ -12,6 +12,7 @@ noisy-accuracy results do not depend on batch order, batch composition or the nu
 devices. ``stream`` separates independent uses of the same example (validation, test, CERTIFY,
 PREDICT).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence

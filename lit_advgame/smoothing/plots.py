@@ -1,4 +1,5 @@
 """Certified accuracy against radius (the curves of Cohen et al. 2019, Fig. 6-7) with matplotlib."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence

@@ -4,6 +4,7 @@ Rows follow Cohen et al.'s output files (``idx label predict radius correct``, p
 PREDICT results have no radius column. Rows are identified by their dataset index, so results
 of several processes (or a padded ``DistributedSampler``) merge by index and duplicates collapse.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,7 +50,9 @@ class SmoothingRecords:
             self.p_lower = torch.as_tensor(self.p_lower, dtype=torch.float64).cpu().reshape(-1)
         lengths = {len(t) for t in self._tensors().values()}
         if len(lengths) > 1:
-            raise ValueError(f"all columns must have the same length; got {({k: len(v) for k, v in self._tensors().items()})}")
+            raise ValueError(
+                f"all columns must have the same length; got { ({k: len(v) for k, v in self._tensors().items()}) }"
+            )
 
     # ----------------------------------------------------------------- views
     def __len__(self) -> int:
@@ -114,7 +117,11 @@ class SmoothingRecords:
         correct = self.correct.long().tolist()
         rows = []
         for i in range(len(self)):
-            row: dict[str, object] = {"idx": int(self.index[i]), "label": int(self.label[i]), "predict": int(self.predict[i])}
+            row: dict[str, object] = {
+                "idx": int(self.index[i]),
+                "label": int(self.label[i]),
+                "predict": int(self.predict[i]),
+            }
             if self.radius is not None:
                 row["radius"] = float(self.radius[i])
             row["correct"] = correct[i]

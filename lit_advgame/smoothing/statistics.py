@@ -9,6 +9,7 @@
 * :func:`certified_accuracy` — "approximate certified accuracy" at radius r (Cohen's ``analyze.py``):
   the fraction of examples that are correct *and* certified with radius ≥ r; abstentions are wrong.
 """
+
 from __future__ import annotations
 
 import math

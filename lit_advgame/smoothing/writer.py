@@ -9,6 +9,7 @@ only) and logs a certified-accuracy figure to a TensorBoard logger when one is a
 the merge is raised on every rank (:func:`~lit_advgame.utils.distributed.run_on_rank_zero`), so no
 rank waits for a failed one.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -115,7 +116,9 @@ class SmoothingPredictionWriter(BasePredictionWriter):
         merged = SmoothingRecords.concat(parts).merge()
         merged.write_tsv(self.output_dir / self.filename)
         if merged.radius is not None and len(merged):
-            radii = self.radii if self.radii is not None else list(getattr(pl_module, "radii", (0.0, 0.25, 0.5, 0.75, 1.0)))
+            radii = (
+                self.radii if self.radii is not None else list(getattr(pl_module, "radii", (0.0, 0.25, 0.5, 0.75, 1.0)))
+            )
             accuracy = merged.certified_accuracy(radii)
             lines = ["radius\tcertified_accuracy"] + [f"{format_radius(r)}\t{a:.6f}" for r, a in zip(radii, accuracy)]
             lines.append(f"abstain_rate\t{merged.abstain_rate():.6f}")
@@ -127,7 +130,9 @@ class SmoothingPredictionWriter(BasePredictionWriter):
         return merged
 
     @staticmethod
-    def _log_figure(trainer: pl.Trainer, pl_module: pl.LightningModule, records: SmoothingRecords, radii: list[float]) -> None:
+    def _log_figure(
+        trainer: pl.Trainer, pl_module: pl.LightningModule, records: SmoothingRecords, radii: list[float]
+    ) -> None:
         from lit_advgame.smoothing.plots import certified_accuracy_figure
 
         experiment = getattr(trainer.logger, "experiment", None) if trainer.logger is not None else None
@@ -135,4 +140,6 @@ class SmoothingPredictionWriter(BasePredictionWriter):
             return
         sigma = getattr(pl_module.hparams, "sigma", None)
         name = f"σ={sigma:g}" if sigma is not None else "smoothed"
-        experiment.add_figure("predict/certified_accuracy", certified_accuracy_figure({name: records}, radii), trainer.global_step)
+        experiment.add_figure(
+            "predict/certified_accuracy", certified_accuracy_figure({name: records}, radii), trainer.global_step
+        )

@@ -42,6 +42,7 @@ batch index) (training) or (rank, stage, batch index) (validation/test; the same
 runs reproduce exactly, resumed runs included, and DDP ranks draw independent starts. With
 ``attack_seed=None`` the seeds come from torch's global generator (``seed_everything``).
 """
+
 from __future__ import annotations
 
 import math
@@ -75,11 +76,20 @@ Method = AdversarialMethod
 METHODS = ADVERSARIAL_METHODS
 
 #: deprecated flat keywords (one release) -> the ``attack`` setting they set
-DEPRECATED_ATTACK_KEYWORDS = {"norm": "norm", "eps": "eps", "step_size": "step_size", "steps": "steps",
-                              "random_start": "random_start"}
+DEPRECATED_ATTACK_KEYWORDS = {
+    "norm": "norm",
+    "eps": "eps",
+    "step_size": "step_size",
+    "steps": "steps",
+    "random_start": "random_start",
+}
 #: deprecated flat keywords (one release) -> the ``eval_attack`` setting they set
-DEPRECATED_EVAL_KEYWORDS = {"val_eps": "eps", "val_step_size": "step_size", "val_steps": "steps",
-                            "val_random_start": "random_start"}
+DEPRECATED_EVAL_KEYWORDS = {
+    "val_eps": "eps",
+    "val_step_size": "step_size",
+    "val_steps": "steps",
+    "val_random_start": "random_start",
+}
 #: the flat keywords' old defaults, kept for callers that still use them (so their results do not change)
 LEGACY_ATTACK_DEFAULTS = {"norm": "linf", "eps": 0.1, "step_size": 0.025, "steps": 10, "random_start": True}
 
@@ -235,8 +245,11 @@ class AdversarialTraining(ClassifierModule):
         kl = kl_per_example(clean_logits, adv_logits).mean()
         loss = clean_loss + self.hparams.beta * kl
         return loss, {
-            "clean_loss": clean_loss, "adv_loss": F.cross_entropy(adv_logits, y).detach(), "kl": kl,
-            "clean_logits": clean_logits, "adv_logits": adv_logits,
+            "clean_loss": clean_loss,
+            "adv_loss": F.cross_entropy(adv_logits, y).detach(),
+            "kl": kl,
+            "clean_logits": clean_logits,
+            "adv_logits": adv_logits,
         }
 
     def pgd_loss(
@@ -290,8 +303,9 @@ class AdversarialTraining(ClassifierModule):
             self.log("train/clean_acc", self.train_clean_acc, on_step=False, on_epoch=True, batch_size=n)
         return loss
 
-    def _robust_evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, stage: str,
-                         metric: MulticlassAccuracy) -> None:
+    def _robust_evaluate(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, stage: str, metric: MulticlassAccuracy
+    ) -> None:
         if self.eval_attack_settings.steps == 0:
             return
         if torch.is_inference_mode_enabled():

@@ -17,6 +17,7 @@ pixel-space images in [0, 1] to logits with its normalization inside (an ensembl
 with ``.members``; randomized smoothing: the base classifier), and :meth:`ClassifierModule.classifier_metadata`
 describing it (architecture, classes, input shape, normalization, members).
 """
+
 from __future__ import annotations
 
 import math
@@ -40,7 +41,6 @@ from lit_advgame.vocabulary import SchedulerInterval
 def default_optimizer(params: Any) -> torch.optim.Optimizer:
     """Adam(lr=1e-3): the default optimizer factory of every classifier module."""
     return torch.optim.Adam(params, lr=1e-3)
-
 
 
 class ClassifierModule(pl.LightningModule):
@@ -189,13 +189,17 @@ class ClassifierModule(pl.LightningModule):
         if self.hparams.scheduler_interval == "step":
             steps = self.trainer.estimated_stepping_batches
             if not math.isfinite(steps):
-                raise ValueError("lr_scheduler with T_max: null and scheduler_interval 'step' needs a finite run: "
-                                 "set trainer.max_epochs or trainer.max_steps")
+                raise ValueError(
+                    "lr_scheduler with T_max: null and scheduler_interval 'step' needs a finite run: "
+                    "set trainer.max_epochs or trainer.max_steps"
+                )
             return int(steps)
         max_epochs = self.trainer.max_epochs
         if max_epochs is None or max_epochs < 0:
-            raise ValueError("lr_scheduler with T_max: null follows trainer.max_epochs, which is unbounded "
-                             f"(got {max_epochs}); set trainer.max_epochs or give the schedule's T_max")
+            raise ValueError(
+                "lr_scheduler with T_max: null follows trainer.max_epochs, which is unbounded "
+                f"(got {max_epochs}); set trainer.max_epochs or give the schedule's T_max"
+            )
         return max(1, int(max_epochs))
 
     @override

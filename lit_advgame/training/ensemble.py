@@ -23,6 +23,7 @@ DDP: the double backprop (``create_graph=True``) only differentiates w.r.t. the 
 ``training_step``; the weights get their gradients in the single ``loss.backward()`` that DDP's
 reducer hooks, so the plain ``strategy: ddp`` works (tested with 2 CPU processes over gloo).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -74,8 +75,12 @@ def _attack_from_deprecated(kwargs: dict[str, Any], attack: PGDSettings | dict |
     from_flat = settings_from_deprecated(kwargs, attack, "attack", DEPRECATED_ATTACK_KEYWORDS)
     if flag is None:
         return from_flat
-    warnings.warn("adversarial_training is deprecated; give the training attack as attack (e.g. `attack: {eps: "
-                  "0.03}`; attack: null, the default, trains without it)", DeprecationWarning, stacklevel=3)
+    warnings.warn(
+        "adversarial_training is deprecated; give the training attack as attack (e.g. `attack: {eps: "
+        "0.03}`; attack: null, the default, trains without it)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
     if not isinstance(flag, bool):
         raise TypeError(f"adversarial_training must be a bool; got {flag!r}")
     return (from_flat if from_flat is not None else PGDSettings()) if flag else None
@@ -203,8 +208,13 @@ class Ensemble(ClassifierModule):
         return loss, combine_member_logits(out.member_logits.detach())
 
     # ----------------------------------------------------------------- evaluation
-    def _evaluate_ensemble(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str,
-                           metric: MulticlassAccuracy, member_metrics: nn.ModuleList) -> None:
+    def _evaluate_ensemble(
+        self,
+        batch: tuple[torch.Tensor, torch.Tensor],
+        stage: str,
+        metric: MulticlassAccuracy,
+        member_metrics: nn.ModuleList,
+    ) -> None:
         x, y = batch
         member_logits = self.model.member_logits(x)
         logits = combine_member_logits(member_logits)

@@ -7,6 +7,7 @@ that hard-codes ``T_max: 8`` restarts the cosine at epoch 8 when the run is made
 <lit_advgame.training.base.ClassifierModule.configure_optimizers>` sets it to ``trainer.max_epochs``
 (``scheduler_interval: epoch``) or to the run's optimizer steps (``scheduler_interval: step``).
 """
+
 from __future__ import annotations
 
 import math
@@ -51,8 +52,9 @@ class CosineAnnealingLR(RunLengthSchedule, torch.optim.lr_scheduler.CosineAnneal
         check_positive(eta_min, "eta_min", allow_zero=True)
         self.follows_run = T_max is None
         # until set_run_length is called the schedule is constant: T_max = inf gives cos(0) = 1
-        super().__init__(optimizer, T_max=T_max if T_max is not None else math.inf, eta_min=eta_min,
-                         last_epoch=last_epoch)
+        super().__init__(
+            optimizer, T_max=T_max if T_max is not None else math.inf, eta_min=eta_min, last_epoch=last_epoch
+        )
 
     def set_run_length(self, length: int) -> None:
         """Anneal over ``length`` steps when ``T_max`` was ``None`` (no-op for an explicit ``T_max``)."""

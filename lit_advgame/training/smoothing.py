@@ -27,6 +27,7 @@ per-example CERTIFY (or PREDICT) results keyed by dataset index; pair it with
 Results are merged by dataset index over all processes, so DDP's padded test sampler does not
 double-count, and per-example seeding makes them independent of batch order and world size.
 """
+
 from __future__ import annotations
 
 import math
@@ -209,9 +210,22 @@ class RandomizedSmoothing(ClassifierModule):
         metric(logits, y)
         metric_clean(logits_clean, y)
         size = len(y)
-        self.log(f"{stage}/loss", nn.functional.cross_entropy(logits, y), on_epoch=True, prog_bar=True, sync_dist=True, batch_size=size)
+        self.log(
+            f"{stage}/loss",
+            nn.functional.cross_entropy(logits, y),
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=True,
+            batch_size=size,
+        )
         self.log(f"{stage}/acc", metric, on_epoch=True, prog_bar=True, batch_size=size)
-        self.log(f"{stage}/loss_clean", nn.functional.cross_entropy(logits_clean, y), on_epoch=True, sync_dist=True, batch_size=size)
+        self.log(
+            f"{stage}/loss_clean",
+            nn.functional.cross_entropy(logits_clean, y),
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=size,
+        )
         self.log(f"{stage}/acc_clean", metric_clean, on_epoch=True, prog_bar=True, batch_size=size)
         return index
 
@@ -294,7 +308,9 @@ class RandomizedSmoothing(ClassifierModule):
                 return SmoothingRecords(index=index, label=y_sel.cpu(), predict=empty, radius=empty, p_lower=empty)
             generators = example_generators(self.seed, index.tolist(), x.device, STREAM_CERTIFY)
             result = smooth.certify_batch(x_sel, self.n0, self.n, self.alpha, self.certify_batch_size, generators)
-            return SmoothingRecords(index=index, label=y_sel.cpu(), predict=result.prediction, radius=result.radius, p_lower=result.p_lower)
+            return SmoothingRecords(
+                index=index, label=y_sel.cpu(), predict=result.prediction, radius=result.radius, p_lower=result.p_lower
+            )
         if len(index) == 0:
             return SmoothingRecords(index=index, label=y_sel.cpu(), predict=empty, p_lower=empty)
         generators = example_generators(self.seed, index.tolist(), x.device, STREAM_PREDICT)

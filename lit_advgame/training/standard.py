@@ -1,4 +1,5 @@
 """Standard (empirical-risk) training: cross-entropy on clean pixel-space images."""
+
 from __future__ import annotations
 
 from lit_advgame.training.base import ClassifierModule

@@ -1,4 +1,5 @@
 """Argument validation with clear messages that name the argument and what is allowed."""
+
 from __future__ import annotations
 
 import math

@@ -4,6 +4,7 @@
 rank 0's error, if any, on *every* rank (broadcast), so that no rank waits forever at the next collective
 call for a rank that failed; then all ranks meet again.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

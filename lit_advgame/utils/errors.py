@@ -6,6 +6,7 @@ the argument or file. The ``lit-advgame`` and ``python -m lit_advgame.evaluation
 a long traceback. Set the environment variable ``LIT_ADVGAME_DEBUG=1`` to get the full traceback
 (the exception propagates). Other exceptions (bugs) always propagate with their traceback.
 """
+
 from __future__ import annotations
 
 import os

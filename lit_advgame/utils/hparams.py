@@ -6,6 +6,7 @@ checkpoint's hyperparameters, such a value cannot be read back with ``torch.load
 (an unsupported global) and is written to ``hparams.yaml`` with a Python tag. A module that annotates
 its ``__init__`` with such types saves its hyperparameters with :func:`save_builtin_hyperparameters`.
 """
+
 from __future__ import annotations
 
 import inspect

@@ -1,4 +1,5 @@
 """Module-mode helpers: the one :func:`eval_mode` context manager of the package."""
+
 from __future__ import annotations
 
 import contextlib

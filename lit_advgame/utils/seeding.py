@@ -6,6 +6,7 @@ base seed and stable keys naming the part (e.g. ``"random_start"``, ``"VarianceR
 ``"batch:128"``), so adding or removing one part never shifts the random numbers another part sees.
 The derivation is NumPy's ``SeedSequence`` (strings enter through their CRC-32).
 """
+
 from __future__ import annotations
 
 import zlib

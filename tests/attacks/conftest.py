@@ -1,4 +1,5 @@
 """Tiny models and fixtures for the attack tests (CPU, 12×12 images, a few steps)."""
+
 from __future__ import annotations
 
 import pytest

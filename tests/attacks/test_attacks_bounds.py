@@ -1,4 +1,5 @@
 """Every preset, in both norms, keeps ‖δ‖ ≤ ε and x + δ in [0, 1]."""
+
 from __future__ import annotations
 
 import math

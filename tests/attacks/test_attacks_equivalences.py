@@ -1,4 +1,5 @@
 """Each transform/term at its neutral setting equals the base attack bit for bit, under the same seed."""
+
 from __future__ import annotations
 
 import pytest
@@ -74,7 +75,11 @@ def test_diverse_inputs_p_zero_and_translation_size_one_equal_base(norm, cnn, ba
 def test_all_neutral_transforms_together_equal_base(norm, skip_resnet, batch):
     x, y = batch
     neutral = [
-        SkipGradient(1.0), VarianceReduction(1, 0.0), DiverseInputs(0.0), TranslationInvariance(1), Momentum(0.0)
+        SkipGradient(1.0),
+        VarianceReduction(1, 0.0),
+        DiverseInputs(0.0),
+        TranslationInvariance(1),
+        Momentum(0.0),
     ]
     term = InteractionLoss(lambda_=0.0, grid=3, num_samples=2, group_size=3)
     hybrid = run(skip_resnet, x, y, norm, transforms=neutral, loss_terms=[term])

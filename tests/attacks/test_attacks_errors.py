@@ -1,4 +1,5 @@
 """Bad input gets a clear error naming the argument."""
+
 from __future__ import annotations
 
 import pytest
@@ -61,8 +62,10 @@ def test_bad_model():
         (lambda: Momentum(momentum=-1.0), "momentum \\(MI decay μ\\) must be >= 0"),
         (lambda: SkipGradient(gamma=1.5), "gamma \\(SGM decay\\) must be in \\[0, 1\\]"),
         (lambda: InteractionLoss(lambda_=-1.0), "ir_lambda \\(the IR weight λ, keyword lambda_\\) must be >= 0"),
-        (lambda: InteractionLoss(lambda_="big"),
-         "ir_lambda \\(the IR weight λ, keyword lambda_\\) must be a number >= 0 or 'inf'"),
+        (
+            lambda: InteractionLoss(lambda_="big"),
+            "ir_lambda \\(the IR weight λ, keyword lambda_\\) must be a number >= 0 or 'inf'",
+        ),
         (lambda: InteractionLoss(grid=0), "grid.* must be >= 1.*\\(IR interaction loss\\)"),
     ],
 )

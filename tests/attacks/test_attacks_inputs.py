@@ -1,4 +1,5 @@
 """No silent inputs (issue 8): radius units, the L2 radius as given, ignored options, dtypes, non-modules."""
+
 from __future__ import annotations
 
 import logging

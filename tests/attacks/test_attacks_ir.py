@@ -1,4 +1,5 @@
 """The IR term (interaction loss, IR paper Eq. 5) inside the attack."""
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,13 @@ def spy(engine, monkeypatch):
 
 
 def term(lam=1.0, **kwargs):
-    return InteractionLoss(lambda_=lam, grid=kwargs.pop("grid", 4), num_samples=kwargs.pop("num_samples", 4),
-                           group_size=kwargs.pop("group_size", 3), **kwargs)
+    return InteractionLoss(
+        lambda_=lam,
+        grid=kwargs.pop("grid", 4),
+        num_samples=kwargs.pop("num_samples", 4),
+        group_size=kwargs.pop("group_size", 3),
+        **kwargs,
+    )
 
 
 def test_engine_gets_the_agreed_arguments(cnn, batch, spy):
@@ -90,8 +96,9 @@ def test_ir_lowers_the_interaction_on_a_trained_model(digits_model, engine):
 
     def measured(x_adv):
         delta = (x_adv - x).detach()
-        return engine(model, x, delta, y, grid=4, num_samples=256, group_size=4,
-                      generator=torch.Generator().manual_seed(1)).detach()
+        return engine(
+            model, x, delta, y, grid=4, num_samples=256, group_size=4, generator=torch.Generator().manual_seed(1)
+        ).detach()
 
     with torch.enable_grad():
         i_pgd, i_ir = measured(pgd), measured(ir)
@@ -101,8 +108,16 @@ def test_ir_lowers_the_interaction_on_a_trained_model(digits_model, engine):
 def test_ir_presets_run_end_to_end(skip_resnet, batch, engine):
     x, y = batch
     for name in ("pgd+ir", "vr+ir", "hybridir"):
-        attack = build_attack(name, skip_resnet, steps=2, seed=0, ir_grid=4, ir_num_samples=2, ir_group_size=2,
-                              **({"vr_copies": 2} if name != "pgd+ir" else {}))
+        attack = build_attack(
+            name,
+            skip_resnet,
+            steps=2,
+            seed=0,
+            ir_grid=4,
+            ir_num_samples=2,
+            ir_group_size=2,
+            **({"vr_copies": 2} if name != "pgd+ir" else {}),
+        )
         result = attack.run(x, y, record_iterates=True)
         assert torch.equal(result.iterates[0], torch.zeros_like(x))
         assert result.losses["interaction"].shape == (2, len(x))

@@ -1,4 +1,5 @@
 """Norm steps and projections (IR paper, Appendix C, Eqs. 9–10)."""
+
 from __future__ import annotations
 
 import math
@@ -79,8 +80,9 @@ def test_linf_random_init_is_uniform_in_box():
 
 def test_clip_to_box_and_build_norm():
     x = torch.tensor([0.0, 0.5, 1.0]).view(1, 1, 1, 3)
-    assert torch.equal(clip_to_box(torch.tensor([-0.1, 0.7, 0.2]).view(1, 1, 1, 3), x).flatten(),
-                       torch.tensor([0.0, 0.5, 0.0]))
+    assert torch.equal(
+        clip_to_box(torch.tensor([-0.1, 0.7, 0.2]).view(1, 1, 1, 3), x).flatten(), torch.tensor([0.0, 0.5, 0.0])
+    )
     assert isinstance(build_norm("Linf"), LinfNorm) and isinstance(build_norm("inf"), LinfNorm)
     assert isinstance(build_norm("l2", init="ball"), L2Norm)
     with pytest.raises(ValueError, match="unknown norm 'l1'"):

@@ -1,4 +1,5 @@
 """Losses, targeted/untargeted success, ensembles, model state, inference mode and recording."""
+
 from __future__ import annotations
 
 import pytest
@@ -149,7 +150,13 @@ def test_attack_inside_lightning_predict_with_inference_mode(cnn, batch):
             assert torch.is_inference_mode_enabled()
             return attack(*data)
 
-    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     out = trainer.predict(Module(), DataLoader(TensorDataset(x, y), batch_size=len(x)))
     assert torch.equal(out[0], attack(x, y))

@@ -1,4 +1,5 @@
 """Named presets: the paper's defaults, overrides and the model-dependent λ / γ."""
+
 from __future__ import annotations
 
 import math
@@ -88,8 +89,10 @@ def test_lambda_and_gamma_depend_on_the_source_family(skip_resnet, tv_resnet, tv
     assert build_attack("sgm", tv_densenet).transforms[0].gamma == 0.5
 
 
-@pytest.mark.parametrize("name, family", [("resnet8", "resnet"), ("preact_resnet18", "resnet"),
-                                          ("densenet_small", "densenet"), ("small_cnn", "other")])
+@pytest.mark.parametrize(
+    "name, family",
+    [("resnet8", "resnet"), ("preact_resnet18", "resnet"), ("densenet_small", "densenet"), ("small_cnn", "other")],
+)
 def test_package_models_family_and_sgm(name, family):
     from lit_advgame.models import build_model
 
@@ -105,8 +108,19 @@ def test_package_models_family_and_sgm(name, family):
 
 
 def test_overrides_apply(skip_resnet):
-    attack = build_attack("mi+ir", skip_resnet, steps=7, eps="8/255", momentum=0.5, ir_lambda="inf", ir_grid=4,
-                          seed=3, norm="l2", step_size=0.5, random_start=True)
+    attack = build_attack(
+        "mi+ir",
+        skip_resnet,
+        steps=7,
+        eps="8/255",
+        momentum=0.5,
+        ir_lambda="inf",
+        ir_grid=4,
+        seed=3,
+        norm="l2",
+        step_size=0.5,
+        random_start=True,
+    )
     assert attack.steps == 7 and attack.eps == pytest.approx(8 / 255) and attack.seed == 3
     # a given L2 eps is the radius as given: the √n scaling belongs to the L2 default only
     assert attack.norm.name == "l2" and attack.step_size == 0.5 and attack.eps_scaling == "none"

@@ -1,4 +1,5 @@
 """SGM picks identity-skip blocks by behaviour, not by attribute names (issue 8)."""
+
 from __future__ import annotations
 
 import pytest
@@ -38,8 +39,14 @@ class CustomBlock(nn.Module):
 def _custom_resnet(**last) -> nn.Module:
     """Stem, an identity block ``net.1`` and ``net.2 = CustomBlock(4, 8, **last)``, seeded."""
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), CustomBlock(4, 4), CustomBlock(4, 8, **last),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, NUM_CLASSES))
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        CustomBlock(4, 4),
+        CustomBlock(4, 8, **last),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, NUM_CLASSES),
+    )
     return NormalizedModel(net, [0.5] * 3, [0.25] * 3).eval()
 
 
@@ -61,8 +68,9 @@ def test_a_projection_shortcut_named_sc_gets_no_gamma(stride, batch):
     reference.net[2].is_skip_block = False
     assert skip_kinds(reference, x) == {"net.1": "identity"}
     for gamma in (0.0, 0.3):
-        torch.testing.assert_close(_input_gradient(model, x, y, gamma), _input_gradient(reference, x, y, gamma),
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(
+            _input_gradient(model, x, y, gamma), _input_gradient(reference, x, y, gamma), rtol=0, atol=0
+        )
     # and γ does reach the identity block
     assert not torch.allclose(_input_gradient(model, x, y, 0.3), _input_gradient(model, x, y, 1.0))
 
@@ -79,16 +87,31 @@ def test_an_identity_named_sc_is_an_identity_skip(batch):
 @pytest.mark.parametrize(
     "make, size, expected",
     [
-        (lambda: models.CifarResNet(8), 16,
-         {"layer1.0": "identity", "layer2.0": "projection", "layer3.0": "projection"}),
-        (lambda: models.CifarResNet(8, shortcut="A"), 16,  # parameter-free zero-pad shortcut: still not an identity
-         {"layer1.0": "identity", "layer2.0": "projection", "layer3.0": "projection"}),
-        (lambda: models.PreActResNet18(width=4), 16,
-         {f"layer{i}.{j}": "projection" if i > 1 and j == 0 else "identity" for i in range(1, 5) for j in range(2)}),
-        (lambda: resnet18(num_classes=3), 32,  # torchvision: the official rule (first block of stages 2-4)
-         {f"layer{i}.{j}": "projection" if i > 1 and j == 0 else "identity" for i in range(1, 5) for j in range(2)}),
-        (lambda: models.RobustnessCifarResNet(models.RobustnessBottleneck, (1, 1, 1, 1), wm=0.125), 16,
-         {f"layer{i}.0": "projection" for i in range(1, 5)}),
+        (
+            lambda: models.CifarResNet(8),
+            16,
+            {"layer1.0": "identity", "layer2.0": "projection", "layer3.0": "projection"},
+        ),
+        (
+            lambda: models.CifarResNet(8, shortcut="A"),
+            16,  # parameter-free zero-pad shortcut: still not an identity
+            {"layer1.0": "identity", "layer2.0": "projection", "layer3.0": "projection"},
+        ),
+        (
+            lambda: models.PreActResNet18(width=4),
+            16,
+            {f"layer{i}.{j}": "projection" if i > 1 and j == 0 else "identity" for i in range(1, 5) for j in range(2)},
+        ),
+        (
+            lambda: resnet18(num_classes=3),
+            32,  # torchvision: the official rule (first block of stages 2-4)
+            {f"layer{i}.{j}": "projection" if i > 1 and j == 0 else "identity" for i in range(1, 5) for j in range(2)},
+        ),
+        (
+            lambda: models.RobustnessCifarResNet(models.RobustnessBottleneck, (1, 1, 1, 1), wm=0.125),
+            16,
+            {f"layer{i}.0": "projection" for i in range(1, 5)},
+        ),
         (lambda: models.DenseNetSmall(in_channels=3), 16, None),  # every dense layer: its concatenation is the skip
     ],
 )
@@ -112,8 +135,14 @@ def test_is_skip_block_agrees_between_models_and_sgm_on_instance_and_class_attri
     instance.is_skip_block = True
     opted_out = CustomBlock(4, 4)
     opted_out.is_skip_block = False
-    for module, expected in ((instance, True), (opted_out, False), (CustomBlock(4, 4), True), (Untagged(), False),
-                             (models.CifarBasicBlock(4, 4), True), (resnet18().layer1[0], True)):
+    for module, expected in (
+        (instance, True),
+        (opted_out, False),
+        (CustomBlock(4, 4), True),
+        (Untagged(), False),
+        (models.CifarBasicBlock(4, 4), True),
+        (resnet18().layer1[0], True),
+    ):
         assert models_is_skip_block(module) is expected
         assert sgm_is_skip_block(module) is expected
 

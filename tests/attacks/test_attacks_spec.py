@@ -1,4 +1,5 @@
 """One perturbation-interaction specification and one naming scheme for attack options (issue 9)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,10 +17,21 @@ from lit_advgame.interactions.perturbation_spec import FIELDS, PerturbationInter
 def test_one_specification_with_one_set_of_defaults():
     paper = PerturbationInteraction()
     assert (paper.grid, paper.form, paper.num_samples, paper.value, paper.scale) == (
-        16, "single", 64, "margin_max", "paper")
+        16,
+        "single",
+        64,
+        "margin_max",
+        "paper",
+    )
     code = PerturbationInteraction.ir_code()
     assert (code.grid, code.form, code.num_samples, code.group_size, code.value, code.scale) == (
-        16, "coalition", 32, 32, "margin_fixed", "reference")
+        16,
+        "coalition",
+        32,
+        32,
+        "margin_fixed",
+        "reference",
+    )
     # the presets' ir_* keys are the specification's fields with the official code's values
     assert {key: DEFAULTS[f"ir_{key}"] for key in FIELDS} == dataclasses.asdict(code)
     assert InteractionLoss().spec == code
@@ -62,8 +74,9 @@ def test_the_specification_computes_what_the_engine_computes():
         want = perturbation_interaction(model, x, delta, y, generator=torch.Generator().manual_seed(1), **kwargs)
         assert torch.equal(got, want)
         est = spec.estimate(model, x, delta, y, generator=torch.Generator().manual_seed(1))
-        ref = perturbation_interaction_estimate(model, x, delta, y, generator=torch.Generator().manual_seed(1),
-                                                **kwargs)
+        ref = perturbation_interaction_estimate(
+            model, x, delta, y, generator=torch.Generator().manual_seed(1), **kwargs
+        )
         assert torch.equal(est.per_image, ref.per_image) and est.form == spec.form
 
 

@@ -1,4 +1,5 @@
 """The gradient transforms: MI, VR, DI, TI and SGM (hooks, in-place ReLU, exact gradients)."""
+
 from __future__ import annotations
 
 import pytest
@@ -180,8 +181,13 @@ def test_skip_gradient_works_with_inplace_relu_inside_the_attack(skip_resnet, ba
 
 def _one_block_model(block: nn.Module, channels_in: int, channels_out: int) -> nn.Module:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, channels_in, 3, padding=1), block, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                        nn.Linear(channels_out, NUM_CLASSES))
+    net = nn.Sequential(
+        nn.Conv2d(3, channels_in, 3, padding=1),
+        block,
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(channels_out, NUM_CLASSES),
+    )
     return NormalizedModel(net, [0.5] * 3, [0.25] * 3).eval()
 
 
@@ -246,7 +252,8 @@ def test_skip_gradient_errors_on_functional_relu_and_bad_branch_relus():
 
 def test_skip_gradient_on_an_ensemble_and_hybrid_of_transforms(skip_resnet, cnn, batch):
     x, y = batch
-    attack = Attack([skip_resnet, cnn], steps=2, seed=0,
-                    transforms=[SkipGradient(0.2), VarianceReduction(2, 0.05), Momentum(1.0)])
+    attack = Attack(
+        [skip_resnet, cnn], steps=2, seed=0, transforms=[SkipGradient(0.2), VarianceReduction(2, 0.05), Momentum(1.0)]
+    )
     assert torch.isfinite(attack(x, y)).all()
     assert _hook_count(make_skip_resnet()) == _hook_count(skip_resnet)

@@ -1,4 +1,5 @@
 """Tiny models for the attack tests (12×12 RGB images, 5 classes, randomised BatchNorm statistics)."""
+
 from __future__ import annotations
 
 import torch
@@ -54,8 +55,12 @@ def make_cnn(seed: int = 0, channels: int = 3) -> nn.Module:
 def make_skip_resnet(seed: int = 1) -> nn.Module:
     torch.manual_seed(seed)
     net = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
-        TinySkipBlock(8), TinySkipBlock(8), *_head(8),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(inplace=True),
+        TinySkipBlock(8),
+        TinySkipBlock(8),
+        *_head(8),
     )
     _randomise_batchnorm(net, torch.Generator().manual_seed(seed))
     return NormalizedModel(net, [0.5] * 3, [0.25] * 3)
@@ -65,8 +70,12 @@ def make_tv_resnet(seed: int = 2) -> nn.Module:
     torch.manual_seed(seed)
     down = nn.Sequential(nn.Conv2d(8, 12, 1, stride=2, bias=False), nn.BatchNorm2d(12))
     net = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True),
-        BasicBlock(8, 8), BasicBlock(8, 12, stride=2, downsample=down), BasicBlock(12, 12), *_head(12),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(inplace=True),
+        BasicBlock(8, 8),
+        BasicBlock(8, 12, stride=2, downsample=down),
+        BasicBlock(12, 12),
+        *_head(12),
     )
     _randomise_batchnorm(net, torch.Generator().manual_seed(seed))
     return NormalizedModel(net, [0.5] * 3, [0.25] * 3)

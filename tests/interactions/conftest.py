@@ -1,4 +1,5 @@
 """Fixtures for the interaction-engine tests (helpers live in ``helpers.py``)."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Tiny models, images and synthetic games for the interaction-engine tests, plus brute-force references."""
+
 from __future__ import annotations
 
 import itertools
@@ -66,7 +67,9 @@ class CoalitionGameModel(nn.Module):
         return torch.stack([values, torch.zeros_like(values)], dim=1)
 
 
-def synthetic_input_game(fn: Callable[[torch.Tensor], torch.Tensor], grid: int = 3, size: int = 9, **kwargs) -> InputGame:
+def synthetic_input_game(
+    fn: Callable[[torch.Tensor], torch.Tensor], grid: int = 3, size: int = 9, **kwargs
+) -> InputGame:
     """An :class:`InputGame` whose value is exactly ``fn(S)`` (one image)."""
     player_map = grid_player_map(size, size, grid)
     model = CoalitionGameModel(player_map, fn)

@@ -1,4 +1,5 @@
 """ΔI^(m), ΔJ^(m) and shares: paired estimates against the oracle."""
+
 from __future__ import annotations
 
 import pytest
@@ -62,7 +63,9 @@ def test_change_and_utility_converge_to_the_oracle(games):
     assert torch.allclose(change.share, change.values.abs() / change.values.abs().sum())
     d = change.to_dict("interaction")
     assert "interaction/delta/m4" in d and "interaction/utility/m4_stderr" in d and "interaction/share/m0" in d
-    assert d["interaction/num_forward_passes"] == change.clean.num_forward_passes + change.adversarial.num_forward_passes
+    assert (
+        d["interaction/num_forward_passes"] == change.clean.num_forward_passes + change.adversarial.num_forward_passes
+    )
 
 
 def test_efficiency_decomposition_of_the_attack_on_the_oracle(games):
@@ -70,7 +73,9 @@ def test_efficiency_decomposition_of_the_attack_on_the_oracle(games):
     # Eq. 3: Δv(N) = Δv(∅) + Σ_i Δφ^(0)(i) + Σ_m ΔJ^(m)
     delta_full = exact_clean.full_value - exact_adv.full_value
     delta_empty = exact_clean.empty_value - exact_adv.empty_value
-    delta_phi0 = ((exact_clean.singleton_values - exact_clean.empty_value[:, None])
-                  - (exact_adv.singleton_values - exact_adv.empty_value[:, None])).sum(1)
+    delta_phi0 = (
+        (exact_clean.singleton_values - exact_clean.empty_value[:, None])
+        - (exact_adv.singleton_values - exact_adv.empty_value[:, None])
+    ).sum(1)
     delta_j = (exact_clean.utility_sum - exact_adv.utility_sum).sum(1)
     assert torch.allclose(delta_full, delta_empty + delta_phi0 + delta_j, atol=1e-12)

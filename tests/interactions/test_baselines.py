@@ -1,4 +1,5 @@
 """Baselines for absent players."""
+
 from __future__ import annotations
 
 import math
@@ -36,7 +37,9 @@ def test_zeros_explicit_mean_and_tensor_baselines():
     x = make_images(channels=3)
     assert torch.equal(make_baseline("zeros", x), torch.zeros(1, 3, 1, 1, dtype=x.dtype))
     explicit = make_baseline([0.1, 0.2, 0.3], x)
-    assert explicit.shape == (1, 3, 1, 1) and torch.allclose(explicit.flatten(), torch.tensor([0.1, 0.2, 0.3], dtype=x.dtype))
+    assert explicit.shape == (1, 3, 1, 1) and torch.allclose(
+        explicit.flatten(), torch.tensor([0.1, 0.2, 0.3], dtype=x.dtype)
+    )
     chw = torch.rand(3, 9, 9, dtype=x.dtype)
     assert torch.equal(make_baseline(chw, x), chw.unsqueeze(0))
     game = InputGame(model, x, torch.tensor([0, 1]), grid=3, baseline=chw)

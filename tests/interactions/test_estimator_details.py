@@ -1,6 +1,7 @@
 """Estimator details checked against exact enumeration (issue 9): finite-population factor,
 context-only standard errors of D^(m) with every pair, rounding-noise pairs, enumerated contexts,
 paired-game checks, consistent result fields, approximator objects, library statistics."""
+
 from __future__ import annotations
 
 import itertools
@@ -67,8 +68,17 @@ def test_single_form_standard_error_is_unbiased_over_all_subsets():
     old = means.new_tensor(0) + sem(terms[:, subsets], -1).pow(2) * (n - k) / (n - 1)
     assert torch.allclose(old.mean(dim=1), true_variance * 9 / 8, rtol=1e-10, atol=0)
     # the estimator uses that factor on the players it draws
-    result = perturbation_interaction_estimate(model, x, game.delta, Y, grid=3, form="single", num_samples=k,
-                                               scale="paper", generator=torch.Generator().manual_seed(4))
+    result = perturbation_interaction_estimate(
+        model,
+        x,
+        game.delta,
+        Y,
+        grid=3,
+        form="single",
+        num_samples=k,
+        scale="paper",
+        generator=torch.Generator().manual_seed(4),
+    )
     drawn = sample_players(2, k, n, torch.Generator().manual_seed(4))
     expected_mean, expected_se = mean_and_stderr(terms.gather(1, drawn), dim=1, population=n)
     assert torch.allclose(result.per_image, expected_mean, atol=1e-12)
@@ -88,8 +98,15 @@ def test_disentanglement_standard_error_with_every_pair_follows_the_contexts():
     orders = [2, 3, 4]  # C(7, m) = 21, 35, 35 contexts
 
     def run(contexts, seed):
-        return disentanglement(game, orders, num_pairs=None, num_contexts=contexts, pairs="uniform",
-                               enumerate_contexts=False, generator=torch.Generator().manual_seed(seed))
+        return disentanglement(
+            game,
+            orders,
+            num_pairs=None,
+            num_contexts=contexts,
+            pairs="uniform",
+            enumerate_contexts=False,
+            generator=torch.Generator().manual_seed(seed),
+        )
 
     few = torch.stack([run(10, seed).stderr for seed in range(3)]).mean(0)
     results = [run(160, seed) for seed in range(8)]
@@ -120,8 +137,9 @@ def test_disentanglement_skips_pairs_that_do_not_interact():
     assert torch.isnan(exact.disentanglement).all() and torch.isnan(exact.disentanglement_per_pair).all()
     assert torch.isnan(exact.disentanglement_pooled()).all()
     assert torch.equal(exact.num_skipped_pairs, torch.full((1, 8), 36))
-    result = disentanglement(game, [1, 4, 6], num_pairs=None, num_contexts=5, pairs="uniform",
-                             generator=torch.Generator().manual_seed(0))
+    result = disentanglement(
+        game, [1, 4, 6], num_pairs=None, num_contexts=5, pairs="uniform", generator=torch.Generator().manual_seed(0)
+    )
     assert torch.isnan(result.values).all() and torch.isnan(result.per_pair_form).all()
     assert torch.equal(result.num_skipped_pairs, torch.full((3,), 36))
     assert result.to_dict()["disentanglement/num_skipped_pairs/m4"] == 36.0
@@ -130,8 +148,9 @@ def test_disentanglement_skips_pairs_that_do_not_interact():
     exact_pair = exact_interactions(pair)
     assert torch.allclose(exact_pair.disentanglement[0], torch.ones(8, dtype=torch.float64))
     assert torch.equal(exact_pair.num_skipped_pairs, torch.full((1, 8), 35))
-    sampled = disentanglement(pair, [1, 4, 6], num_pairs=None, num_contexts=5, pairs="uniform",
-                              generator=torch.Generator().manual_seed(0))
+    sampled = disentanglement(
+        pair, [1, 4, 6], num_pairs=None, num_contexts=5, pairs="uniform", generator=torch.Generator().manual_seed(0)
+    )
     assert torch.allclose(sampled.values, torch.ones(3, dtype=torch.float64))
     assert torch.allclose(sampled.per_pair_form, torch.ones(3, dtype=torch.float64))
 
@@ -151,8 +170,15 @@ def test_contexts_are_enumerated_when_there_are_few():
     game = InputGame(model, make_images(), Y, grid=3)
     exact = exact_interactions(game)
     orders = [0, 1, 2, 3]  # C(7, m) = 1, 7, 21, 35
-    result = multi_order_interactions(game, orders, num_pairs=5, num_contexts=21, pairs="uniform",
-                                      generator=torch.Generator().manual_seed(0), dedupe=False)
+    result = multi_order_interactions(
+        game,
+        orders,
+        num_pairs=5,
+        num_contexts=21,
+        pairs="uniform",
+        generator=torch.Generator().manual_seed(0),
+        dedupe=False,
+    )
     pairs = result.pairs
     images = torch.arange(2).view(-1, 1)
     expected = exact.multi_order[images, :, pairs[..., 0], pairs[..., 1]].permute(0, 2, 1)  # (B, O, P)
@@ -161,8 +187,15 @@ def test_contexts_are_enumerated_when_there_are_few():
     assert bool((result.per_pair_stderr[:, 3] > 0).all())  # 35 > 21 contexts: sampled
     assert result.num_forward_passes == 2 * 5 * 4 * (1 + 7 + 21 + 21)
     # the other orders' draws do not depend on the enumeration
-    sampled = multi_order_interactions(game, orders, num_pairs=5, num_contexts=21, pairs="uniform",
-                                       generator=torch.Generator().manual_seed(0), enumerate_contexts=False)
+    sampled = multi_order_interactions(
+        game,
+        orders,
+        num_pairs=5,
+        num_contexts=21,
+        pairs="uniform",
+        generator=torch.Generator().manual_seed(0),
+        enumerate_contexts=False,
+    )
     assert torch.equal(sampled.per_pair[:, 3], result.per_pair[:, 3])
 
 
@@ -214,7 +247,9 @@ def test_result_fields_and_deprecated_aliases():
     assert torch.allclose(exact.utility_sum, n * (n - 1) * exact.utility_per_pair, atol=1e-12)
     shapley = shapley_values(game, num_permutations=4, generator=torch.Generator().manual_seed(0))
     assert shapley.values.shape == (9,) and shapley.per_image.shape == (1, 9)
-    mos = multi_order_shapley(game, [0, 4], num_contexts=3, num_sampled_players=2, generator=torch.Generator().manual_seed(0))
+    mos = multi_order_shapley(
+        game, [0, 4], num_contexts=3, num_sampled_players=2, generator=torch.Generator().manual_seed(0)
+    )
     assert mos.values.shape == (2,) and mos.per_image.shape == (1, 2) and mos.per_player.shape == (1, 2, 2)
     assert mos.num_players == 9 and mos.players.shape == (1, 2)
 
@@ -238,10 +273,14 @@ def test_approximators_match_the_functions_and_own_their_state():
         DisentanglementApproximator(orders=[2], random_state=1, **options).approximate(game).values,
         disentanglement(game, [2], generator=torch.Generator().manual_seed(1), **options).values,
     )
-    assert torch.equal(ShapleyApproximator(num_permutations=3, random_state=2).approximate(game).per_image,
-                       shapley_values(game, num_permutations=3, generator=torch.Generator().manual_seed(2)).per_image)
-    assert torch.equal(MultiOrderShapleyApproximator(orders=[3], num_contexts=2, random_state=3).approximate(game).per_player,
-                       multi_order_shapley(game, [3], num_contexts=2, generator=torch.Generator().manual_seed(3)).per_player)
+    assert torch.equal(
+        ShapleyApproximator(num_permutations=3, random_state=2).approximate(game).per_image,
+        shapley_values(game, num_permutations=3, generator=torch.Generator().manual_seed(2)).per_image,
+    )
+    assert torch.equal(
+        MultiOrderShapleyApproximator(orders=[3], num_contexts=2, random_state=3).approximate(game).per_player,
+        multi_order_shapley(game, [3], num_contexts=2, generator=torch.Generator().manual_seed(3)).per_player,
+    )
     with pytest.raises(ValueError, match="max_forward_passes"):
         MultiOrderApproximator(orders=[2], max_forward_passes=10, **options).approximate(game)
     with pytest.raises(ValueError, match="num_contexts must be >= 1"):
@@ -261,8 +300,15 @@ def test_grid_shape(grid, expected):
 
 @pytest.mark.parametrize(
     "grid, error, match",
-    [(True, TypeError, "an int L"), (2.5, TypeError, "an int L"), ("4", TypeError, "an int L"), ([2, 2, 2], TypeError, "pair"),
-     ([2, 2.0], TypeError, "integers"), (0, ValueError, ">= 1"), ([1, 1], ValueError, "at least 2 cells")],
+    [
+        (True, TypeError, "an int L"),
+        (2.5, TypeError, "an int L"),
+        ("4", TypeError, "an int L"),
+        ([2, 2, 2], TypeError, "pair"),
+        ([2, 2.0], TypeError, "integers"),
+        (0, ValueError, ">= 1"),
+        ([1, 1], ValueError, "at least 2 cells"),
+    ],
 )
 def test_grid_shape_errors(grid, error, match):
     with pytest.raises(error, match=match):
@@ -272,9 +318,13 @@ def test_grid_shape_errors(grid, error, match):
 
 def test_unknown_keywords_name_the_allowed_ones():
     game = _table_game(2)
-    with pytest.raises(TypeError, match=r"multi_order_interactions\(\) got unknown keyword\(s\) num_pair; allowed: .*num_pairs"):
+    with pytest.raises(
+        TypeError, match=r"multi_order_interactions\(\) got unknown keyword\(s\) num_pair; allowed: .*num_pairs"
+    ):
         multi_order_interactions(game, [1], num_pair=3)
-    with pytest.raises(TypeError, match=r"perturbation_interaction_estimate\(\) got unknown keyword\(s\) samples; allowed: grid"):
+    with pytest.raises(
+        TypeError, match=r"perturbation_interaction_estimate\(\) got unknown keyword\(s\) samples; allowed: grid"
+    ):
         x = make_images()
         perturbation_interaction_estimate(make_tiny_cnn(), x, torch.zeros_like(x), Y, grid=3, samples=3)
     with pytest.raises(TypeError, match="pass num_sampled_players= only"):

@@ -1,4 +1,5 @@
 """Exact oracle: synthetic games with known interactions, brute force, and the identities."""
+
 from __future__ import annotations
 
 from math import comb
@@ -63,7 +64,7 @@ def test_unanimity_game_orders():
 def test_sign_flipping_game_disentanglement():
     # Δ_01(S) = +1 if player 2 ∈ S else -1: I^(m) = 2m/(n-2) - 1, E|Δ| = 1, D^(m) = |2m/(n-2) - 1|
     n = 6
-    fn = lambda s: ((s[:, 0] & s[:, 1]).double() * torch.where(s[:, 2], 1.0, -1.0).double())
+    fn = lambda s: (s[:, 0] & s[:, 1]).double() * torch.where(s[:, 2], 1.0, -1.0).double()
     exact = exact_interactions(fn, num_players=n)
     expected = torch.tensor([2 * m / (n - 2) - 1 for m in range(n - 1)], dtype=torch.float64)
     assert torch.allclose(exact.multi_order[0, :, 0, 1], expected)
@@ -98,7 +99,9 @@ def _check_identities(exact):
     # Shapley interaction = mean over orders of I^(m); Banzhaf = binomial average
     assert torch.allclose(exact.shapley_interaction, exact.multi_order.mean(dim=1), atol=1e-12, rtol=0)
     binomial = torch.tensor([comb(n - 2, m) / 2 ** (n - 2) for m in range(n - 1)], dtype=torch.float64)
-    assert torch.allclose(exact.banzhaf_interaction, torch.einsum("bmij,m->bij", exact.multi_order, binomial), atol=1e-12)
+    assert torch.allclose(
+        exact.banzhaf_interaction, torch.einsum("bmij,m->bij", exact.multi_order, binomial), atol=1e-12
+    )
     # Shapley value = mean over orders of phi^(m)
     assert torch.allclose(exact.shapley, exact.multi_order_shapley.mean(dim=1), atol=1e-12, rtol=0)
     # efficiency: v(N) - v(∅) = Σ_i [v({i}) - v(∅)] + Σ_m J^(m)  (J over ordered pairs)
@@ -145,8 +148,13 @@ def test_inputs_forms_agree_and_dict():
     assert torch.equal(from_table.multi_order, from_callable.multi_order)
     d = from_table.to_dict()
     assert all(isinstance(v, float) for v in d.values())
-    assert set(d) >= {"exact/all_pairs_interaction/m0", "exact/utility/m2", "exact/utility_sum/m2", "exact/disentanglement/m1",
-                      "exact/average_interaction"}
+    assert set(d) >= {
+        "exact/all_pairs_interaction/m0",
+        "exact/utility/m2",
+        "exact/utility_sum/m2",
+        "exact/disentanglement/m1",
+        "exact/average_interaction",
+    }
     # utility is per pair, as in the sampled results; utility_sum sums over ordered pairs (Eq. 3)
     assert d["exact/utility/m2"] == pytest.approx(float(from_table.utility_per_pair[:, 2].mean()))
     assert d["exact/utility_sum/m2"] == pytest.approx(float(from_table.utility_sum[:, 2].mean()))

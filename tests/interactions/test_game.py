@@ -1,4 +1,5 @@
 """The masked-evaluation engine: exact masking, chunking, dedupe, modes, gradients, validation."""
+
 from __future__ import annotations
 
 import pytest
@@ -59,7 +60,9 @@ def test_perturbation_game_masks_the_perturbation():
     pm = grid_player_map(9, 9, 3)
     full_input = inputs[:2]  # the runner-up class is fixed from the full perturbation first
     assert torch.equal(full_input, x + delta)
-    expected = torch.stack([torch.where(coalitions[b, k][pm], (x + delta)[b], x[b]) for b in range(2) for k in range(5)])
+    expected = torch.stack(
+        [torch.where(coalitions[b, k][pm], (x + delta)[b], x[b]) for b in range(2) for k in range(5)]
+    )
     assert torch.equal(inputs[2:], expected)
 
 

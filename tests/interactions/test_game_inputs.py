@@ -1,4 +1,5 @@
 """No silent inputs in the games (issue 8): x + δ outside [0, 1], dtypes, plain functions, empty batches."""
+
 from __future__ import annotations
 
 import pytest
@@ -31,8 +32,9 @@ def test_perturbation_outside_the_pixel_box_is_an_error():
     # float rounding of a clipped perturbation (x + ((x + δ).clamp(0, 1) − x)) is fine
     inside = _in_box_delta(x)
     nudged = inside + 1e-7 * torch.sign(inside)
-    values = perturbation_interaction(model, x, nudged, Y, grid=3, num_samples=2, group_size=2,
-                                      generator=torch.Generator().manual_seed(0))
+    values = perturbation_interaction(
+        model, x, nudged, Y, grid=3, num_samples=2, group_size=2, generator=torch.Generator().manual_seed(0)
+    )
     assert values.shape == (2,) and torch.isfinite(values).all()
 
 
@@ -47,13 +49,22 @@ def test_images_of_another_dtype_are_cast_to_the_model_dtype():
         assert torch.equal(got, expected)
     # the perturbation game: float64 x and δ on a float32 model, gradients still reach δ (in float64)
     delta = _in_box_delta(x).requires_grad_(True)
-    values = perturbation_interaction(model32, x, delta, Y, grid=3, num_samples=2, group_size=2,
-                                      generator=torch.Generator().manual_seed(0))
+    values = perturbation_interaction(
+        model32, x, delta, Y, grid=3, num_samples=2, group_size=2, generator=torch.Generator().manual_seed(0)
+    )
     assert values.dtype == torch.float32
     values.sum().backward()
     assert delta.grad is not None and delta.grad.dtype == torch.float64 and delta.grad.abs().sum() > 0
-    expected = perturbation_interaction(model32, x.float(), delta.detach().float(), Y, grid=3, num_samples=2,
-                                        group_size=2, generator=torch.Generator().manual_seed(0))
+    expected = perturbation_interaction(
+        model32,
+        x.float(),
+        delta.detach().float(),
+        Y,
+        grid=3,
+        num_samples=2,
+        group_size=2,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert torch.equal(values.detach(), expected)
 
 

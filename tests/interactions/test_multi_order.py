@@ -1,4 +1,5 @@
 """Multi-order interaction estimator I^(m): convergence to the oracle, seeds, pairs, budget."""
+
 from __future__ import annotations
 
 import pytest
@@ -31,7 +32,12 @@ def test_all_pairs_estimate_converges_within_standard_errors(game_and_exact):
     game, exact = game_and_exact
     # C(7, m) <= 60 for every order: sample anyway to check the sampler's standard errors
     result = multi_order_interactions(
-        game, ORDERS, num_pairs=None, num_contexts=60, pairs="uniform", generator=torch.Generator().manual_seed(0),
+        game,
+        ORDERS,
+        num_pairs=None,
+        num_contexts=60,
+        pairs="uniform",
+        generator=torch.Generator().manual_seed(0),
         enumerate_contexts=False,
     )
     assert result.per_pair.shape == (2, 8, 36) and result.pairs.shape == (2, 36, 2)
@@ -62,7 +68,12 @@ def test_error_shrinks_with_more_contexts(game_and_exact):
     errors = []
     for contexts in (4, 200):
         result = multi_order_interactions(
-            game, ORDERS, num_pairs=None, num_contexts=contexts, pairs="uniform", generator=torch.Generator().manual_seed(2),
+            game,
+            ORDERS,
+            num_pairs=None,
+            num_contexts=contexts,
+            pairs="uniform",
+            generator=torch.Generator().manual_seed(2),
             enumerate_contexts=False,
         )
         iu = result.pairs[0]
@@ -92,17 +103,28 @@ def test_synthetic_unanimity_game_through_the_engine():
 
 def test_neighbour_pairs_default_and_reproducibility(game_and_exact):
     game, _ = game_and_exact
-    first = multi_order_interactions(game, [0.3, 0.6], num_pairs=6, num_contexts=5, generator=torch.Generator().manual_seed(4))
-    second = multi_order_interactions(game, [0.3, 0.6], num_pairs=6, num_contexts=5, generator=torch.Generator().manual_seed(4))
-    other = multi_order_interactions(game, [0.3, 0.6], num_pairs=6, num_contexts=5, generator=torch.Generator().manual_seed(5))
+    first = multi_order_interactions(
+        game, [0.3, 0.6], num_pairs=6, num_contexts=5, generator=torch.Generator().manual_seed(4)
+    )
+    second = multi_order_interactions(
+        game, [0.3, 0.6], num_pairs=6, num_contexts=5, generator=torch.Generator().manual_seed(4)
+    )
+    other = multi_order_interactions(
+        game, [0.3, 0.6], num_pairs=6, num_contexts=5, generator=torch.Generator().manual_seed(5)
+    )
     assert torch.equal(first.per_pair, second.per_pair) and torch.equal(first.pairs, second.pairs)
     assert not torch.equal(first.per_pair, other.per_pair)
     allowed = {tuple(p) for p in neighbour_pairs(game.player_map).tolist()}
     assert all(tuple(p) in allowed for p in first.pairs.reshape(-1, 2).tolist())
     assert first.orders == (int(7 * 0.3), int(7 * 0.6)) and first.ratios == (0.3, 0.6)
     d = first.to_dict("interaction")
-    assert set(d) == {"interaction/r0.30", "interaction/r0.30_stderr", "interaction/r0.60", "interaction/r0.60_stderr",
-                      "interaction/num_forward_passes"}
+    assert set(d) == {
+        "interaction/r0.30",
+        "interaction/r0.30_stderr",
+        "interaction/r0.60",
+        "interaction/r0.60_stderr",
+        "interaction/num_forward_passes",
+    }
     assert all(isinstance(v, float) for v in d.values())
     assert first.num_forward_passes <= 2 * 2 * 6 * 5 * 4 + 2
 

@@ -1,4 +1,5 @@
 """E_ij[I_ij(δ)] inside a perturbation (IR loss): exactness, reference form, gradients, errors."""
+
 from __future__ import annotations
 
 import pytest
@@ -31,12 +32,18 @@ def test_single_form_with_all_players_is_the_exact_average_interaction(value):
     exact = exact_interactions(PerturbationGame(model, x, delta, Y, grid=3, value=value))
     iu = torch.triu_indices(9, 9, offset=1)
     mean_sii = exact.shapley_interaction[:, iu[0], iu[1]].mean(1)  # brute-force E_ij of the Shapley interaction
-    paper = perturbation_interaction(model, x, delta, Y, grid=3, form="single", num_samples=9, value=value, scale="paper")
+    paper = perturbation_interaction(
+        model, x, delta, Y, grid=3, form="single", num_samples=9, value=value, scale="paper"
+    )
     assert torch.allclose(paper.double(), mean_sii, atol=1e-12, rtol=0)
     reference = perturbation_interaction(model, x, delta, Y, grid=3, form="single", num_samples=100, value=value)
     assert torch.allclose(reference, paper * 8, atol=1e-12)  # scale="reference" drops 1/(n-1)
-    estimate = perturbation_interaction_estimate(model, x, delta, Y, grid=3, form="single", num_samples=9, value=value, scale="paper")
-    assert torch.allclose(estimate.per_image, mean_sii, atol=1e-12) and torch.equal(estimate.per_image_stderr, torch.zeros(2, dtype=torch.float64))
+    estimate = perturbation_interaction_estimate(
+        model, x, delta, Y, grid=3, form="single", num_samples=9, value=value, scale="paper"
+    )
+    assert torch.allclose(estimate.per_image, mean_sii, atol=1e-12) and torch.equal(
+        estimate.per_image_stderr, torch.zeros(2, dtype=torch.float64)
+    )
     assert estimate.num_forward_passes == 2 * (2 * 9 + 2)
 
 
@@ -48,8 +55,17 @@ def test_single_form_with_sampled_players_converges():
 
     def runs(k):
         results = [
-            perturbation_interaction_estimate(model, x, delta, Y, grid=4, form="single", num_samples=k, scale="paper",
-                                              generator=torch.Generator().manual_seed(seed))
+            perturbation_interaction_estimate(
+                model,
+                x,
+                delta,
+                Y,
+                grid=4,
+                form="single",
+                num_samples=k,
+                scale="paper",
+                generator=torch.Generator().manual_seed(seed),
+            )
             for seed in range(20)
         ]
         errors = torch.stack([r.per_image for r in results]) - exact.per_image
@@ -67,8 +83,9 @@ def test_coalition_form_matches_the_reference_computation():
     model = make_tiny_cnn()
     x = make_images()
     delta = _delta(x, seed=2)
-    result = perturbation_interaction(model, x, delta, Y, grid=3, num_samples=5, group_size=3,
-                                      generator=torch.Generator().manual_seed(7))
+    result = perturbation_interaction(
+        model, x, delta, Y, grid=3, num_samples=5, group_size=3, generator=torch.Generator().manual_seed(7)
+    )
     groups = sample_groups_with_replacement(2, 5, 3, 9, torch.Generator().manual_seed(7))
     pm = grid_player_map(9, 9, 3)
     with torch.no_grad():
@@ -91,12 +108,17 @@ def test_coalition_form_matches_the_reference_computation():
                 v_empty = v(x[b : b + 1], b)
                 terms.append(v_full - v_without - v_only + v_empty)
             assert torch.allclose(result[b], torch.cat(terms).mean(), atol=1e-12)
-    estimate = perturbation_interaction_estimate(model, x, delta, Y, grid=3, num_samples=5, group_size=3,
-                                                 generator=torch.Generator().manual_seed(7))
+    estimate = perturbation_interaction_estimate(
+        model, x, delta, Y, grid=3, num_samples=5, group_size=3, generator=torch.Generator().manual_seed(7)
+    )
     assert torch.allclose(estimate.per_image, result, atol=1e-12) and bool((estimate.per_image_stderr > 0).all())
     assert estimate.num_forward_passes == 2 * (2 * 5 + 2)
     d = estimate.to_dict()
-    assert set(d) == {"perturbation_interaction", "perturbation_interaction_stderr", "perturbation_interaction/num_forward_passes"}
+    assert set(d) == {
+        "perturbation_interaction",
+        "perturbation_interaction_stderr",
+        "perturbation_interaction/num_forward_passes",
+    }
 
 
 def test_coalition_form_converges_to_its_expectation():
@@ -112,8 +134,9 @@ def test_coalition_form_converges_to_its_expectation():
     full, empty = torch.ones(1, 9, dtype=torch.bool), torch.zeros(1, 9, dtype=torch.bool)
     values = game.evaluate(torch.cat([full, empty, ~groups, groups]))
     expected = (values[:, :1] + values[:, 1:2] - values[:, 2:83] - values[:, 83:]).mean(1)
-    estimate = perturbation_interaction_estimate(model, x, delta, Y, grid=3, num_samples=1200, group_size=2,
-                                                 generator=torch.Generator().manual_seed(3))
+    estimate = perturbation_interaction_estimate(
+        model, x, delta, Y, grid=3, num_samples=1200, group_size=2, generator=torch.Generator().manual_seed(3)
+    )
     assert bool(((estimate.per_image - expected).abs() <= 4 * estimate.per_image_stderr).all())
     assert bool((estimate.per_image_stderr < 0.1 * expected.abs().max()).all())
 
@@ -125,8 +148,17 @@ def test_gradients_flow_and_match_finite_differences():
     y = Y[:1]
 
     def fn(d):
-        return perturbation_interaction(model, x, d, y, grid=2, num_samples=3, group_size=2, value="margin_max",
-                                        generator=torch.Generator().manual_seed(0))
+        return perturbation_interaction(
+            model,
+            x,
+            d,
+            y,
+            grid=2,
+            num_samples=3,
+            group_size=2,
+            value="margin_max",
+            generator=torch.Generator().manual_seed(0),
+        )
 
     out = fn(delta)
     assert out.shape == (1,) and out.requires_grad
@@ -174,9 +206,15 @@ def test_modes_restored_and_seeds_reproduce():
     model.train()
     x = make_images()
     delta = _delta(x, seed=5)
-    a = perturbation_interaction(model, x, delta, Y, grid=3, generator=torch.Generator().manual_seed(1), num_samples=4, group_size=3)
-    b = perturbation_interaction(model, x, delta, Y, grid=3, generator=torch.Generator().manual_seed(1), num_samples=4, group_size=3)
-    c = perturbation_interaction(model, x, delta, Y, grid=3, generator=torch.Generator().manual_seed(2), num_samples=4, group_size=3)
+    a = perturbation_interaction(
+        model, x, delta, Y, grid=3, generator=torch.Generator().manual_seed(1), num_samples=4, group_size=3
+    )
+    b = perturbation_interaction(
+        model, x, delta, Y, grid=3, generator=torch.Generator().manual_seed(1), num_samples=4, group_size=3
+    )
+    c = perturbation_interaction(
+        model, x, delta, Y, grid=3, generator=torch.Generator().manual_seed(2), num_samples=4, group_size=3
+    )
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert all(m.training for m in model.modules())
 

@@ -1,4 +1,5 @@
 """Players: grid maps (remainder spread), user maps, neighbour pairs."""
+
 from __future__ import annotations
 
 import itertools

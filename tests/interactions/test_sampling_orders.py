@@ -1,4 +1,5 @@
 """Orders (ratios -> m) and the seeded samplers."""
+
 from __future__ import annotations
 
 from math import comb
@@ -31,8 +32,17 @@ def test_reference_orders_for_a_16x16_grid():
     assert resolve_orders([1.0], 9, shapley=True).orders == (8,)
 
 
-@pytest.mark.parametrize("orders, match", [([8], r"outside \[0, n-2\] = \[0, 7\]"), ([-1], "outside"), ([1.5], r"outside \[0, 1\]"),
-                                           ("finest", "unknown order preset"), ([], "non-empty"), ([True], "ints")])
+@pytest.mark.parametrize(
+    "orders, match",
+    [
+        ([8], r"outside \[0, n-2\] = \[0, 7\]"),
+        ([-1], "outside"),
+        ([1.5], r"outside \[0, 1\]"),
+        ("finest", "unknown order preset"),
+        ([], "non-empty"),
+        ([True], "ints"),
+    ],
+)
 def test_bad_orders(orders, match):
     with pytest.raises((ValueError, TypeError), match=match):
         resolve_orders(orders, 9)
@@ -63,7 +73,9 @@ def test_neighbour_pairs_are_adjacent_distinct_and_cover_all():
     with pytest.raises(ValueError, match="neighbour pairs"):
         sample_pairs(1, 16, len(allowed) + 1, kind="neighbour", player_map=pm)
     # every neighbour pair is reachable: with many draws all of them show up
-    many = sample_pairs(1, 16, len(allowed), kind="neighbour", player_map=pm, generator=torch.Generator().manual_seed(1))
+    many = sample_pairs(
+        1, 16, len(allowed), kind="neighbour", player_map=pm, generator=torch.Generator().manual_seed(1)
+    )
     assert {tuple(p) for p in many[0].tolist()} == allowed
 
 

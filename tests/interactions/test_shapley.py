@@ -1,4 +1,5 @@
 """Shapley values and multi-order Shapley values by sampling."""
+
 from __future__ import annotations
 
 import pytest
@@ -53,8 +54,12 @@ def test_multi_order_shapley_converges(game_and_exact):
     with pytest.warns(DeprecationWarning, match="values"):
         assert torch.equal(result.mean_over_players, result.values)
     with pytest.warns(DeprecationWarning, match="num_sampled_players"):
-        old = multi_order_shapley(game, [0.5], num_contexts=20, num_players=4, generator=torch.Generator().manual_seed(2))
-    sampled = multi_order_shapley(game, [0.5], num_contexts=20, num_sampled_players=4, generator=torch.Generator().manual_seed(2))
+        old = multi_order_shapley(
+            game, [0.5], num_contexts=20, num_players=4, generator=torch.Generator().manual_seed(2)
+        )
+    sampled = multi_order_shapley(
+        game, [0.5], num_contexts=20, num_sampled_players=4, generator=torch.Generator().manual_seed(2)
+    )
     assert torch.equal(old.per_player, sampled.per_player)
     assert sampled.players.shape == (2, 4) and sampled.orders == (4,)
     with pytest.raises(ValueError, match="outside"):

@@ -1,4 +1,5 @@
 """Value functions on logits."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,14 +17,18 @@ def test_named_values_on_logits():
     assert torch.equal(resolve_value("logit")(logits, labels), torch.tensor([1.0, 4.0], dtype=torch.float64))
     assert torch.equal(resolve_value("margin_max")(logits, labels), torch.tensor([2.0, -3.5], dtype=torch.float64))
     targets = torch.tensor([2, 1])
-    assert torch.equal(resolve_value("margin_fixed")(logits, labels, targets), torch.tensor([1.0, -5.0], dtype=torch.float64))
-    assert torch.equal(resolve_value("target_minus_true")(logits, labels, targets), torch.tensor([1.0, -5.0], dtype=torch.float64))
+    assert torch.equal(
+        resolve_value("margin_fixed")(logits, labels, targets), torch.tensor([1.0, -5.0], dtype=torch.float64)
+    )
+    assert torch.equal(
+        resolve_value("target_minus_true")(logits, labels, targets), torch.tensor([1.0, -5.0], dtype=torch.float64)
+    )
 
 
 def test_margin_fixed_uses_runner_up_of_full_perturbation():
     model = make_tiny_cnn()
     x = make_images()
-    delta = (0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=x.dtype))
+    delta = 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=x.dtype)
     delta = (x + delta).clamp(0, 1) - x  # x + delta must stay in [0, 1]
     y = torch.tensor([1, 3])
     game = PerturbationGame(model, x, delta, y, grid=3)

@@ -1,4 +1,5 @@
 """Composable attack transforms: MI, VR, DI, TI, SGM (see :mod:`.base` for the stage order)."""
+
 from lit_advgame.attacks.transforms.base import Transform
 from lit_advgame.attacks.transforms.diverse_inputs import DiverseInputs
 from lit_advgame.attacks.transforms.momentum import Momentum

@@ -15,10 +15,12 @@ official IR code, ``ProjectionAttacker.perturb``):
 Every hook defaults to the identity, so a transform implements only the stages it changes.
 Within one stage, transforms run in the order they are listed.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager, Sequence
+from collections.abc import Sequence
+from typing import ContextManager
 
 import torch
 from torch import nn

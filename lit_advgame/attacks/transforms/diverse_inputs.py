@@ -14,6 +14,7 @@ Sizes and offsets are continuous here (the references draw integer pixel sizes).
 code has no DI; the IR paper (Appendix N, Table 11) reports DI's interaction only.
 DI applies to the classification-loss input; the IR term sees the untransformed input.
 """
+
 from __future__ import annotations
 
 import torch

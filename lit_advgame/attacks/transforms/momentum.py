@@ -4,6 +4,7 @@ g_t = μ·g_{t−1} + ∇ℓ / ‖∇ℓ‖₁. The attack L1-normalises the gra
 stage (as the official IR code does for every attack), so ``update_direction`` only accumulates.
 With μ = 0 the direction is the normalised gradient itself, i.e. the base attack, bit for bit.
 """
+
 from __future__ import annotations
 
 import warnings

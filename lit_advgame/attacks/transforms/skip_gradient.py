@@ -47,10 +47,11 @@ A model without candidates is rejected when the attack is built; one whose candi
 projection skips when it first runs (the kinds are only known then). All module hooks are
 removed when the context exits, also after an error.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn

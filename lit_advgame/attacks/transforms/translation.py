@@ -5,6 +5,7 @@ As in the official IR code (``transition_invariant_conv``): a kernel of odd side
 (depthwise) with zero padding k // 2 to the raw gradient, before the L1 normalisation.
 The TI paper uses k = 15; k = 1 is the identity.
 """
+
 from __future__ import annotations
 
 import torch

@@ -10,6 +10,7 @@ paper's 1/K·Σ_k of Appendix M.1) and the IR term, if any, is computed on the n
 σ is in pixel units of [0, 1] images: the official ``--sigma 15`` on a 0–255 scale is 15/255.
 With σ = 0 every copy equals x + δ exactly.
 """
+
 from __future__ import annotations
 
 import torch
