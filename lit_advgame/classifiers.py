@@ -315,6 +315,24 @@ def _load_classifier_file(
     return model, shape, classes, arch, kwargs, archs
 
 
+def default_label(path: Path) -> str:
+    """The name of a model loaded from ``path`` without a ``name``: the file's stem, except for a checkpoint inside a
+    run folder (a Lightning ``<run>/<version>/checkpoints/<stem>.ckpt``), named ``<run>_<version>`` (plus ``_<stem>`` unless the
+    stem is ``last``) so that reports tell runs apart.
+
+    >>> default_label(Path("runs/trs_digits/version_0/checkpoints/last.ckpt"))
+    'trs_digits_version_0'
+    >>> default_label(Path("runs/trs_digits/version_0/checkpoints/epoch007-val_acc0.91.ckpt"))
+    'trs_digits_version_0_epoch007-val_acc0.91'
+    >>> default_label(Path("/work/repo/checkpoints/digits_lenet.pt"))
+    'digits_lenet'
+    """
+    if path.suffix == ".ckpt" and path.parent.name == "checkpoints" and len(path.parents) >= 4:
+        run = f"{path.parents[2].name}_{path.parents[1].name}"
+        return run if path.stem == "last" else f"{run}_{path.stem}"
+    return path.stem
+
+
 def _load_file(
     path: Path,
     name: str | None,
@@ -329,7 +347,7 @@ def _load_file(
             f"{{'arch': ..., 'weights': ...}})"
         )
     obj = read_checkpoint(path, what="model checkpoint")
-    label = path.stem if member is not None or name is None else name
+    label = default_label(path) if member is not None or name is None else name
     module = None
     if is_classifier_file(obj):
         model, shape, classes, arch, kwargs, archs = _load_classifier_file(path, obj)
