@@ -316,9 +316,9 @@ def _load_classifier_file(
 
 
 def default_label(path: Path) -> str:
-    """The name of a model loaded from ``path`` without a ``name``: the file's stem, except for a checkpoint inside a
-    run folder (a Lightning ``<run>/<version>/checkpoints/<stem>.ckpt``), named ``<run>_<version>`` (plus ``_<stem>`` unless the
-    stem is ``last``) so that reports tell runs apart.
+    """The name of a model loaded from ``path`` without a ``name``: the file's stem, except for a Lightning
+    checkpoint inside a run folder (``<run>/<version>/checkpoints/<stem>.ckpt``), named ``<run>_<version>``
+    (plus ``_<stem>`` unless the stem is ``last``) so that reports tell runs apart.
 
     >>> default_label(Path("runs/trs_digits/version_0/checkpoints/last.ckpt"))
     'trs_digits_version_0'
