@@ -86,6 +86,32 @@ RUN_HELP = (
 )
 
 
+class Trainer(pl.Trainer):
+    """Lightning's ``Trainer`` whose ``limit_*_batches`` read ``1`` as one batch, as Lightning means it.
+
+    Lightning annotates them ``float | int | None``; jsonargparse tries the types in that order, so ``1`` on the
+    command line or in YAML became ``1.0`` (every batch). Here ``int`` comes first: an integer is a number of
+    batches, a float with a decimal point (``0.5``, ``1.0``) a fraction. Everything else is Lightning's.
+    """
+
+    def __init__(
+        self,
+        *,
+        limit_train_batches: int | float | None = None,
+        limit_val_batches: int | float | None = None,
+        limit_test_batches: int | float | None = None,
+        limit_predict_batches: int | float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            limit_train_batches=limit_train_batches,
+            limit_val_batches=limit_val_batches,
+            limit_test_batches=limit_test_batches,
+            limit_predict_batches=limit_predict_batches,
+            **kwargs,
+        )
+
+
 class RunConfigCallback(SaveConfigCallback):
     """Save the resolved config into the run's own folder, never elsewhere.
 
@@ -395,6 +421,7 @@ def build_cli(args: Any = None, run: bool = True) -> AdvGameCLI:
     return AdvGameCLI(
         model_class=pl.LightningModule,
         datamodule_class=pl.LightningDataModule,
+        trainer_class=Trainer,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_callback=RunConfigCallback,

@@ -227,3 +227,39 @@ def test_test_after_fit_tests_the_best_monitored_checkpoint_without_warning(tmp_
     best = list((tmp_path / "runs" / "standard_digits" / "version_0" / "checkpoints").glob("epoch*-val_acc*.ckpt"))
     assert len(best) == 1 and [Path(t).resolve() for t in tested] == [best[0].resolve()]
     assert not [w for w in recwarn if "multiple `ModelCheckpoint`" in str(w.message)]
+
+
+def test_an_integer_batch_limit_is_a_number_of_batches(capsys):
+    """`--trainer.limit_train_batches 1` is one batch (an int, as Lightning means it), not 1.0 = every batch;
+    a float with a decimal point stays a fraction."""
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / "standard_digits.yaml"),
+                "--trainer.limit_train_batches",
+                "1",
+                "--trainer.limit_val_batches",
+                "1.0",
+                "--trainer.limit_test_batches",
+                "0.5",
+                "--print_config",
+            ]
+        )
+    trainer = yaml.safe_load(capsys.readouterr().out)["trainer"]
+    assert trainer["limit_train_batches"] == 1 and isinstance(trainer["limit_train_batches"], int)
+    assert isinstance(trainer["limit_val_batches"], float) and trainer["limit_test_batches"] == 0.5
+    cli = build_cli(
+        [
+            "--config",
+            str(CONFIGS / "standard_digits.yaml"),
+            "--trainer.limit_train_batches",
+            "1",
+            "--trainer.enable_progress_bar",
+            "false",
+        ],
+        run=False,
+    )
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.num_training_batches == 1

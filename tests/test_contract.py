@@ -53,13 +53,13 @@ METHODS = {
     "gal": ("gal_digits.yaml", True),
     "adp": ("adp_digits.yaml", True),
 }
-# One optimizer step, no validation (jsonargparse reads `limit_train_batches: 1` as the float 1.0, i.e. every batch,
-# hence max_steps), only a last.ckpt; small batches.
+# One optimizer step (one batch: the CLI reads an integer limit as a number of batches), no validation, only a
+# last.ckpt; small batches.
 ONE_STEP = {
     "test_after_fit": False,
     "trainer": {
         "max_epochs": 1,
-        "max_steps": 1,
+        "limit_train_batches": 1,
         "limit_val_batches": 0,
         "num_sanity_val_steps": 0,
         "logger": False,
