@@ -445,6 +445,25 @@ def load_classifier(
 
     ``num_classes``/``input_shape`` (from the data) are checked against what a checkpoint stores;
     ``mean``/``std`` are used only for dict specs whose weights carry no normalization.
+
+    Example: a registry spec (untrained weights here; add ``"weights": path`` for a file), exported and loaded
+    back under a display name:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import torch
+    >>> _ = torch.manual_seed(0)
+    >>> loaded = load_classifier({"arch": "small_cnn", "num_classes": 10, "mean": [0.5], "std": [0.25]},
+    ...                          input_shape=(1, 16, 16))
+    >>> loaded.name, loaded.num_classes, loaded.input_shape, loaded.mean, loaded.std
+    ('small_cnn', 10, (1, 16, 16), [0.5], [0.25])
+    >>> x = torch.rand(2, 1, 16, 16)  # pixel space: the normalization is inside the classifier
+    >>> loaded.model(x).shape, loaded.model.training
+    (torch.Size([2, 10]), False)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     again = load_classifier({"path": str(export_classifier(loaded, Path(tmp) / "cnn.pt")), "name": "cnn"})
+    >>> again.name, again.arch, torch.equal(again.model(x), loaded.model(x))
+    ('cnn', 'small_cnn', True)
     """
     if isinstance(spec, (str, os.PathLike)):
         return _load_file(Path(spec), None, num_classes, input_shape)

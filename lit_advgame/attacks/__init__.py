@@ -2,8 +2,13 @@
 the IR interaction loss (Wang et al., ICLR 2021), plus named presets of the paper's tables, and the
 strength-controlled attack of Ren et al. (NeurIPS 2021) that stops at a fixed logit drop.
 
->>> attack = build_attack("hybridir", model, steps=10, seed=0)   # doctest: +SKIP
->>> x_adv = attack(x, y)                                          # doctest: +SKIP
+>>> import torch
+>>> from torch import nn
+>>> _ = torch.manual_seed(0)
+>>> model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))  # any pixel-space classifier
+>>> attack = build_attack("pgd+ir", model, steps=2, ir_grid=4, ir_num_samples=2, ir_group_size=4, seed=0)
+>>> attack(torch.rand(2, 3, 8, 8), torch.tensor([0, 1])).shape
+torch.Size([2, 3, 8, 8])
 """
 
 from lit_advgame.attacks.base import Attack, AttackResult, l1_normalize

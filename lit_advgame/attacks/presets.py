@@ -322,5 +322,23 @@ def describe_radius(attack: Attack) -> str:
 
 
 def build_attack(preset: str, model: nn.Module | Sequence[nn.Module], **overrides: Any) -> Attack:
-    """Build the attack named ``preset`` (see :func:`available_presets`) with ``overrides``."""
+    """Build the attack named ``preset`` (see :func:`available_presets`) with ``overrides``.
+
+    ``model`` is a pixel-space classifier (or a list of them, attacked through their mean logits); any key of
+    :data:`DEFAULTS` can be overridden, and the attack maps images in [0, 1] and labels to ``x_adv``.
+
+    Example (MI+IR on a tiny linear model, 3 steps on a 4×4 interaction grid):
+
+    >>> import torch
+    >>> from torch import nn
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+    >>> x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    >>> attack = build_attack("mi+ir", model, steps=3, ir_grid=4, ir_num_samples=2, ir_group_size=4, seed=0)
+    >>> attack.transforms, attack.resolved_eps == 16 / 255
+    ([Momentum(momentum=1.0)], True)
+    >>> x_adv = attack(x, y)
+    >>> x_adv.shape, round((x_adv - x).abs().max().item() * 255, 3)  # 3 steps of 2/255
+    (torch.Size([4, 3, 8, 8]), 6.0)
+    """
     return attack_from_config(preset_config(preset, **overrides), model)

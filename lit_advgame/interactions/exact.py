@@ -338,6 +338,17 @@ def exact_interactions(
             returning ``(2^n,)`` or ``(B, 2^n)`` values (synthetic games).
         num_players: required for a callable.
         max_forward_passes: refuse (before any work) when ``B · 2^n`` exceeds it.
+
+    Example: the game ``v(S) = |S| + 2·[0 ∈ S and 1 ∈ S]`` on 3 players, given as a callable on the
+    ``(2^n, n)`` coalition matrix. Players 0 and 1 share the bonus of 2 (Shapley values 2, 2, 1) and
+    their Shapley interaction index is 2:
+
+    >>> game = lambda s: s.double().sum(-1) + 2 * s[:, 0] * s[:, 1]
+    >>> exact = exact_interactions(game, num_players=3)
+    >>> exact.shapley
+    tensor([[2., 2., 1.]], dtype=torch.float64)
+    >>> exact.shapley_interaction[0, 0, 1].item(), exact.num_forward_passes
+    (2.0, 8)
     """
     if isinstance(game, MaskedGame):
         n = game.num_players

@@ -208,6 +208,22 @@ def perturbation_interaction(
         generator: source of the random groups/players (the approximator's ``random_state``).
         options: :class:`PerturbationInteractionApproximator`'s fields: ``form="coalition"``,
             ``num_samples=32``, ``group_size=32``, ``scale="reference"``, ``max_forward_passes``.
+
+    Example: the interaction inside a small perturbation on a 4×4 grid, and its gradient (as in the IR loss):
+
+    >>> import torch
+    >>> from torch import nn
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 3))
+    >>> x, y = 0.25 + 0.5 * torch.rand(2, 1, 8, 8), torch.tensor([0, 1])
+    >>> delta = (0.1 * torch.rand_like(x) - 0.05).requires_grad_()
+    >>> g = torch.Generator().manual_seed(0)
+    >>> interaction = perturbation_interaction(model, x, delta, y, grid=4, num_samples=4, group_size=4, generator=g)
+    >>> interaction.shape, interaction.requires_grad
+    (torch.Size([2]), True)
+    >>> interaction.sum().backward()
+    >>> delta.grad.shape
+    torch.Size([2, 1, 8, 8])
     """
     options.update(grid=grid, player_map=player_map, value=value, batch_size=batch_size, generator=generator)
     game, approximator = _game_and_approximator(model, x, delta, y, options, "perturbation_interaction")

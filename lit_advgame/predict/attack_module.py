@@ -146,6 +146,19 @@ class AttackModule(pl.LightningModule):
             against the checkpoints (a checkpoint trained with another normalization than the
             data's ``mean``/``std`` is an error naming both) and used for dict specs without
             stored normalization.
+
+    Example: one batch attacked outside a ``Trainer`` (``trainer.predict`` calls :meth:`attack_batch` through
+    ``predict_step``), with an untrained registry model as the source:
+
+    >>> import torch
+    >>> _ = torch.manual_seed(0)
+    >>> module = AttackModule({"arch": "small_cnn", "name": "cnn"}, attack="pgd", overrides={"steps": 2},
+    ...                       num_classes=10, input_shape=(1, 16, 16), mean=[0.5], std=[0.25])
+    >>> module.run_name, round(module.resolved_radius["eps"] * 255, 6)
+    ('cnn/pgd', 16.0)
+    >>> records = module.attack_batch(torch.rand(2, 1, 16, 16), torch.tensor([3, 7]), indices=[0, 1])
+    >>> records["x_adv"].shape, records["index"].tolist(), records["source_margin_adv"].shape
+    (torch.Size([2, 1, 16, 16]), [0, 1], torch.Size([2]))
     """
 
     def __init__(
