@@ -242,7 +242,8 @@ def table(name: str, r: dict[str, Any]) -> str:
     for k, ratio in enumerate(r["ratios"]):
         lines.append(
             f"| {ratio:.2f} | {r['orders'][k]} | {r['I_clean'][k]:+.4f} | {r['I_adv'][k]:+.4f} | "
-            f"{r['delta_I'][k]:+.4f} ± {r['delta_I_stderr'][k]:.4f} | {r['share'][k]:.3f} ± {r['share_stderr'][k]:.3f} | "
+            f"{r['delta_I'][k]:+.4f} ± {r['delta_I_stderr'][k]:.4f} | {r['share'][k]:.3f} ± "
+            f"{r['share_stderr'][k]:.3f} | "
             f"{r['D'][k]:.3f} ± {r['D_stderr'][k]:.3f} |"
         )
     return "\n".join(lines)
@@ -359,13 +360,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{v['kept_linf_mean']:.3f} (median {v['kept_linf_median']:.3f}), logit drop {v['kept_logit_drop']:.2f}"
             for k, v in attack_stats.items()
         ),
-        f"- share of Σ|ΔI| in low orders (r ≤ {LOW_MAX_RATIO}): standard {s['share_low']:.3f} ± {s['share_low_stderr']:.3f}, "
-        f"AT {a['share_low']:.3f} ± {a['share_low_stderr']:.3f} (± image-bootstrap se)",
-        f"- share of Σ|ΔI| in high orders (r ≥ {HIGH_MIN_RATIO}): standard {s['share_high']:.3f} ± {s['share_high_stderr']:.3f}, "
-        f"AT {a['share_high']:.3f} ± {a['share_high_stderr']:.3f}; AT − standard: "
-        f"{a['share_high'] - s['share_high']:+.3f} ± {summary['share_high_difference']['stderr']:.3f} (paired bootstrap)",
-        f"- mean D^(m) over low orders r ∈ {low_ratios}: standard {s['D_low_mean']:.3f} ± {s['D_low_mean_stderr_indep']:.3f}, "
-        f"AT {a['D_low_mean']:.3f} ± {a['D_low_mean_stderr_indep']:.3f} (se combines the per-order se as if independent)",
+        f"- share of Σ|ΔI| in low orders (r ≤ {LOW_MAX_RATIO}): standard {s['share_low']:.3f} ± "
+        f"{s['share_low_stderr']:.3f}, AT {a['share_low']:.3f} ± {a['share_low_stderr']:.3f} (± image-bootstrap se)",
+        f"- share of Σ|ΔI| in high orders (r ≥ {HIGH_MIN_RATIO}): standard {s['share_high']:.3f} ± "
+        f"{s['share_high_stderr']:.3f}, AT {a['share_high']:.3f} ± {a['share_high_stderr']:.3f}; AT − standard: "
+        f"{a['share_high'] - s['share_high']:+.3f} ± {summary['share_high_difference']['stderr']:.3f} "
+        "(paired bootstrap)",
+        f"- mean D^(m) over low orders r ∈ {low_ratios}: standard {s['D_low_mean']:.3f} ± "
+        f"{s['D_low_mean_stderr_indep']:.3f}, AT {a['D_low_mean']:.3f} ± {a['D_low_mean_stderr_indep']:.3f} "
+        "(se combines the per-order se as if independent)",
         f"- claim 2a (high > low, standard): {summary['claim2_high_dominates_standard']}; "
         f"(high > low, AT): {summary['claim2_high_dominates_adversarial']}; "
         f"claim 2b (AT high-order share smaller): {summary['claim2_less_for_adversarial']}",

@@ -145,7 +145,7 @@ def test_report_numbers_equal_direct_computation(setup, subset):
     delta = (adv.x_adv - adv.x)[rows].flatten(1)
     assert row.perturbation_l2 == pytest.approx(float(delta.norm(dim=1).mean()), rel=1e-5)
     assert row.perturbation_linf == pytest.approx(float(delta.abs().amax(dim=1).mean()), rel=1e-5)
-    for k, name in enumerate(report.targets):
+    for name in report.targets:
         model = load_classifier(str(paths[name])).model
         with torch.no_grad():
             clean, fooled = margins(model(adv.x), adv.label), margins(model(adv.x_adv), adv.label)

@@ -1,4 +1,6 @@
-"""Lint: ``ruff check`` over the package, the tests and the scripts (rules in pyproject.toml)."""
+"""Lint and format: ``ruff check`` and ``ruff format --check`` over the package, the tests and the scripts.
+
+The rules are in pyproject.toml."""
 
 from __future__ import annotations
 
@@ -24,18 +26,24 @@ def _ruff() -> list[str] | None:
     return [sys.executable, "-m", "ruff"]
 
 
-# strict: once the remaining findings (other parts of the code, fixed after the issue-9 merge) are gone this
-# xfail turns into a failure, as a reminder to delete the marker
-@pytest.mark.xfail(strict=True, reason="issue 9: lint findings outside data/models/utils are fixed after the merge")
-def test_ruff_check_passes():
+def _run_ruff(*args: str) -> subprocess.CompletedProcess:
     command = _ruff()
     if command is None:
         pytest.skip("ruff is not installed (pip install -e '.[test]' installs it)")
-    result = subprocess.run(
-        [*command, "check", "--no-cache", "lit_advgame", "tests", "scripts"],
+    return subprocess.run(
+        [*command, *args, "--no-cache", "lit_advgame", "tests", "scripts"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def test_ruff_check_passes():
+    result = _run_ruff("check")
     assert result.returncode == 0, f"ruff check found problems:\n{result.stdout}{result.stderr}"
+
+
+def test_ruff_format_check_passes():
+    result = _run_ruff("format", "--check")
+    assert result.returncode == 0, f"ruff format would reformat:\n{result.stdout}{result.stderr}"

@@ -96,8 +96,9 @@ def check_labels_unambiguous(
         diff += meta_differences(strip(other.meta), strip(adv.meta))
         if diff:
             raise ValueError(
-                f"attack runs {names[j]} and {names[i]} are both labelled {label!r} but differ ({'; '.join(diff[:6])}); "
-                f"give each run its own label (labels=... / --labels) or evaluate them separately"
+                f"attack runs {names[j]} and {names[i]} are both labelled {label!r} but differ "
+                f"({'; '.join(diff[:6])}); give each run its own label (labels=... / --labels) or evaluate them "
+                "separately"
             )
 
 
