@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -57,6 +56,7 @@ import torch
 from lit_advgame.attacks.strength import StrengthControlledAttack
 from lit_advgame.data import DigitsDataModule
 from lit_advgame.interactions import InputGame, disentanglement, interaction_change
+from lit_advgame.interactions.stats import combine_stderr
 from lit_advgame.predict import load_classifier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for k, r in results.items():
         r.update(boot[k])
         low_se = [se for se, ratio in zip(r["D_stderr"], r["ratios"]) if ratio <= LOW_MAX_RATIO + 1e-9]
-        r["D_low_mean_stderr_indep"] = math.sqrt(sum(se * se for se in low_se)) / len(low_se)
+        r["D_low_mean_stderr_indep"] = float(combine_stderr(torch.tensor(low_se, dtype=torch.float64)))
     s, a = results["standard"], results["adversarial"]
     low_ratios = [r for r in s["ratios"] if r <= LOW_MAX_RATIO + 1e-9]
     summary = {
