@@ -13,7 +13,7 @@ Models: ``checkpoints/digits_small_cnn.pt`` (standard, ``configs/standard_digits
 ``checkpoints/digits_small_cnn_at.pt`` (PGD adversarial training, ``configs/adversarial_digits.yaml``,
 L∞ ε = 0.1). The AT file is trained and exported when missing or with ``--retrain`` (a few minutes).
 
-Protocol (as the reference, ``interactions.md`` §1):
+Protocol (as the reference code of Ren et al., NeurIPS 2021, Sec. 4.1):
 
 * probes: test digits that **both** models classify correctly;
 * each model attacks its own probes with the strength-controlled attack
