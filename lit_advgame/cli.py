@@ -47,7 +47,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -214,7 +214,9 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def checkpoint_conflicts(model: pl.LightningModule, hparams: dict[str, Any]) -> list[str]:
-    """One line per hyper-parameter of the checkpoint that differs from ``model``'s (``name: checkpoint X, this run Y``).
+    """One line per hyper-parameter of the checkpoint that differs from ``model``'s.
+
+    Each line reads ``name: checkpoint X, this run Y``.
 
     Compares the model class (the checkpoint's ``_class_path``) and every hyper-parameter both have,
     except :data:`IGNORED_CKPT_HPARAMS`. A module may explain a conflict with a ``checkpoint_conflict_hints``
@@ -263,7 +265,7 @@ class AdvGameCLI(LightningCLI):
         )
         parser.add_argument(
             "--num_threads",
-            type=Optional[int],
+            type=int | None,
             default=None,
             help="torch intra-op CPU threads (torch.set_num_threads); null keeps torch's default. The small "
             "digits models run fastest with 1: extra threads gain little on them and slow down badly when "

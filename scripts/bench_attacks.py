@@ -180,7 +180,7 @@ def main() -> None:
     # ---- timings (alternating rounds)
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in ("pgd", "pgd+ir", "replay_pgd", "replay_ir")}
     built = {name: make(args.steps) for name, make in attacks.items()}
-    for name, attack in built.items():  # warm-up
+    for attack in built.values():  # warm-up
         attack(x, y)
     for _ in range(args.repeats):
         for name, attack in built.items():
@@ -199,7 +199,8 @@ def main() -> None:
         overhead = med["pgd+ir"][i] / med["replay_ir"][i] - 1
         print(
             f"  [{clock:4s}] time ratio IR/PGD = {time_ratio:6.1f}   pass ratio = {pass_ratio:6.1f}   "
-            f"time/pass ratio = {time_ratio / pass_ratio:5.2f}   IR overhead beyond its passes = {100 * overhead:+.1f} %"
+            f"time/pass ratio = {time_ratio / pass_ratio:5.2f}   IR overhead beyond its passes = "
+            f"{100 * overhead:+.1f} %"
         )
 
     # ---- 2. batched vs one image at a time

@@ -10,10 +10,10 @@ For each model it measures, in the same run and at the same batch size:
 
 and prints their ratio (target >= 0.9), from wall-clock and from process CPU time (the latter is
 steadier on a shared machine), and the share of the estimator's CPU time spent inside the model's
-forward pass (everything else -- sampling, masks, bookkeeping -- is the engine's overhead). Raw and estimator timings alternate over the same number of
-images, and the median over ``--repeats`` rounds is reported. It also prints the forward passes per image of the reference
-recipe (16x16 grid, 200 pairs, 100 contexts), per order and for the order presets, for one input
-and for clean + adversarial, so that users can budget.
+forward pass (everything else -- sampling, masks, bookkeeping -- is the engine's overhead). Raw and estimator
+timings alternate over the same number of images, and the median over ``--repeats`` rounds is reported. It also
+prints the forward passes per image of the reference recipe (16x16 grid, 200 pairs, 100 contexts), per order
+and for the order presets, for one input and for clean + adversarial, so that users can budget.
 
 Example::
 
@@ -110,7 +110,8 @@ def print_budget(grid: int, pairs: int, contexts: int) -> None:
     n = grid * grid
     per_order = pairs * contexts * 4
     print(
-        f"\nReference recipe budget ({grid}x{grid} grid, n={n}, {pairs} pairs, {contexts} contexts, 4 inputs per context):"
+        f"\nReference recipe budget ({grid}x{grid} grid, n={n}, {pairs} pairs, {contexts} contexts, 4 inputs per "
+        "context):"
     )
     print(f"  per order and image: {per_order:,} forward passes per input, {2 * per_order:,} for clean + adversarial")
     for preset in ORDER_PRESETS:

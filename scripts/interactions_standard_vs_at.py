@@ -13,7 +13,7 @@ Models: ``checkpoints/digits_small_cnn.pt`` (standard, ``configs/standard_digits
 ``checkpoints/digits_small_cnn_at.pt`` (PGD adversarial training, ``configs/adversarial_digits.yaml``,
 L∞ ε = 0.1). The AT file is trained and exported when missing or with ``--retrain`` (a few minutes).
 
-Protocol (as the reference, ``interactions.md`` §1):
+Protocol (as the reference code of Ren et al., NeurIPS 2021, Sec. 4.1):
 
 * probes: test digits that **both** models classify correctly;
 * each model attacks its own probes with the strength-controlled attack
@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -57,6 +56,7 @@ import torch
 from lit_advgame.attacks.strength import StrengthControlledAttack
 from lit_advgame.data import DigitsDataModule
 from lit_advgame.interactions import InputGame, disentanglement, interaction_change
+from lit_advgame.interactions.stats import combine_stderr
 from lit_advgame.predict import load_classifier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -242,7 +242,8 @@ def table(name: str, r: dict[str, Any]) -> str:
     for k, ratio in enumerate(r["ratios"]):
         lines.append(
             f"| {ratio:.2f} | {r['orders'][k]} | {r['I_clean'][k]:+.4f} | {r['I_adv'][k]:+.4f} | "
-            f"{r['delta_I'][k]:+.4f} ± {r['delta_I_stderr'][k]:.4f} | {r['share'][k]:.3f} ± {r['share_stderr'][k]:.3f} | "
+            f"{r['delta_I'][k]:+.4f} ± {r['delta_I_stderr'][k]:.4f} | {r['share'][k]:.3f} ± "
+            f"{r['share_stderr'][k]:.3f} | "
             f"{r['D'][k]:.3f} ± {r['D_stderr'][k]:.3f} |"
         )
     return "\n".join(lines)
@@ -330,7 +331,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for k, r in results.items():
         r.update(boot[k])
         low_se = [se for se, ratio in zip(r["D_stderr"], r["ratios"]) if ratio <= LOW_MAX_RATIO + 1e-9]
-        r["D_low_mean_stderr_indep"] = math.sqrt(sum(se * se for se in low_se)) / len(low_se)
+        r["D_low_mean_stderr_indep"] = float(combine_stderr(torch.tensor(low_se, dtype=torch.float64)))
     s, a = results["standard"], results["adversarial"]
     low_ratios = [r for r in s["ratios"] if r <= LOW_MAX_RATIO + 1e-9]
     summary = {
@@ -359,13 +360,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{v['kept_linf_mean']:.3f} (median {v['kept_linf_median']:.3f}), logit drop {v['kept_logit_drop']:.2f}"
             for k, v in attack_stats.items()
         ),
-        f"- share of Σ|ΔI| in low orders (r ≤ {LOW_MAX_RATIO}): standard {s['share_low']:.3f} ± {s['share_low_stderr']:.3f}, "
-        f"AT {a['share_low']:.3f} ± {a['share_low_stderr']:.3f} (± image-bootstrap se)",
-        f"- share of Σ|ΔI| in high orders (r ≥ {HIGH_MIN_RATIO}): standard {s['share_high']:.3f} ± {s['share_high_stderr']:.3f}, "
-        f"AT {a['share_high']:.3f} ± {a['share_high_stderr']:.3f}; AT − standard: "
-        f"{a['share_high'] - s['share_high']:+.3f} ± {summary['share_high_difference']['stderr']:.3f} (paired bootstrap)",
-        f"- mean D^(m) over low orders r ∈ {low_ratios}: standard {s['D_low_mean']:.3f} ± {s['D_low_mean_stderr_indep']:.3f}, "
-        f"AT {a['D_low_mean']:.3f} ± {a['D_low_mean_stderr_indep']:.3f} (se combines the per-order se as if independent)",
+        f"- share of Σ|ΔI| in low orders (r ≤ {LOW_MAX_RATIO}): standard {s['share_low']:.3f} ± "
+        f"{s['share_low_stderr']:.3f}, AT {a['share_low']:.3f} ± {a['share_low_stderr']:.3f} (± image-bootstrap se)",
+        f"- share of Σ|ΔI| in high orders (r ≥ {HIGH_MIN_RATIO}): standard {s['share_high']:.3f} ± "
+        f"{s['share_high_stderr']:.3f}, AT {a['share_high']:.3f} ± {a['share_high_stderr']:.3f}; AT − standard: "
+        f"{a['share_high'] - s['share_high']:+.3f} ± {summary['share_high_difference']['stderr']:.3f} "
+        "(paired bootstrap)",
+        f"- mean D^(m) over low orders r ∈ {low_ratios}: standard {s['D_low_mean']:.3f} ± "
+        f"{s['D_low_mean_stderr_indep']:.3f}, AT {a['D_low_mean']:.3f} ± {a['D_low_mean_stderr_indep']:.3f} "
+        "(se combines the per-order se as if independent)",
         f"- claim 2a (high > low, standard): {summary['claim2_high_dominates_standard']}; "
         f"(high > low, AT): {summary['claim2_high_dominates_adversarial']}; "
         f"claim 2b (AT high-order share smaller): {summary['claim2_less_for_adversarial']}",

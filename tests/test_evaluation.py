@@ -7,6 +7,7 @@ import json
 import math
 import os
 import stat
+import warnings
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from lit_advgame.evaluation import (
     pearson,
 )
 from lit_advgame.evaluation.cli import main as evaluation_main
+from lit_advgame.evaluation.transfer import _stderr
 from lit_advgame.models import build_model
 from lit_advgame.predict import (
     AdversarialSet,
@@ -145,7 +147,7 @@ def test_report_numbers_equal_direct_computation(setup, subset):
     delta = (adv.x_adv - adv.x)[rows].flatten(1)
     assert row.perturbation_l2 == pytest.approx(float(delta.norm(dim=1).mean()), rel=1e-5)
     assert row.perturbation_linf == pytest.approx(float(delta.abs().amax(dim=1).mean()), rel=1e-5)
-    for k, name in enumerate(report.targets):
+    for name in report.targets:
         model = load_classifier(str(paths[name])).model
         with torch.no_grad():
             clean, fooled = margins(model(adv.x), adv.label), margins(model(adv.x_adv), adv.label)
@@ -205,6 +207,56 @@ def test_report_files_tensorboard_and_table_shape(setup, tmp_path):
     scalars = read_scalars(out / "tensorboard")
     assert "transfer/src/pgd/t_lenet/success_loo" in scalars and "source/src/pgd/interaction" in scalars
     assert "transfer_step/src/pgd/t_lenet/success" in scalars
+
+
+def _pearson_by_hand(xs, ys):
+    """The hand-written formula :func:`pearson` used before it called scipy.stats.pearsonr."""
+    pairs = [(a, b) for a, b in zip(xs, ys) if not (math.isnan(a) or math.isnan(b))]
+    if len(pairs) < 3:
+        return float("nan")
+    mx = sum(a for a, _ in pairs) / len(pairs)
+    my = sum(b for _, b in pairs) / len(pairs)
+    sxy = sum((a - mx) * (b - my) for a, b in pairs)
+    sxx = sum((a - mx) ** 2 for a, _ in pairs)
+    syy = sum((b - my) ** 2 for _, b in pairs)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
+
+
+@pytest.mark.parametrize(
+    "xs, ys",
+    [
+        ([0.1, 0.4, 0.2, 0.9, 0.55], [3.0, 1.0, 2.5, -1.0, 0.7]),
+        ([0.1, float("nan"), 0.2, 0.9, 0.3], [3.0, 1.0, float("nan"), -1.0, 2.0]),  # NaN pairs dropped
+        ([1.0, 2.0, 3.0], [2.0, 4.0, 6.0]),  # r = 1
+        ([1.0, 2.0, 3.0], [3.0, 2.0, 1.0]),  # r = -1
+    ],
+)
+def test_pearson_equals_the_former_hand_written_formula(xs, ys):
+    assert pearson(xs, ys) == pytest.approx(_pearson_by_hand(xs, ys), rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "xs, ys",
+    [
+        ([1.0, 2.0], [1.0, 2.0]),  # fewer than 3 points
+        ([1.0, float("nan"), 3.0], [1.0, 2.0, 3.0]),  # 2 points left after dropping NaN
+        ([2.0, 2.0, 2.0, 2.0], [1.0, 2.0, 3.0, 4.0]),  # no spread in x
+        ([1.0, 2.0, 3.0, 4.0], [5.0, 5.0, 5.0, 5.0]),  # no spread in y
+    ],
+)
+def test_pearson_is_nan_without_enough_points_or_spread(xs, ys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no scipy ConstantInputWarning either
+        assert math.isnan(pearson(xs, ys))
+    assert math.isnan(_pearson_by_hand(xs, ys))
+
+
+def test_transfer_stderr_equals_the_former_formula():
+    values = torch.tensor([0.3, -1.2, 0.8, 2.5, 0.0, -0.4], dtype=torch.float64)
+    by_hand = float(values.std(correction=1) / math.sqrt(values.numel()))
+    assert _stderr(values) == pytest.approx(by_hand, rel=1e-12)
+    assert _stderr(values.float()) == pytest.approx(by_hand, rel=1e-6)
+    assert math.isnan(_stderr(values[:1])) and math.isnan(_stderr(values[:0]))
 
 
 def test_pearson_matches_numpy():

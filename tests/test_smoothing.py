@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -341,6 +342,50 @@ def test_test_certification_does_not_depend_on_the_data_batch_size(tmp_path):
         == m_large["test/certified_acc@0"]
         == pytest.approx(small.certified_accuracy([0.0])[0])
     )
+
+
+@pytest.mark.parametrize("with_writer", [False, True])
+def test_predict_batch_indices_come_from_public_lightning_apis(tmp_path, monkeypatch, with_writer):
+    """With a batch-interval writer the indices are ``trainer.predict_loop.current_batch_indices`` (the
+    rebuilt batches are not consulted); without one they are rebuilt from the batch sampler's sampler.
+    Both give the dataset indices of the batches, the last one partial."""
+    from lit_advgame.smoothing import indices as indices_module
+    from lit_advgame.smoothing.writer import SmoothingPredictionWriter
+
+    if with_writer:
+
+        def fail(batch_sampler):
+            raise AssertionError("the predict loop's indices should have been used")
+
+        monkeypatch.setattr(indices_module, "_rebuilt_batches", fail)
+    dm = DigitsDataModule(image_size=8, batch_size=4, seed=0, predict_limit=10)
+    module = RandomizedSmoothing(
+        arch="mlp",
+        num_classes=10,
+        input_shape=dm.input_shape,
+        mean=dm.mean,
+        std=dm.std,
+        sigma=0.5,
+        n=16,
+        alpha=0.01,
+        certify_batch_size=64,
+        certify_skip=1,
+        predict_method="predict",
+    )
+    callbacks = [SmoothingPredictionWriter(output_dir=str(tmp_path / "out"))] if with_writer else []
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=callbacks,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="could not infer the dataset indices")
+        rows = trainer.predict(module, datamodule=dm)
+    assert [r["index"].tolist() for r in rows] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
 
 def test_predict_step_runs_predict_with_binomial_p_values(tmp_path):

@@ -46,7 +46,9 @@ class Norm:
 
 
 class LinfNorm(Norm):
-    """L∞ ball: sign step δ ← δ + α·sign(g), projection by clamping to [−ε, ε] (Eq. 9–10, p = ∞)."""
+    """L∞ ball: sign step δ ← δ + α·sign(g), projection by clamping to [−ε, ε].
+
+    Wang et al., ICLR 2021, Appendix C, Eqs. 9–10 with p = ∞ (the PGD attack of Madry et al., ICLR 2018)."""
 
     name = "linf"
 
@@ -67,6 +69,8 @@ class LinfNorm(Norm):
 
 class L2Norm(Norm):
     """L2 ball: normalised step δ ← δ + α·g/‖g‖₂, projection by rescaling δ ← δ·min(1, ε/‖δ‖₂).
+
+    Wang et al., ICLR 2021, Appendix C, Eqs. 9–10 with p = 2.
 
     The rescale factor is computed per sample (the official code writes it as an element-wise
     ratio ε·δ/‖δ‖/δ, which is NaN wherever δ_i = 0); a zero gradient gives a zero step.

@@ -28,7 +28,7 @@ from lit_advgame.interactions import disentanglement
 
 
 class DisentanglementCallback(GameCallback):
-    """Log ``D^(m)`` per order on the clean probes (see the module docstring).
+    """Log ``D^(m)`` (Ren et al., NeurIPS 2021, Eq. 4) per order on the clean probes (see the module docstring).
 
     Args:
         only_correct: use only the probes the model classifies correctly (the reference's images

@@ -37,6 +37,8 @@ from lit_advgame.interactions import interaction_change
 class MultiOrderInteractionCallback(GameCallback):
     """Log ``I^(m)`` (clean and adversarial), ``ΔI^(m)``, ``ΔJ^(m)`` and the share per order (see module doc).
 
+    ``I^(m)_ij`` is Ren et al., NeurIPS 2021, Eq. 2 and ``ΔJ^(m)`` the attacking utility of Eq. 3.
+
     Args:
         attack: ``"strength"`` (default: stop at a logit drop of ``threshold``) or an attack
             preset such as ``"pgd"`` (:mod:`~lit_advgame.callbacks.probe_attack`).

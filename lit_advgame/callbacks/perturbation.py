@@ -45,6 +45,8 @@ DEFAULT_INTERACTION = PerturbationInteraction()
 class PerturbationInteractionCallback(ProbeCallback):
     """Log ``E_ij[I_ij(δ)]`` of the attack's perturbations on the probe set (see the module docstring).
 
+    The interaction inside perturbations of Wang et al., ICLR 2021, Eq. 4 (Appendix J, Eq. 39 on a grid).
+
     Args:
         interaction: what is estimated, a
             :class:`~lit_advgame.interactions.perturbation_spec.PerturbationInteraction` (in YAML a

@@ -1,7 +1,7 @@
 """ADP, the Adaptive Diversity Promoting regularizer (Pang, Xu, Du, Chen, Zhu, ICML 2019, arXiv 1901.08846).
 
 Official code (``P2333/Adaptive-Diversity-Promoting``, ``utils.py::Loss_withEE_DPP``; PyTorch ports
-in DVERGE ``train_adp.py`` and the TRS repo's ``ADP_Trainer``; ``trs_ensembles.md`` §2.2):
+in DVERGE ``train_adp.py`` and the TRS repo's ``ADP_Trainer``; the ADP objective of the paper):
 
     L = Σ_k CE(f_k(x), y) − α·H(p̄) − β·log det(M̃ M̃ᵀ + 1e-6·I),
 
@@ -37,7 +37,10 @@ DET_OFFSET = 1e-6
 
 
 def ensemble_entropy(member_probs: torch.Tensor, log_offset: float = LOG_OFFSET) -> torch.Tensor:
-    """mean_b H(p̄_b) with p̄ = mean_k p_k, H(p) = −Σ_c p_c log(p_c + offset); probs (N, B, K)."""
+    """mean_b H(p̄_b) with p̄ = mean_k p_k, H(p) = −Σ_c p_c log(p_c + offset); probs (N, B, K).
+
+    The ensemble entropy of ADP (Pang et al., "Improving adversarial robustness via promoting ensemble
+    diversity", ICML 2019), the offset as ``Loss_withEE_DPP`` of the official code."""
     mean_probs = member_probs.mean(dim=0)
     return -(mean_probs * torch.log(mean_probs + log_offset)).sum(dim=-1).mean()
 
@@ -53,7 +56,10 @@ def non_true_predictions(member_probs: torch.Tensor, y: torch.Tensor) -> torch.T
 
 
 def ensemble_log_det(member_probs: torch.Tensor, y: torch.Tensor, det_offset: float = DET_OFFSET) -> torch.Tensor:
-    """mean_b log det(M̃_b M̃_bᵀ + offset·I), the log ensemble diversity; probs (N, B, K), labels (B,)."""
+    """mean_b log det(M̃_b M̃_bᵀ + offset·I), the log ensemble diversity; probs (N, B, K), labels (B,).
+
+    The log of the ensemble diversity of ADP (Pang et al., ICML 2019: the squared volume spanned by the
+    members' normalised non-maximal predictions), with the ridge of ``Loss_withEE_DPP``."""
     if member_probs.shape[-1] < 2:
         raise ValueError("ADP needs at least 2 classes")
     rows = non_true_predictions(member_probs, y)
@@ -64,7 +70,7 @@ def ensemble_log_det(member_probs: torch.Tensor, y: torch.Tensor, det_offset: fl
 
 @dataclass
 class ADPRegularizer(DiversityRegularizer):
-    """−α·H(p̄) − β·log det(M̃M̃ᵀ + offset·I) of ADP.
+    """−α·H(p̄) − β·log det(M̃M̃ᵀ + offset·I): the ADP regularizer (Pang et al., ICML 2019).
 
     Args:
         num_members: N >= 2.

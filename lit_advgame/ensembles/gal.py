@@ -2,7 +2,7 @@
 ensembles with diversity training", arXiv 1901.09981), as the TRS and DVERGE repositories implement it.
 
 The coherence of the members' loss gradients g_i = ∇_x CE(f_i(x), y) is a smooth maximum of their
-pairwise *signed* cosine similarities (``trs_ensembles.md`` §2.1):
+pairwise *signed* cosine similarities (the paper's coherence and Gradient Alignment Loss):
 
     L_coh = mean_b log( Σ_{i<j} exp(cos(g_i(x_b), g_j(x_b))) + 1e-20 ),
 
@@ -36,7 +36,11 @@ LOG_OFFSET = 1e-20
 
 
 def gal_coherence(grads: torch.Tensor, log_offset: float = LOG_OFFSET) -> torch.Tensor:
-    """mean_b log(Σ_{i<j} exp(cos(g_i, g_j)) + offset) for (N >= 2, B, D) gradients."""
+    """mean_b log(Σ_{i<j} exp(cos(g_i, g_j)) + offset) for (N >= 2, B, D) gradients.
+
+    The Gradient Alignment Loss: a log-sum-exp (smooth maximum) of the pairwise gradient coherence of
+    Kariyappa & Qureshi, "Improving adversarial robustness of ensembles with diversity training",
+    arXiv 1901.09981, 2019 (as ``GAL_Trainer`` of the TRS code computes it)."""
     cos = pairwise_cosine(grads)  # (P, B)
     return torch.log(cos.exp().sum(dim=0) + log_offset).mean()
 
@@ -64,7 +68,7 @@ def input_noise(x: torch.Tensor, std: float, prob: float, generator: torch.Gener
 
 @dataclass
 class GALRegularizer(DiversityRegularizer):
-    """λ·L_coh of GAL.
+    """λ·L_coh of GAL (Kariyappa & Qureshi, arXiv 1901.09981, 2019: the Gradient Alignment Loss).
 
     Args:
         num_members: N >= 2.

@@ -1,6 +1,6 @@
 """Input gradients of the members' cross-entropy and their pairwise cosine similarities.
 
-TRS (Yang et al. 2021, ``trs_ensembles.md`` §1) and GAL (Kariyappa & Qureshi 2019, §2.1) both
+TRS (Yang et al., NeurIPS 2021, Sec. 3) and GAL (Kariyappa & Qureshi, arXiv 1901.09981, 2019) both
 regularise the members' *loss* gradients ``g_i = ∇_x CE(f_i(x), y)`` taken in pixel space (the
 normalization is inside each member) with ``create_graph=True``, so that the regulariser can be
 differentiated w.r.t. the weights (double backprop).

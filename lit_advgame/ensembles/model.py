@@ -1,6 +1,6 @@
 """An ensemble of pixel-space classifiers whose output averages the members' probabilities.
 
-The TRS and DVERGE repositories (``models/ensemble.py``; ``trs_ensembles.md`` §3.1) define the
+The TRS and DVERGE repositories (``models/ensemble.py`` of both) define the
 ensemble output as ``log(mean_i softmax(f_i(x)))``: argmax of it is the ensemble's prediction, and
 cross-entropy on it is the negative log-likelihood of the averaged probabilities, so every
 white-box attack on the ensemble targets this output. We compute it exactly and stably as

@@ -1,6 +1,6 @@
 """Intra-ensemble transferability: attack each member, count how often it fools the others.
 
-Protocol of DVERGE's ``eval_transferability.py`` (``trs_ensembles.md`` §3.4), the cleaner of the
+Protocol of DVERGE's ``eval_transferability.py`` (DVERGE, Yang et al., NeurIPS 2020), the cleaner of the
 two references: keep the probe points that *every* model (members and, if given, the ensemble)
 classifies correctly, attack each source model on them, and report for every (source, target)
 pair the fraction of points on which the source's adversarial example fools the target in at

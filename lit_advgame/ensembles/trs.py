@@ -1,7 +1,7 @@
 """TRS: Transferability Reduced Smooth ensembles (Yang et al., NeurIPS 2021, arXiv 2104.00671).
 
-The TRS loss (paper Sec. 3; official ``train/Empirical/trainer.py::TRS_Trainer``, see
-``trs_ensembles.md`` §1) adds to the members' cross-entropies
+The TRS loss (paper Sec. 3 and Algorithm 1 of Appendix E; official
+``train/Empirical/trainer.py::TRS_Trainer``) adds to the members' cross-entropies
 
     λ_a · L_sim + λ_b · L_smooth,
     L_sim    = mean over the N(N−1)/2 member pairs and the batch of |cos(∇_x ℓ_i, ∇_x ℓ_j)|,
@@ -65,6 +65,9 @@ BN_MODES = ("eval", "train")
 def gradient_similarity(grads: torch.Tensor, absolute: bool = True) -> torch.Tensor:
     """L_sim: mean over member pairs and examples of |cos(g_i, g_j)| (signed cosine if not ``absolute``).
 
+    The loss-gradient similarity term of TRS (Yang et al., NeurIPS 2021, Sec. 3, summed over member
+    pairs j < k in Algorithm 1, Appendix E), averaged over pairs as the official ``TRS_Trainer``.
+
     Args:
         grads: (N, B, D) input gradients of N >= 2 members.
     """
@@ -74,6 +77,9 @@ def gradient_similarity(grads: torch.Tensor, absolute: bool = True) -> torch.Ten
 
 def smoothness(grads: torch.Tensor, scaling: str = "reference") -> torch.Tensor:
     """L_smooth: the members' mean squared input-gradient norm.
+
+    The model-smoothness term of TRS (Yang et al., NeurIPS 2021, Sec. 3: a regularizer of the loss
+    gradient ‖∇_x ℓ‖, motivated by Theorem 2), scaled as the official ``TRS_Trainer``.
 
     Args:
         grads: (N, B, D) *per-example* gradients ``∇_x CE(f_i(x_b), y_b)``
@@ -101,6 +107,9 @@ def smoothness_pgd(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """L∞ PGD that maximises the members' summed squared input-gradient norm (TRS "plus" inner attack).
+
+    The perturbed points x̃ of the smoothness term of TRS (Yang et al., NeurIPS 2021, Sec. 3; the
+    official ``TRS_Trainer``'s PGD on the gradient magnitude).
 
     Each step differentiates Σ_b Σ_i ||∇_x CE(f_i(x_b), y_b)||² w.r.t. the input (a double
     backprop through every member); its sign equals that of the reference's mean-based objective.
@@ -134,7 +143,7 @@ def smoothness_pgd(
 
 @dataclass
 class TRSRegularizer(DiversityRegularizer):
-    """λ_a·L_sim + λ_b·L_smooth of TRS (see the module docstring for every option).
+    """λ_a·L_sim + λ_b·L_smooth of TRS (Yang et al., NeurIPS 2021, Sec. 3 and Algorithm 1; module docstring: options).
 
     Args:
         num_members: N >= 2.
@@ -189,7 +198,9 @@ class TRSRegularizer(DiversityRegularizer):
 
     @override
     def current_eps(self, epoch: int, max_epochs: int | None) -> float | None:
-        """δ0 + (δM − δ0)·min(epoch, E)/E with E = ``ramp_epochs`` or ``max_epochs`` ("plus" only)."""
+        """δ0 + (δM − δ0)·min(epoch, E)/E with E = ``ramp_epochs`` or ``max_epochs`` ("plus" only).
+
+        The linear radius schedule of the official TRS code (``TRS_Trainer``; Yang et al., NeurIPS 2021)."""
         if self.variant != "plus":
             return None
         total = self.ramp_epochs if self.ramp_epochs is not None else max_epochs

@@ -36,7 +36,9 @@ def _as_success(success: torch.Tensor, dims: int, shape: str) -> torch.Tensor:
 
 
 def loo_best_steps(success: torch.Tensor) -> torch.Tensor:
-    """Per-image LOO step ``t*_i`` (N,) from success indicators ``success`` (N, T), in O(N·T)."""
+    """Per-image LOO step ``t*_i`` (N,) from success indicators ``success`` (N, T), in O(N·T).
+
+    The leave-one-out step choice of Wang et al., ICLR 2021, Appendix K."""
     s = _as_success(success, 2, "(N, T)")
     others = s.sum(dim=0, keepdim=True) - s  # Σ_{j≠i} s_jt for every (i, t)
     return others.argmax(dim=1)  # torch.argmax returns the first maximal index

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import scipy.stats
+
 from lit_advgame.evaluation.results import RowResult
 from lit_advgame.utils.io import atomic_write, atomic_write_text
 
@@ -44,6 +47,7 @@ def _pct(value: float, n: int | None = None, with_se: bool = True) -> str:
         return "–"
     text = f"{100 * value:.1f}"
     if with_se and n:
+        # binomial standard error sqrt(p (1 - p) / n) of a rate p over n examples
         text += f" ± {100 * math.sqrt(max(value * (1 - value), 0.0) / n):.1f}"
     return text
 
@@ -58,16 +62,17 @@ def _num(value: float, se: float | None = None, digits: int = 3, fmt: str = "f")
 
 
 def pearson(xs: list[float], ys: list[float]) -> float:
-    """Pearson correlation of two lists (NaN pairs dropped; NaN with fewer than 3 points or no spread)."""
-    pairs = [(a, b) for a, b in zip(xs, ys) if not (math.isnan(a) or math.isnan(b))]
-    if len(pairs) < 3:
+    """Pearson correlation r of two lists (:func:`scipy.stats.pearsonr`).
+
+    Pairs where either value is NaN are dropped first. The result is NaN (rather than an error or a
+    warning) with fewer than 3 remaining points or when either list has no spread (all values equal).
+    """
+    x, y = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+    keep = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[keep], y[keep]
+    if len(x) < 3 or np.all(x == x[0]) or np.all(y == y[0]):
         return float("nan")
-    mx = sum(a for a, _ in pairs) / len(pairs)
-    my = sum(b for _, b in pairs) / len(pairs)
-    sxy = sum((a - mx) * (b - my) for a, b in pairs)
-    sxx = sum((a - mx) ** 2 for a, _ in pairs)
-    syy = sum((b - my) ** 2 for _, b in pairs)
-    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
+    return float(scipy.stats.pearsonr(x, y).statistic)
 
 
 @dataclass

@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import scipy.stats
 import torch
 from torch import nn
 from torchmetrics.aggregation import MeanMetric
@@ -67,8 +67,10 @@ def _mean(values: torch.Tensor) -> float:
 
 
 def _stderr(values: torch.Tensor) -> float:
-    n = values.numel()
-    return float(values.double().std(correction=1) / math.sqrt(n)) if n > 1 else float("nan")
+    """Standard error of the mean (:func:`scipy.stats.sem`, ddof=1); NaN for fewer than 2 values."""
+    if values.numel() < 2:
+        return float("nan")
+    return float(scipy.stats.sem(values.detach().double().cpu().numpy().ravel(), ddof=1))
 
 
 #: run metadata that does not change the adversarial examples (ignored when runs share a label)
@@ -96,8 +98,9 @@ def check_labels_unambiguous(
         diff += meta_differences(strip(other.meta), strip(adv.meta))
         if diff:
             raise ValueError(
-                f"attack runs {names[j]} and {names[i]} are both labelled {label!r} but differ ({'; '.join(diff[:6])}); "
-                f"give each run its own label (labels=... / --labels) or evaluate them separately"
+                f"attack runs {names[j]} and {names[i]} are both labelled {label!r} but differ "
+                f"({'; '.join(diff[:6])}); give each run its own label (labels=... / --labels) or evaluate them "
+                "separately"
             )
 
 

@@ -104,8 +104,8 @@ def make_baseline(
         tensor = tensor.unsqueeze(0)
     if tensor.dim() != 4:
         raise ValueError(
-            f"baseline tensor must be broadcastable to the images {tuple(x.shape)}: use (C,), (C, H, W) or (B, C, H, W); "
-            f"got {tuple(baseline.shape)}"
+            f"baseline tensor must be broadcastable to the images {tuple(x.shape)}: "
+            f"use (C,), (C, H, W) or (B, C, H, W); got {tuple(baseline.shape)}"
         )
     try:
         broadcast = torch.broadcast_shapes(tensor.shape, x.shape)

@@ -49,7 +49,9 @@ MAX_EXACT_PLAYERS = 16
 
 
 def all_coalitions(num_players: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """All ``2^n`` coalitions as a ``(2^n, n)`` boolean matrix; row ``k`` has player ``i`` iff bit ``i`` of ``k`` is set."""
+    """All ``2^n`` coalitions as a ``(2^n, n)`` boolean matrix.
+
+    Row ``k`` has player ``i`` iff bit ``i`` of ``k`` is set."""
     index = torch.arange(1 << num_players, device=device)
     return ((index.unsqueeze(1) >> torch.arange(num_players, device=device)) & 1).bool()
 
@@ -150,14 +152,17 @@ class ExactInteractions(ResultMixin):
             pairs = pairs.unsqueeze(0).expand(self.multi_order.shape[0], -1, -1)
         if pairs.dim() != 3 or pairs.shape[-1] != 2 or pairs.shape[0] != self.multi_order.shape[0]:
             raise ValueError(
-                f"pairs must have shape (P, 2) or (B, P, 2) with B = {self.multi_order.shape[0]}; got {tuple(pairs.shape)}"
+                f"pairs must have shape (P, 2) or (B, P, 2) with B = {self.multi_order.shape[0]}; got "
+                f"{tuple(pairs.shape)}"
             )
         images = torch.arange(pairs.shape[0], device=pairs.device).view(-1, 1)
         per_pair = self.multi_order[images, :, pairs[..., 0], pairs[..., 1]]  # (B, P, n-1)
         return per_pair.mean(dim=1)
 
     def disentanglement_pooled(self) -> torch.Tensor:
-        """``D^(m)`` (Ren et al., NeurIPS 2021, Eq. 4) as a ratio of means over all images and pairs (the reference ``plot.py``), ``(n-1,)``.
+        """``D^(m)`` (Ren et al., NeurIPS 2021, Eq. 4) as a ratio of means over all images and pairs, ``(n-1,)``.
+
+        This pooling is the one of the reference code's ``plot.py``.
 
         Pairs whose ``E_S |Δv_ij(S)|`` is rounding noise are left out (NaN when all are).
         """
@@ -354,8 +359,8 @@ def exact_interactions(
         n = game.num_players
         if n > MAX_EXACT_PLAYERS:
             raise ValueError(
-                f"exact enumeration needs 2^n forward passes per image and supports at most {MAX_EXACT_PLAYERS} players; "
-                f"this game has n = {n}: use a coarser grid or the sampling estimators"
+                f"exact enumeration needs 2^n forward passes per image and supports at most {MAX_EXACT_PLAYERS} "
+                f"players; this game has n = {n}: use a coarser grid or the sampling estimators"
             )
         check_budget(game.num_images * (1 << n), max_forward_passes, f"exact enumeration of 2^{n} coalitions")
         before = game.forward_passes
@@ -374,7 +379,8 @@ def exact_interactions(
             values = torch.as_tensor(values)
         if values.shape[-1] != 1 << num_players or values.dim() > 2:
             raise ValueError(
-                f"the game callable must return (2^n,) or (B, 2^n) values for the (2^n, n) coalitions; got {tuple(values.shape)}"
+                "the game callable must return (2^n,) or (B, 2^n) values for the (2^n, n) coalitions; got "
+                f"{tuple(values.shape)}"
             )
         return exact_from_values(values, num_forward_passes=1 << num_players)
     raise TypeError(f"game must be a MaskedGame, a value table or a callable on coalitions; got {type(game).__name__}")

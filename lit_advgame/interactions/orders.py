@@ -89,12 +89,15 @@ def resolve_orders(orders: OrderSpec, num_players: int, *, shapley: bool = False
     for r in ratios:
         if not 0.0 <= r <= 1.0:
             raise ValueError(
-                f"order ratio {r} is outside [0, 1]: ratios r give m = int({max_order} * r), which must lie in [0, {max_order}]"
+                f"order ratio {r} is outside [0, 1]: ratios r give m = int({max_order} * r), which must lie in [0, "
+                f"{max_order}]"
             )
     return Orders(tuple(int(max_order * r) for r in ratios), ratios)
 
 
 def utility_weights(orders: Sequence[int], num_players: int) -> list[float]:
-    """``w(m) = (n - 1 - m) / (n (n - 1))``: the weight of ``I^(m)_ij`` in ``J^(m)_ij`` (Ren et al., NeurIPS 2021, Eq. 3)."""
+    """``w(m) = (n - 1 - m) / (n (n - 1))``: the weight of ``I^(m)_ij`` in ``J^(m)_ij``.
+
+    Ren et al., NeurIPS 2021, Eq. 3."""
     n = num_players
     return [(n - 1 - m) / (n * (n - 1)) for m in orders]

@@ -123,7 +123,9 @@ class PerturbationInteractionApproximator:
         return terms, exhaustive
 
     def interaction(self, game: PerturbationGame) -> torch.Tensor:
-        """Per-image ``E_ij[I_ij(δ)]`` (Wang et al., ICLR 2021, Eq. 4 / 39), ``(B,)``, differentiable w.r.t. ``game.delta`` (the IR loss term)."""
+        """Per-image ``E_ij[I_ij(δ)]`` (Wang et al., ICLR 2021, Eq. 4 / 39), ``(B,)``.
+
+        Differentiable w.r.t. ``game.delta``: this is the IR loss term."""
         terms, _ = self.terms(game)
         return terms.mean(dim=1)
 
@@ -189,7 +191,9 @@ def perturbation_interaction(
     generator: torch.Generator | None = None,
     **options: Any,
 ) -> torch.Tensor:
-    """Per-image interaction inside ``δ`` (Wang et al., ICLR 2021, Eq. 4 / 39), shape ``(B,)``, differentiable w.r.t. ``delta``.
+    """Per-image interaction inside ``δ`` (Wang et al., ICLR 2021, Eq. 4 / 39), shape ``(B,)``.
+
+    Differentiable w.r.t. ``delta``.
 
     Gradients flow when ``delta.requires_grad`` and grad mode is on (no ``inference_mode``
     inside; under Lightning's inference mode wrap the call in ``torch.inference_mode(False)`` /

@@ -109,7 +109,8 @@ def validate_player_map(player_map: torch.Tensor, height: int, width: int, name:
     if not bool(present.all()):
         missing = torch.nonzero(~present).flatten()[:5].tolist()
         raise ValueError(
-            f"{name} ids must be contiguous 0..n-1 with every player owning at least one pixel; ids {missing} are missing"
+            f"{name} ids must be contiguous 0..n-1 with every player owning at least one pixel; "
+            f"ids {missing} are missing"
         )
     return high + 1
 
@@ -122,7 +123,9 @@ def resolve_player_map(
     player_map: torch.Tensor | None = None,
     device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """Return ``(player_map, n)``: the explicit ``player_map`` when given (``grid`` is then ignored), else the grid's."""
+    """Return ``(player_map, n)``: the explicit ``player_map`` when given (``grid`` is then ignored).
+
+    Otherwise the map of the ``grid``."""
     if player_map is None:
         if grid is None:
             raise ValueError("pass grid (an int L for an L x L grid) or an explicit player_map")

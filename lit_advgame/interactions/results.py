@@ -236,7 +236,9 @@ class ShapleyResult(ResultMixin):
 
 @dataclass
 class MultiOrderShapleyResult(OrderResult):
-    """Multi-order Shapley values ``φ^(m)(i) = E_{S ⊆ N\\{i}, |S|=m} [v(S ∪ {i}) - v(S)]`` (Ren et al., supplement B.2, Eq. 10).
+    """Multi-order Shapley values ``φ^(m)(i) = E_{S ⊆ N\\{i}, |S|=m} [v(S ∪ {i}) - v(S)]``.
+
+    Ren et al., NeurIPS 2021, supplement B.2, Eq. 10.
 
     Attributes:
         orders, ratios: orders m in ``[0, n-1]`` (ratios map to ``int((n-1) r)``).

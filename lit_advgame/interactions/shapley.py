@@ -154,7 +154,9 @@ class MultiOrderShapleyApproximator(ContextSampling):
 
 
 def shapley_values(game: MaskedGame, *, generator: torch.Generator | None = None, **options: Any) -> ShapleyResult:
-    """Permutation-sampling Shapley values (Ren et al., NeurIPS 2021, Eq. 1): thin wrapper of :class:`ShapleyApproximator`.
+    """Permutation-sampling Shapley values (Ren et al., NeurIPS 2021, Eq. 1).
+
+    A thin wrapper of :class:`ShapleyApproximator`.
 
     ``options``: ``num_permutations=100``, ``max_forward_passes``, ``dedupe=True``. Returns a
     :class:`~lit_advgame.interactions.results.ShapleyResult` (``values`` averaged over images,
@@ -168,7 +170,9 @@ def shapley_values(game: MaskedGame, *, generator: torch.Generator | None = None
 def multi_order_shapley(
     game: MaskedGame, orders: OrderSpec = "reference", *, generator: torch.Generator | None = None, **options: Any
 ) -> MultiOrderShapleyResult:
-    """Estimate ``φ^(m)(i)`` (Ren et al., NeurIPS 2021, supplement B.2, Eq. 10): thin wrapper of :class:`MultiOrderShapleyApproximator`.
+    """Estimate ``φ^(m)(i)`` (Ren et al., NeurIPS 2021, supplement B.2, Eq. 10).
+
+    A thin wrapper of :class:`MultiOrderShapleyApproximator`.
 
     ``options``: ``num_contexts=100``, ``num_sampled_players=None`` (players drawn per image; the
     old keyword ``num_players`` is a deprecated alias), ``max_forward_passes``, ``dedupe="auto"``,

@@ -84,7 +84,8 @@ class ValueFunction:
         if not isinstance(out, torch.Tensor) or out.shape != (logits.shape[0],):
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(
-                f"value function {self.name!r} must return one value per masked input, shape ({logits.shape[0]},); got {shape}"
+                f"value function {self.name!r} must return one value per masked input, shape ({logits.shape[0]},); "
+                f"got {shape}"
             )
         return out
 

@@ -347,8 +347,8 @@ class AttackModule(pl.LightningModule):
         if not any(isinstance(cb, BasePredictionWriter) and cb.interval.on_batch for cb in self.trainer.callbacks):
             raise ValueError(
                 "AttackModule needs a batch-interval prediction writer in trainer.callbacks (e.g. "
-                "lit_advgame.predict.AdversarialWriter): it saves the attacked batches and Lightning hands the batches' "
-                "dataset indices to it, from which each batch's attack seed is derived"
+                "lit_advgame.predict.AdversarialWriter): it saves the attacked batches and Lightning hands the "
+                "batches' dataset indices to it, from which each batch's attack seed is derived"
             )
         loaders = self.trainer.predict_dataloaders
         loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
@@ -415,8 +415,8 @@ class AttackModule(pl.LightningModule):
         cut_short = sorted(i for i in indices if (self._finished.get(i) or (0, len(indices)))[1] < len(indices))
         if cut_short:
             log.warning(
-                f"AttackModule: dataset indices {cut_short[0]}-{cut_short[-1]} were attacked by an earlier run in a batch "
-                f"cut short by its predict_limit; re-attacking them as part of the whole batch {indices[0]}-{indices[-1]} "
-                f"(their saved records are replaced), so the results equal a one-shot run"
+                f"AttackModule: dataset indices {cut_short[0]}-{cut_short[-1]} were attacked by an earlier run in a "
+                "batch cut short by its predict_limit; re-attacking them as part of the whole batch "
+                f"{indices[0]}-{indices[-1]} (their saved records are replaced), so the results equal a one-shot run"
             )
         return self.attack_batch(x, y, indices)

@@ -119,7 +119,8 @@ class OutputLock:
             else:
                 what = "whose process is gone"
             warning = (
-                f"took over the stale lock of an earlier predict run in {str(self.path.parent)!r} ({_describe(holder)}, "
+                f"took over the stale lock of an earlier predict run in {str(self.path.parent)!r} "
+                f"({_describe(holder)}, "
                 f"{what}: it was killed or crashed); this run resumes from its saved shards"
             )
         payload = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}

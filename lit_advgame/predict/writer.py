@@ -276,9 +276,10 @@ class AdversarialWriter(BasePredictionWriter):
         missing = sorted(served - set(saved_batches(self.output_dir, self.merged_name)))
         if missing:
             raise RuntimeError(
-                f"predict run incomplete: {len(missing)} of the {len(served)} dataset indices of the predict split are not "
-                f"saved in {str(self.output_dir)!r}: {format_ranges(missing)}. Were shards deleted or written elsewhere "
-                f"during the run? Rerun predict with the same config: it resumes and attacks the missing batches"
+                f"predict run incomplete: {len(missing)} of the {len(served)} dataset indices of the predict split "
+                f"are not saved in {str(self.output_dir)!r}: {format_ranges(missing)}. Were shards deleted or "
+                "written elsewhere during the run? Rerun predict with the same config: it resumes and attacks the "
+                "missing batches"
             )
 
     def _warn_low_success(self) -> None:
@@ -293,7 +294,8 @@ class AdversarialWriter(BasePredictionWriter):
         if lam:
             hint = (
                 f"On small confident models the IR penalty can overwhelm the classification loss: try the margin "
-                f"loss (overrides: {{loss: margin}}) or a smaller IR lambda (overrides: {{ir_lambda: {float(lam) / 4:g}}})."
+                f"loss (overrides: {{loss: margin}}) or a smaller IR lambda (overrides: "
+                f"{{ir_lambda: {float(lam) / 4:g}}})."
             )
         else:
             hint = "Try the margin loss (overrides: {loss: margin}), more steps or a larger eps."

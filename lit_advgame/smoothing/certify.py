@@ -111,7 +111,9 @@ class Smooth:
         batch_size: int,
         generator: torch.Generator | None = None,
     ) -> tuple[int, float]:
-        """CERTIFY one image ``x`` of shape (C, H, W): ``(class or ABSTAIN, radius)``."""
+        """CERTIFY one image ``x`` of shape (C, H, W): ``(class or ABSTAIN, radius)``.
+
+        Cohen, Rosenfeld & Kolter, ICML 2019, pseudocode of CERTIFY (the radius of Theorem 1)."""
         self._check_single(x)
         result = self.certify_batch(
             x.unsqueeze(0), n0, n, alpha, batch_size, None if generator is None else [generator]
@@ -126,7 +128,9 @@ class Smooth:
         batch_size: int,
         generator: torch.Generator | None = None,
     ) -> int:
-        """PREDICT for one image ``x`` of shape (C, H, W): the class or ``ABSTAIN``."""
+        """PREDICT for one image ``x`` of shape (C, H, W): the class or ``ABSTAIN``.
+
+        Cohen, Rosenfeld & Kolter, ICML 2019, pseudocode of PREDICT."""
         self._check_single(x)
         result = self.predict_batch(x.unsqueeze(0), n, alpha, batch_size, None if generator is None else [generator])
         return int(result.prediction[0])
@@ -140,7 +144,7 @@ class Smooth:
         batch_size: int,
         generators: Sequence[torch.Generator] | None = None,
     ) -> CertifyResult:
-        """CERTIFY each image of a (B, C, H, W) batch independently.
+        """CERTIFY each image of a (B, C, H, W) batch independently (Cohen et al., ICML 2019, CERTIFY).
 
         Example i draws its ``n0`` selection samples and then its ``n`` estimation samples from
         ``generators[i]`` (the global RNG when ``generators`` is ``None``), so its answer equals that of
@@ -176,7 +180,9 @@ class Smooth:
         batch_size: int,
         generators: Sequence[torch.Generator] | None = None,
     ) -> PredictResult:
-        """PREDICT each image of a (B, C, H, W) batch independently (see :meth:`predict`)."""
+        """PREDICT each image of a (B, C, H, W) batch independently (see :meth:`predict`).
+
+        Cohen, Rosenfeld & Kolter, ICML 2019, pseudocode of PREDICT."""
         check_int(n, "n", minimum=1)
         check_alpha(alpha)
         generators = self._check_batch(x, batch_size, generators)

@@ -48,6 +48,8 @@ def check_sigma(sigma: float, name: str = "sigma") -> None:
 def clopper_pearson_lower(successes: int | np.ndarray, trials: int | np.ndarray, alpha: float) -> float | np.ndarray:
     """One-sided (1 − α) Clopper–Pearson lower bound on a binomial proportion.
 
+    ``LowerConfBound`` of CERTIFY (Cohen, Rosenfeld & Kolter, ICML 2019, pseudocode).
+
     ``p̲ = Beta.ppf(α; k, n − k + 1)`` for ``k = successes ≥ 1`` and ``p̲ = 0`` for ``k = 0``. It equals
     the lower end of the exact two-sided interval at level ``1 − 2α``
     (``statsmodels.proportion_confint(k, n, alpha=2α, method="beta")[0]``, used by Cohen et al.;
@@ -70,7 +72,8 @@ def clopper_pearson_lower(successes: int | np.ndarray, trials: int | np.ndarray,
 def binomial_test_pvalue(n1: int, n2: int) -> float:
     """Two-sided p-value of observing ``n1`` successes in ``n1 + n2`` trials under p = 1/2.
 
-    PREDICT abstains when this exceeds α (the top two classes are not significantly different).
+    PREDICT abstains when this exceeds α (the top two classes are not significantly different): the
+    ``BinomPValue`` of Cohen, Rosenfeld & Kolter, ICML 2019, pseudocode of PREDICT.
     Replaces the ``scipy.stats.binom_test`` of Cohen's code, which SciPy removed.
     """
     check_int(n1, "n1", minimum=0)

@@ -188,7 +188,7 @@ class AdversarialTraining(ClassifierModule):
         """
         hp = self.hparams
         eps = float(self.attack_settings.eps)
-        if hp.eps_warmup_epochs == 0 or self._trainer is None:
+        if hp.eps_warmup_epochs == 0 or self.attached_trainer() is None:
             return eps
         batches = self.trainer.num_training_batches
         if isinstance(batches, (int, float)) and math.isfinite(batches) and batches > 0:

@@ -180,11 +180,22 @@ class ClassifierModule(pl.LightningModule):
             out["label"] = batch[1]
         return out
 
+    def attached_trainer(self) -> pl.Trainer | None:
+        """The Trainer this module is attached to, or ``None`` when it is used on its own (a test, a notebook).
+
+        Lightning has no public "is attached" query: its public ``trainer`` property raises ``RuntimeError``
+        without a Trainer, which this turns into ``None``.
+        """
+        try:
+            return self.trainer
+        except RuntimeError:
+            return None
+
     # -------------------------------------------------------------- optimizer
     def run_length(self) -> int:
         """Scheduler steps of the whole run: ``trainer.max_epochs`` (``scheduler_interval: epoch``) or the
         run's optimizer steps (``scheduler_interval: step``); the length of a ``T_max: null`` schedule."""
-        if self._trainer is None:
+        if self.attached_trainer() is None:
             raise RuntimeError("run_length() needs the module to be attached to a Trainer")
         if self.hparams.scheduler_interval == "step":
             steps = self.trainer.estimated_stepping_batches

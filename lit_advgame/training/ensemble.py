@@ -166,12 +166,13 @@ class Ensemble(ClassifierModule):
 
     # ----------------------------------------------------------------- randomness and schedule
     def _step_seed(self) -> int:
-        rank = self.global_rank if self._trainer is not None else 0
-        step = self.global_step if self._trainer is not None else 0
+        attached = self.attached_trainer() is not None
+        rank = self.global_rank if attached else 0
+        step = self.global_step if attached else 0
         return ((self.hparams.seed * 1_000_003 + rank) * 1_000_033 + step) % (2**31 - 1)
 
     def _epoch_info(self) -> tuple[int, int | None]:
-        if self._trainer is None:  # called outside a Trainer: the first epoch of a one-epoch run
+        if self.attached_trainer() is None:  # called outside a Trainer: the first epoch of a one-epoch run
             return 0, 1
         max_epochs = self.trainer.max_epochs
         return self.current_epoch, (max_epochs if max_epochs is not None and max_epochs > 0 else None)
@@ -183,7 +184,7 @@ class Ensemble(ClassifierModule):
 
     # ----------------------------------------------------------------- training
     def _log_train(self, name: str, value: torch.Tensor, batch_size: int) -> None:
-        if self._trainer is not None:
+        if self.attached_trainer() is not None:
             self.log(f"train/{name}", value, on_step=True, on_epoch=True, batch_size=batch_size)
 
     @override

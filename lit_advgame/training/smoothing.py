@@ -199,7 +199,7 @@ class RandomizedSmoothing(ClassifierModule):
     # ----------------------------------------------------------------- evaluation
     def _evaluate_noisy(self, batch: Any, batch_idx: int, dataloader_idx: int, stage: str) -> torch.Tensor:
         x, y = batch[0], batch[1]
-        index = self._indices.indices(self._trainer, stage, batch_idx, dataloader_idx, len(y))
+        index = self._indices.indices(self.trainer, stage, batch_idx, dataloader_idx, len(y))
         stream = STREAM_VALIDATION if stage == "val" else STREAM_TEST
         generators = example_generators(self.seed, index.tolist(), x.device, stream)
         sigma = self.sigma if stage == "val" else self.eval_sigma
@@ -285,7 +285,7 @@ class RandomizedSmoothing(ClassifierModule):
             x, y = batch, None
         if y is None:
             y = torch.full((x.shape[0],), -1, dtype=torch.int64, device=x.device)
-        index = self._indices.indices(self._trainer, "predict", batch_idx, dataloader_idx, x.shape[0])
+        index = self._indices.indices(self.trainer, "predict", batch_idx, dataloader_idx, x.shape[0])
         records = self._run_smoothing(x, y, index, self.predict_method)
         out = {"index": records.index, "label": records.label, "predict": records.predict, "correct": records.correct}
         if records.radius is not None:

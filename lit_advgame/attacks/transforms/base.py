@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from typing import ContextManager
+from contextlib import AbstractContextManager
 
 import torch
 from torch import nn
@@ -35,7 +35,7 @@ class Transform:
     def start(self, x: torch.Tensor, generator: torch.Generator) -> None:
         """Reset per-attack state for the clean batch ``x``; ``generator`` is this transform's own stream."""
 
-    def model_context(self, models: Sequence[nn.Module]) -> ContextManager:
+    def model_context(self, models: Sequence[nn.Module]) -> AbstractContextManager:
         """Context manager active during each step's forward and backward passes."""
         return contextlib.nullcontext()
 

@@ -25,7 +25,10 @@ from lit_advgame.utils.checks import check_choice, check_positive
 
 
 class DiverseInputs(Transform):
-    """Random resize-and-pad of each image with probability ``prob``, resized back to the input size."""
+    """Random resize-and-pad of each image with probability ``prob``, resized back to the input size.
+
+    The input diversity transform T(x; p) of DI-FGSM (Xie et al., "Improving transferability of adversarial
+    examples with input diversity", CVPR 2019)."""
 
     def __init__(self, prob: float = 0.5, resize_rate: float = 1.1, mode: str = "bilinear") -> None:
         check_positive(prob, "prob (DI probability)", allow_zero=True)

@@ -17,7 +17,10 @@ from lit_advgame.utils.checks import check_positive
 
 
 class Momentum(Transform):
-    """Accumulate L1-normalised gradients with decay μ = ``momentum`` (MI-FGSM default 1.0; Dong et al., CVPR 2018).
+    """Accumulate L1-normalised gradients with decay μ = ``momentum`` (MI-FGSM default 1.0).
+
+    g_t = μ·g_{t−1} + ∇ℓ / ‖∇ℓ‖₁: the momentum update of MI-FGSM (Dong et al., "Boosting adversarial
+    attacks with momentum", CVPR 2018, Algorithm 1).
 
     Args:
         momentum: the decay μ >= 0 (the preset key ``momentum``; ``mu`` is a deprecated alias).

@@ -281,6 +281,9 @@ def skip_kinds(models: nn.Module | Sequence[nn.Module], x: torch.Tensor) -> dict
 class SkipGradient(Transform):
     """SGM with residual-gradient decay ``gamma`` (SGM paper: 0.2 for ResNets, 0.5 for DenseNets).
 
+    ∂z_out/∂z = I + γ·∂f/∂z through each residual block z_out = z + f(z) (Wu et al., "Skip connections
+    matter: on the transferability of adversarial examples generated with ResNets", ICLR 2020).
+
     ``gamma = 1`` leaves gradients unchanged (the hooks still run and multiply by 1.0). Only
     blocks whose skip is an identity or a concatenation get γ (:func:`skip_kind`, decided at run
     time); a model whose skip blocks all have projection skips raises ``ValueError`` at the first

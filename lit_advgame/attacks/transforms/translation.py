@@ -28,7 +28,10 @@ def gaussian_kernel(size: int, nsig: float = 3.0, dtype: torch.dtype = torch.flo
 
 
 class TranslationInvariance(Transform):
-    """Convolve the gradient with a normalised Gaussian kernel of odd side ``kernel_size``."""
+    """Convolve the gradient with a normalised Gaussian kernel of odd side ``kernel_size``.
+
+    The TI attack's gradient W * ∇ℓ (Dong et al., "Evading defenses to transferable adversarial examples
+    by translation-invariant attacks", CVPR 2019), with the kernel of the official IR code."""
 
     def __init__(self, kernel_size: int = 15, nsig: float = 3.0) -> None:
         self.kernel = gaussian_kernel(kernel_size, nsig)

@@ -20,7 +20,10 @@ from lit_advgame.utils.checks import check_choice, check_int, check_positive
 
 
 class VarianceReduction(Transform):
-    """Smooth the classification loss over ``copies`` Gaussian copies of std ``sigma``."""
+    """Smooth the classification loss over ``copies`` Gaussian copies of std ``sigma``.
+
+    The VR gradient ∇ E_ξ[ℓ(x + δ + ξ)] (Wu et al. 2018, "Understanding and enhancing the transferability
+    of adversarial examples"; Wang et al., ICLR 2021, Appendix M.1), a sum over the copies by default."""
 
     def __init__(self, copies: int = 20, sigma: float = 15 / 255, reduction: str = "sum") -> None:
         check_int(copies, "copies (VR K)", minimum=1)
