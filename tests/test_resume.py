@@ -19,7 +19,7 @@ RUN = [
     "--trainer.limit_train_batches",
     "2",
     "--trainer.limit_val_batches",
-    "1",
+    "1.0",  # every validation batch (a float is a fraction; an int would be a number of batches)
     "--trainer.enable_progress_bar",
     "false",
     "--trainer.log_every_n_steps",
