@@ -176,8 +176,9 @@ class PerturbationInteractionApproximator:
         return self._combine(full, values, empty, game.num_players), exhaustive
 
     def interaction(self, game: PerturbationGame, full_logits: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-image ``E_ij[I_ij(δ)]`` (Wang et al., ICLR 2021, Eq. 4 / 39), ``(B,)``, differentiable w.r.t. ``game.delta`` (the IR loss term).
+        """Per-image ``E_ij[I_ij(δ)]`` (Wang et al., ICLR 2021, Eq. 4 / 39), ``(B,)``, differentiable in ``game.delta``.
 
+        The IR loss term.
         With gradients, memory is bounded by the game's ``batch_size`` (masked inputs per forward
         pass), not by images × samples: Eq. 4 / 39 is linear in the masked values ``v(Ω \\ S)``,
         ``v(S)``, so each chunk of masked inputs is back-propagated as soon as it is evaluated

@@ -8,6 +8,7 @@ import torch
 import lit_advgame.interactions as interactions
 from lit_advgame.attacks import build_attack
 from lit_advgame.interactions.perturbation import _game_and_approximator
+from lit_advgame.utils.memory import SavedTensorMeter
 
 IR_OPTIONS = dict(ir_grid=4, ir_num_samples=4, ir_group_size=3, ir_batch_size=5)
 
@@ -60,36 +61,15 @@ def test_chunked_backward_matches_the_all_graph_gradient(name, seed, skip_resnet
         assert torch.equal(new.losses[key], old.losses[key]), key
 
 
-class SavedTensorMeter:
-    """Bytes of autograd-saved tensors alive at once (saved_tensors_hooks; freed with their graph)."""
-
-    def __init__(self) -> None:
-        self.live = self.peak = 0
-
-    def hooks(self):
-        meter = self
-
-        class Held:
-            def __init__(self, tensor: torch.Tensor) -> None:
-                self.tensor, self.size = tensor, tensor.numel() * tensor.element_size()
-                meter.live += self.size
-                meter.peak = max(meter.peak, meter.live)
-
-            def __del__(self) -> None:
-                meter.live -= self.size
-
-        return torch.autograd.graph.saved_tensors_hooks(Held, lambda held: held.tensor)
-
-
 def peak_saved_bytes(model, x, y, num_samples, engine, monkeypatch):
-    meter = SavedTensorMeter()
+    meter = SavedTensorMeter()  # bytes saved for backward alive at once
     with monkeypatch.context() as patch:
         if engine is not None:
             patch.setattr(interactions, "perturbation_interaction", engine)
         attack = build_attack(
             "pgd+ir", model, steps=2, seed=0, ir_grid=4, ir_num_samples=num_samples, ir_group_size=3, ir_batch_size=6
         )
-        with meter.hooks():
+        with meter:
             attack.run(x, y)
     assert meter.live == 0  # every graph was freed
     return meter.peak
