@@ -4,6 +4,10 @@ Each step (the order of the official IR code, ``ProjectionAttacker.perturb``):
 
     objective_i = Σ_copies ℓ(h(T(x_i + δ_i)), y_i) + Σ_terms term_i      (T: VR / DI input transforms)
     g = ∇_δ Σ_i objective_i                                            (SGM hooks active)
+
+(the forward pass h(x + δ) is shared with terms that take ``logits``, e.g. the IR term's full coalition,
+when no input transform changed x + δ; the IR term back-propagates its masked inputs chunk by chunk
+inside its call, so the final backward only goes through h(x + δ))
     g ← TI(g);  g ← g / ‖g‖₁ (per sample);  g ← μ·g_prev + g (MI)
     δ ← Π(δ + α·sign(g))  or  Π(δ + α·g/‖g‖₂),   then x + δ clipped to [0, 1]
 
@@ -383,12 +387,16 @@ class Attack:
             for transform in self.transforms:
                 stack.enter_context(transform.model_context(self.models))
             objective = torch.zeros(batch, device=x.device, dtype=x.dtype)
+            shared = None  # the logits at the untransformed x + δ, reused by terms with uses_logits
             if not any(term.replaces_classification_loss for term in self.loss_terms):
-                inputs = x + delta
+                perturbed = x + delta
+                inputs = perturbed
                 for transform in self.transforms:
                     inputs = transform.transform_input(inputs)
                 copies = inputs.shape[0] // batch
                 logits = self.model(inputs)
+                if inputs is perturbed:
+                    shared = logits
                 rows = classification_loss(logits, labels.repeat(copies), self.loss, self.targeted)
                 per_image = rows.view(copies, batch).sum(dim=0)
                 for transform in self.transforms:
@@ -396,7 +404,8 @@ class Attack:
                 objective = per_image
                 logs["classification"] = per_image.detach()
             for term in self.loss_terms:
-                contribution, term_logs = term(self.model, x, delta, y)
+                extra = {"logits": shared} if term.uses_logits else {}
+                contribution, term_logs = term(self.model, x, delta, y, **extra)
                 objective = objective + contribution
                 logs.update(term_logs)
             logs["objective"] = objective.detach()

@@ -12,6 +12,12 @@ the runner-up t of the full perturbation held fixed for the step; ``"margin_max"
 inside each subset, as the paper's text) and ``scale="reference"`` (no 1/(n−1) factor, which only
 rescales λ).
 
+Memory and cost per step: the term reuses the attack's forward at x + δ (``logits``, the full
+coalition v(Ω) and the fixed runner-up) when no VR/DI transform changed that input, and the engine
+back-propagates the masked inputs chunk by chunk (``batch_size`` at a time) inside the call, so the
+memory of a step is set by ``batch_size``, not by images × groups
+(:meth:`~lit_advgame.interactions.perturbation.PerturbationInteractionApproximator.interaction`).
+
 λ = 1 for ResNet sources and 2 otherwise (paper Section 5); ``lambda_=float("inf")`` (or ``"inf"``)
 optimises the interaction alone (Fig. 3b); ``lambda_=0`` computes the term but adds 0·I, so the attack
 equals its base exactly. The interaction is measured w.r.t. the true label y also in targeted
@@ -130,13 +136,28 @@ class InteractionLoss(LossTerm):
             )
         self._generator = generator
 
+    uses_logits = True
+
     @override
     def __call__(
-        self, model: nn.Module, x: torch.Tensor, delta: torch.Tensor, y: torch.Tensor
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        delta: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        logits: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # looked up on the package at call time: the engine contract of lit_advgame.interactions
         interaction = interactions.perturbation_interaction(
-            model, x, delta, y, generator=self._generator, batch_size=self.batch_size, **self.spec.engine_kwargs()
+            model,
+            x,
+            delta,
+            y,
+            generator=self._generator,
+            batch_size=self.batch_size,
+            full_logits=logits,
+            **self.spec.engine_kwargs(),
         )
         contribution = -interaction if math.isinf(self.lambda_) else -self.lambda_ * interaction
         return contribution, {"interaction": interaction.detach()}

@@ -15,13 +15,19 @@ class LossTerm:
     differentiable w.r.t. ``delta``, added to the objective; ``logs`` maps names to detached (B,)
     tensors recorded per step in :class:`~lit_advgame.attacks.base.AttackResult`.
     A term with ``replaces_classification_loss = True`` makes the attack drop the classification
-    loss (the IR paper's λ = ∞, "interaction only").
+    loss (the IR paper's λ = ∞, "interaction only"). A term with ``uses_logits = True`` is called
+    with the keyword ``logits``: the source's logits ``(B, classes)`` at the untransformed ``x + δ``
+    from the classification loss's forward pass (differentiable, shared so that the term need not
+    repeat that forward), or ``None`` when there is none (no classification loss, or input
+    transforms such as VR/DI changed the classification loss's input).
     """
 
     name: str = "term"
     replaces_classification_loss: bool = False
     #: whether an attack with this term starts from δ = 0 when ``random_start`` is left on auto
     prefers_zero_start: bool = False
+    #: whether ``__call__`` takes ``logits=`` (the shared forward at x + δ, or ``None``)
+    uses_logits: bool = False
 
     def check_model(self, models: Sequence[nn.Module]) -> None:
         """Validate the source models once, when the attack is built."""

@@ -260,10 +260,7 @@ class MaskedGame:
         total = rows.shape[0]
         if total == 0:
             return torch.empty(0, dtype=self.present.dtype, device=self.device)
-        counts = torch.bincount(images, minlength=self.num_images).tolist()
-        offsets = [0]
-        for count in counts:
-            offsets.append(offsets[-1] + count)
+        offsets = self._offsets(images)
         outputs = []
         with eval_mode(self.model), torch.set_grad_enabled(grad):
             for start in range(0, total, self.batch_size):
@@ -271,10 +268,7 @@ class MaskedGame:
                 outputs.append(self._evaluate_chunk(rows[start:stop], images[start:stop], start, stop, offsets))
         values = torch.cat(outputs)
         self.forward_passes += total
-        if not bool(torch.isfinite(values.detach()).all()):
-            raise ValueError(
-                f"the value function {self.value.name!r} returned NaN or infinite values: check the model and inputs"
-            )
+        self._check_finite(values)
         return values
 
     @staticmethod
@@ -284,20 +278,84 @@ class MaskedGame:
         image = bisect.bisect_right(offsets, start) - 1
         return image if stop <= offsets[image + 1] else None
 
+    def backward_rows(
+        self, rows: torch.Tensor, images: torch.Tensor, weights: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Values of coalition ``rows`` (as :meth:`evaluate_rows`) and ``∂(Σ_r weights_r · v_r) / ∂present``.
+
+        Memory-bounded gradient: each chunk of ``batch_size`` masked inputs is evaluated with
+        autograd and back-propagated at once (``torch.autograd.grad`` with ``weights`` as the
+        upstream gradient), so at most one chunk's graph is alive; the gradients w.r.t. the images
+        ``present`` (``(B, C, H, W)``, detached) are accumulated. Equal, up to the order of float
+        summation, to back-propagating ``(weights * evaluate_rows(rows, images, grad=True)).sum()``
+        through ``present`` (every chunk's graph kept until one backward).
+        """
+        self.resolve_classes()
+        grad = torch.zeros_like(self.present.detach())
+        total = rows.shape[0]
+        if total == 0:
+            return torch.empty(0, dtype=self.present.dtype, device=self.device), grad
+        offsets = self._offsets(images)
+        present_all = self.present.detach()
+        outputs = []
+        with eval_mode(self.model), torch.enable_grad():
+            for start in range(0, total, self.batch_size):
+                stop = min(start + self.batch_size, total)
+                single = self._single_image(start, stop, offsets)
+                chunk_images = images[start:stop]
+                present = self._gather(present_all, single, chunk_images).requires_grad_(True)
+                values = self._evaluate_chunk(rows[start:stop], chunk_images, start, stop, offsets, present=present)
+                (chunk_grad,) = torch.autograd.grad(values, present, grad_outputs=weights[start:stop])
+                if single is not None:
+                    grad[single] += chunk_grad[0]
+                else:
+                    grad.index_add_(0, chunk_images, chunk_grad)
+                outputs.append(values.detach())
+        values = torch.cat(outputs)
+        self.forward_passes += total
+        self._check_finite(values)
+        return values, grad
+
+    def _offsets(self, images: torch.Tensor) -> list[int]:
+        """Row offsets per image of the sorted ``images`` (image b owns rows ``offsets[b]:offsets[b + 1]``)."""
+        offsets = [0]
+        for count in torch.bincount(images, minlength=self.num_images).tolist():
+            offsets.append(offsets[-1] + count)
+        return offsets
+
+    def _check_finite(self, values: torch.Tensor) -> None:
+        if not bool(torch.isfinite(values.detach()).all()):
+            raise ValueError(
+                f"the value function {self.value.name!r} returned NaN or infinite values: check the model and inputs"
+            )
+
+    @staticmethod
+    def _gather(images_tensor: torch.Tensor, single: int | None, images: torch.Tensor) -> torch.Tensor:
+        """The rows of ``images_tensor`` for a chunk: one image (``single``) or one per row (``images``)."""
+        if images_tensor.shape[0] == 1:  # a baseline shared by all images (broadcast)
+            return images_tensor
+        if single is not None:
+            return images_tensor[single : single + 1]
+        return images_tensor.index_select(0, images)
+
     def _evaluate_chunk(
-        self, rows: torch.Tensor, images: torch.Tensor, start: int, stop: int, offsets: Sequence[int]
+        self,
+        rows: torch.Tensor,
+        images: torch.Tensor,
+        start: int,
+        stop: int,
+        offsets: Sequence[int],
+        *,
+        present: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b = rows.shape[0]
         _, height, width = self.image_shape
         # pixel mask in {0, 1}: one gather of the coalition rows through the per-pixel player index
         weight = rows.to(self.present.dtype).index_select(1, self._pixel_index).view(b, 1, height, width)
         single = self._single_image(start, stop, offsets)
-        if single is not None:
-            present = self.present[single : single + 1]
-            absent = self.absent[single : single + 1] if self.absent.shape[0] > 1 else self.absent
-        else:
-            present = self.present.index_select(0, images)
-            absent = self.absent.index_select(0, images) if self.absent.shape[0] > 1 else self.absent
+        if present is None:
+            present = self._gather(self.present, single, images)
+        absent = self._gather(self.absent, single, images)
         # lerp(a, p, w) is exact at w in {0, 1} (ATen evaluates p - (p - a)(1 - w) for w >= 0.5), so
         # present pixels are exactly `present` and absent ones exactly `absent`; it is far faster on
         # CPU than torch.where with a broadcast boolean mask.

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from lit_advgame.interactions.budget import DEFAULT_MAX_FORWARD_PASSES, check_budget
 from lit_advgame.interactions.game import PerturbationGame
@@ -50,6 +51,38 @@ from lit_advgame.vocabulary import INTERACTION_SCALES, PERTURBATION_FORMS
 
 FORMS = PERTURBATION_FORMS
 SCALES = INTERACTION_SCALES
+
+
+def check_full_logits(full_logits: torch.Tensor, batch: int) -> None:
+    """Check ``full_logits`` is a floating ``(B, C)`` tensor (the model's logits at ``x + δ``)."""
+    if not isinstance(full_logits, torch.Tensor):
+        raise TypeError(
+            f"full_logits must be a torch.Tensor of shape ({batch}, classes); got {type(full_logits).__name__}"
+        )
+    if full_logits.dim() != 2 or full_logits.shape[0] != batch or not full_logits.is_floating_point():
+        raise ValueError(
+            f"full_logits must be the model's floating logits at x + delta, shape ({batch}, classes); "
+            f"got {tuple(full_logits.shape)} {full_logits.dtype}"
+        )
+
+
+class _PrecomputedGradient(torch.autograd.Function):
+    """``value`` ``(B,)`` whose gradient w.r.t. ``inputs`` ``(B, ...)`` is ``grad_output_b · jacobian_b``.
+
+    ``jacobian_b = ∂value_b/∂inputs_b`` is computed beforehand (chunk by chunk, see
+    :meth:`PerturbationInteractionApproximator.interaction`); ``value_b`` depends on ``inputs_b`` only.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, value: torch.Tensor, inputs: torch.Tensor, jacobian: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(jacobian)
+        return value.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[None, torch.Tensor, None]:
+        (jacobian,) = ctx.saved_tensors
+        return None, grad_output.view(-1, *([1] * (jacobian.dim() - 1))) * jacobian, None
 
 
 @dataclass
@@ -80,13 +113,11 @@ class PerturbationInteractionApproximator:
         check_int(self.num_samples, "num_samples", minimum=1)
         check_int(self.group_size, "group_size", minimum=1)
 
-    def terms(self, game: PerturbationGame) -> tuple[torch.Tensor, bool]:
-        """Per-sample terms ``(B, k)`` of ``v(Ω) - v(Ω \\ S) - v(S) + v(∅)`` (scaled) and whether they are exhaustive.
-
-        Wang et al., ICLR 2021, Eq. 4 / 39: ``E_ij[I_ij(δ)] = 1/(n-1) · E_i [v(Ω) - v(Ω\\{i}) - v({i}) + v(∅)]``
-        (single form, ``S = {i}``); the coalition form uses groups ``S`` instead. Differentiable
-        w.r.t. ``game.delta`` when it requires grad and grad mode is on.
-        """
+    def _setup(
+        self, game: PerturbationGame, full_logits: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool, bool]:
+        """``(full, empty, groups, exhaustive, grad)``: ``v(Ω)`` (differentiable when ``grad``), ``v(∅)``,
+        the sampled boolean groups ``(B, k, n)``, whether they are every player, whether gradients flow."""
         if not isinstance(game, PerturbationGame):
             raise TypeError(f"game must be a PerturbationGame; got {type(game).__name__}")
         if game.labels is None:
@@ -95,12 +126,18 @@ class PerturbationInteractionApproximator:
         if n < 2:
             raise ValueError("the perturbation interaction needs at least 2 players")
         samples = min(self.num_samples, n) if self.form == "single" else self.num_samples
+        shared = full_logits is not None
         check_budget(
-            batch * (2 + 2 * samples), self.max_forward_passes, f"{samples} {self.form}-form samples per image"
+            batch * (1 + (not shared) + 2 * samples),
+            self.max_forward_passes,
+            f"{samples} {self.form}-form samples per image",
         )
         generator = make_generator(self.random_state)
         grad = game.delta.requires_grad and torch.is_grad_enabled()
-        full_logits = game.full_logits(grad=grad)
+        if shared:
+            check_full_logits(full_logits, batch)
+        else:
+            full_logits = game.full_logits(grad=grad)
         game.resolve_classes(full_logits)
         with torch.set_grad_enabled(grad):
             full = game.value(full_logits, game.labels, game.targets)
@@ -115,19 +152,60 @@ class PerturbationInteractionApproximator:
                 players = sample_players(batch, self.num_samples, n, generator).to(device)
             groups = torch.zeros(batch, players.shape[1], n, dtype=torch.bool, device=device)
             groups.scatter_(2, players.unsqueeze(2), True)
-        k = groups.shape[1]
-        values = game.evaluate(torch.cat([~groups, groups], dim=1), grad=grad)  # (B, 2k): Ω \ S, then S
+        return full, empty, groups, exhaustive, grad
+
+    def _combine(self, full: torch.Tensor, values: torch.Tensor, empty: torch.Tensor, n: int) -> torch.Tensor:
+        """Terms ``v(Ω) - v(Ω \\ S) - v(S) + v(∅)`` ``(B, k)`` from ``values`` ``(B, 2k)`` (Ω \\ S, then S), scaled."""
+        k = values.shape[1] // 2
         terms = full.unsqueeze(1) - values[:, :k] - values[:, k:] + empty.unsqueeze(1)
-        if self.scale == "paper":
-            terms = terms / (n - 1)
-        return terms, exhaustive
+        return terms / (n - 1) if self.scale == "paper" else terms
 
-    def interaction(self, game: PerturbationGame) -> torch.Tensor:
-        """Per-image ``E_ij[I_ij(δ)]`` (Wang et al., ICLR 2021, Eq. 4 / 39), ``(B,)``.
+    def terms(self, game: PerturbationGame, full_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
+        """Per-sample terms ``(B, k)`` of ``v(Ω) - v(Ω \\ S) - v(S) + v(∅)`` (scaled) and whether they are exhaustive.
 
-        Differentiable w.r.t. ``game.delta``: this is the IR loss term."""
-        terms, _ = self.terms(game)
-        return terms.mean(dim=1)
+        Wang et al., ICLR 2021, Eq. 4 / 39: ``E_ij[I_ij(δ)] = 1/(n-1) · E_i [v(Ω) - v(Ω\\{i}) - v({i}) + v(∅)]``
+        (single form, ``S = {i}``); the coalition form uses groups ``S`` instead. Differentiable
+        w.r.t. ``game.delta`` when it requires grad and grad mode is on; then every chunk's autograd
+        graph stays alive until the caller's backward (memory grows with images × samples: for
+        gradients use :meth:`interaction`, whose memory is bounded by the game's ``batch_size``).
+        ``full_logits``: the model's logits at ``x + δ`` ``(B, C)`` if already computed (one forward
+        pass per image fewer).
+        """
+        full, empty, groups, exhaustive, grad = self._setup(game, full_logits)
+        values = game.evaluate(torch.cat([~groups, groups], dim=1), grad=grad)  # (B, 2k): Ω \ S, then S
+        return self._combine(full, values, empty, game.num_players), exhaustive
+
+    def interaction(self, game: PerturbationGame, full_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-image ``E_ij[I_ij(δ)]`` (Wang et al., ICLR 2021, Eq. 4 / 39), ``(B,)``, differentiable in ``game.delta``.
+
+        The IR loss term.
+        With gradients, memory is bounded by the game's ``batch_size`` (masked inputs per forward
+        pass), not by images × samples: Eq. 4 / 39 is linear in the masked values ``v(Ω \\ S)``,
+        ``v(S)``, so each chunk of masked inputs is back-propagated as soon as it is evaluated
+        (:meth:`~lit_advgame.interactions.game.MaskedGame.backward_rows`, weight ``-1/k`` per value,
+        times ``1/(n-1)`` for ``scale="paper"``) and the per-image gradients ``∂I_b/∂(x_b + δ_b)``
+        are accumulated; the returned tensor back-propagates ``grad_output_b · ∂I_b/∂(x_b + δ_b)``
+        (exact since image b's masked inputs depend on ``δ_b`` alone: the model runs in eval mode on
+        each masked image independently). ``v(Ω)`` keeps its ordinary graph (one forward per
+        image; with ``full_logits`` given, e.g. the attack's forward at ``x + δ``, the graph of that
+        forward). The value equals ``terms(game).mean(dim=1)`` bit for bit and its gradient equals
+        that of the all-graph path up to the order of float summation. First-order only (no
+        ``create_graph`` double backward through the masked values).
+        """
+        if not (game.delta.requires_grad and torch.is_grad_enabled()):
+            terms, _ = self.terms(game, full_logits)
+            return terms.mean(dim=1)
+        full, empty, groups, _, _ = self._setup(game, full_logits)
+        batch, k, n = groups.shape
+        rows = torch.cat([~groups, groups], dim=1).reshape(batch * 2 * k, n)
+        images = torch.arange(batch, device=game.device).repeat_interleave(2 * k)
+        weight = -(1.0 / k) / (n - 1) if self.scale == "paper" else -(1.0 / k)
+        weights = torch.full((rows.shape[0],), weight, dtype=full.dtype, device=game.device)
+        values, jacobian = game.backward_rows(rows, images, weights)
+        value = self._combine(full.detach(), values.view(batch, 2 * k), empty, n).mean(dim=1)
+        full_term = full / (n - 1) if self.scale == "paper" else full
+        # value + 0 (exact): the gradient of v(Ω) through its graph, of the masked values through the Jacobian
+        return _PrecomputedGradient.apply(value, game.present, jacobian) + (full_term - full_term.detach())
 
     def approximate(self, game: PerturbationGame) -> PerturbationInteractionResult:
         """Non-differentiable estimate with standard errors (for metrics).
@@ -189,13 +267,15 @@ def perturbation_interaction(
     value: str | Callable[..., torch.Tensor] = "margin_fixed",
     batch_size: int | None = None,
     generator: torch.Generator | None = None,
+    full_logits: torch.Tensor | None = None,
     **options: Any,
 ) -> torch.Tensor:
     """Per-image interaction inside ``δ`` (Wang et al., ICLR 2021, Eq. 4 / 39), shape ``(B,)``.
 
     Differentiable w.r.t. ``delta``.
 
-    Gradients flow when ``delta.requires_grad`` and grad mode is on (no ``inference_mode``
+    Gradients flow when ``delta.requires_grad`` and grad mode is on, with memory bounded by
+    ``batch_size`` (see :meth:`PerturbationInteractionApproximator.interaction`; no ``inference_mode``
     inside; under Lightning's inference mode wrap the call in ``torch.inference_mode(False)`` /
     ``torch.enable_grad()``). The model runs in eval mode; its previous modes are restored.
 
@@ -210,6 +290,9 @@ def perturbation_interaction(
         value: ``"margin_fixed"`` (code) or ``"margin_max"`` (paper), or another value function.
         batch_size: masked inputs per forward pass (default 256).
         generator: source of the random groups/players (the approximator's ``random_state``).
+        full_logits: the model's logits at ``x + delta`` ``(B, C)`` when the caller already has them
+            (e.g. the attack's classification-loss forward): ``v(Ω)`` and the runner-up class come
+            from them and their graph, saving one forward pass per image.
         options: :class:`PerturbationInteractionApproximator`'s fields: ``form="coalition"``,
             ``num_samples=32``, ``group_size=32``, ``scale="reference"``, ``max_forward_passes``.
 
@@ -231,7 +314,7 @@ def perturbation_interaction(
     """
     options.update(grid=grid, player_map=player_map, value=value, batch_size=batch_size, generator=generator)
     game, approximator = _game_and_approximator(model, x, delta, y, options, "perturbation_interaction")
-    return approximator.interaction(game)
+    return approximator.interaction(game, full_logits)
 
 
 def perturbation_interaction_estimate(

@@ -237,3 +237,59 @@ def test_perturbation_errors():
         perturbation_interaction(model, x, delta, None, grid=3)
     with pytest.raises(ValueError, match="y must be a 1-D tensor of 2"):
         perturbation_interaction(model, x, delta, Y[:1], grid=3)
+
+
+def _all_graph(model, x, delta, y, **options):
+    """The all-graph path: every chunk's graph kept until one backward."""
+    from lit_advgame.interactions.perturbation import _game_and_approximator
+
+    game, approximator = _game_and_approximator(model, x, delta, y, dict(options), "perturbation_interaction")
+    return approximator.terms(game)[0].mean(dim=1)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 7, 256])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(form="coalition", num_samples=5, group_size=3),
+        dict(form="single", num_samples=4, scale="paper", value="margin_max"),
+        dict(form="single", num_samples=100, value="log_prob"),
+    ],
+)
+def test_chunked_backward_equals_the_all_graph_gradient(batch_size, options):
+    """Values bit for bit; ∂/∂δ to float tolerance, for chunks inside one image and spanning several."""
+    model = make_tiny_cnn()
+    x = make_images(height=6, width=6)
+    delta = _delta(x, seed=2).requires_grad_(True)
+    weights = torch.tensor([0.7, -1.3])  # any upstream gradient per image
+    outputs, grads = [], []
+    for fn in (perturbation_interaction, _all_graph):
+        out = fn(
+            model, x, delta, Y, grid=3, batch_size=batch_size, generator=torch.Generator().manual_seed(5), **options
+        )
+        outputs.append(out.detach())
+        grads.append(torch.autograd.grad((weights * out).sum(), delta)[0])
+    assert torch.equal(outputs[0], outputs[1])
+    assert grads[1].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("value", ["margin_fixed", "margin_max"])
+def test_given_full_logits_save_a_forward_and_carry_the_full_coalition_gradient(value):
+    model = make_tiny_cnn()
+    x = make_images(height=6, width=6)
+    delta = _delta(x, seed=4).requires_grad_(True)
+    options = dict(grid=3, num_samples=4, group_size=2, value=value)
+    own = perturbation_interaction(model, x, delta, Y, generator=torch.Generator().manual_seed(1), **options)
+    logits = model(x + delta)
+    shared = perturbation_interaction(
+        model, x, delta, Y, generator=torch.Generator().manual_seed(1), full_logits=logits, **options
+    )
+    assert torch.equal(own, shared)
+    (g_own,) = torch.autograd.grad(own.sum(), delta)
+    (g_shared,) = torch.autograd.grad(shared.sum(), delta)
+    torch.testing.assert_close(g_shared, g_own, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="full_logits"):
+        perturbation_interaction(model, x, delta, Y, full_logits=logits[:1], **options)
+    with pytest.raises(TypeError, match="full_logits"):
+        perturbation_interaction(model, x, delta, Y, full_logits=[0.0, 1.0], **options)
