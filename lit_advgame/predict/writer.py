@@ -272,7 +272,8 @@ class AdversarialWriter(BasePredictionWriter):
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Print (rank 0) what the folder holds already and what this run attacks: ``48/128 already saved``."""
         self._started = time.perf_counter()
-        batches = pl_module.planned_batches()
+        planner = getattr(pl_module, "planned_batches", None)
+        batches = planner() if callable(planner) else None
         folder = repr(str(self.output_dir))
         if batches is None:
             self.to_attack = None
