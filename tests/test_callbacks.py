@@ -308,6 +308,28 @@ def test_fit_logs_every_callback_per_epoch(tmp_path, digits, trained, capfd, cap
     printed = capfd.readouterr().err + caplog.text
     for cb in (multi, dis, pert, transfer):
         assert f"{cb.name}: {int(cb.last_metrics[cb.tag('cost', 'forward_passes')])} forward passes" in printed
+    # before they start, each announces the forward passes it plans (TINY: 3 orders x 2 pairs x 4 contexts x 4 + 1)
+    per_image = 3 * 2 * 4 * 4 + 1
+    announced = {
+        multi: f"plans {8 * per_image * 2:,} forward passes per run (at most; masked: 8 probes x 3 orders x 2 pairs "
+        f"x 4 contexts x 2 game(s); plus the 'strength' attack (up to 100 steps per probe)); every 1 epoch(s): "
+        f"~{8 * per_image * 2:,} per epoch, {2 * 8 * per_image * 2:,} over max_epochs=2",
+        dis: f"plans {8 * per_image} forward passes per run (at most; masked: 8 probes x 3 orders x 2 pairs x 4 "
+        f"contexts x 1 game(s)); every 1 epoch(s): ~{8 * per_image} per epoch, {2 * 8 * per_image:,} over max_epochs=2",
+        pert: "plans 272 forward passes per run (at most; masked: 8 probes x (2 + 2 x 16 single-form samples); plus "
+        "the 'pgd' attack (5 steps per probe)); every 2 epoch(s): ~136 per epoch, 272 over max_epochs=2",
+        transfer: "forward passes per run (about; the 'pgd' attack (10 steps per probe) on 16 probes x 2 source(s) x 1 "
+        "restart(s), each scored on every model); every 1 epoch(s)",
+    }
+    for cb, text in announced.items():
+        assert printed.count(f"{cb.name}: plans ") == 1 and f"{cb.name}: " in printed
+        line = next(line for line in printed.splitlines() if f"{cb.name}: plans " in line)
+        assert text in line, line
+        assert printed.index(f"{cb.name}: plans ") < printed.index(
+            f"{cb.name}: {int(cb.history[0][1][cb.tag('cost', 'forward_passes')])} forward passes"
+        )
+    assert dis.last_metrics["disentanglement/cost/forward_passes"] <= 8 * per_image + 8  # masked + the accuracy check
+    assert last["perturbation_interaction/num_forward_passes"] <= 272
 
     # trainer.validate runs them too (at the current epoch), still under inference mode
     before = len(multi.history)
@@ -558,6 +580,7 @@ def test_callbacks_under_ddp_on_two_cpu_processes(tmp_path):
     assert "GLOBAL_RANK: 1" in text or "world_size: 2" in text
     for name in ("MultiOrderInteractionCallback", "TransferabilityCallback"):
         assert len(re.findall(rf"{name}: \d+ forward passes, [0-9.]+s \(epoch 0\)", text)) == 1, text[-3000:]
+        assert len(re.findall(rf"{name}: plans [0-9,]+ forward passes per run", text)) == 1, text[-3000:]  # rank 0
     scalars = read_scalars(tmp_path / "runs/standard_digits/version_0")
     for tag in ("interaction/attack/clean_accuracy", "interaction/cost/seconds", "transfer/num_points"):
         assert [step for step, _ in scalars[tag]] == [0], tag

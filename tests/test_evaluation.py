@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
 import warnings
 
@@ -289,6 +290,36 @@ def test_cli_writes_the_report_and_fails_clearly(setup, tmp_path, capsys):
     assert code == 2 and "no adversarial examples" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown subset"):
         evaluate_transfer(run, [str(paths["t_lenet"])], subset="every")
+
+
+def test_transfer_reports_progress_per_target_then_the_table(setup, tmp_path, capsys):
+    paths, _, run = setup
+    args = [str(run), "--targets", str(paths["t_lenet"]), str(paths["t_mlp"]), "--output", str(tmp_path / "cli")]
+    args += ["--interaction-grid", "4", "--interaction-samples", "4", "--device", "cpu", "--no-tensorboard"]
+    assert evaluation_main(args) == 0
+    captured = capsys.readouterr()
+    report = json.loads((tmp_path / "cli" / "report.json").read_text())
+    cells = report["rows"][0]["targets"]
+    lines = [line for line in captured.err.splitlines() if line.startswith("transfer: ")]
+    assert lines[0] == "transfer: 1 attack run(s) x 2 target(s) on cpu"
+    assert re.fullmatch(r"transfer: run 1/1 'src/pgd': interaction \S+ on the source \([0-9.]+s\)", lines[1])
+    for number, name in enumerate(("t_lenet", "t_mlp"), start=1):
+        cell = cells[name]
+        loo = f", LOO {100 * cell['success_loo']:.1f}%" if name == "t_lenet" else ""  # per-step scores: t_lenet only
+        expected = (
+            f"transfer: run 1/1 'src/pgd' -> target {number}/2 '{name}': success {100 * cell['success']:.1f}%{loo} "
+            f"on {cell['num_images']} images ("
+        )
+        assert lines[1 + number].startswith(expected) and lines[1 + number].endswith("s)"), lines[1 + number]
+    assert re.fullmatch(r"transfer: done in [0-9.]+s", lines[4]) and len(lines) == 5
+    assert "| Source | Method |" in captured.out and "transfer:" not in captured.out  # the tables stay on stdout
+    assert evaluation_main([*args, "--quiet"]) == 0
+    assert "transfer:" not in capsys.readouterr().err
+    collected: list[str] = []
+    evaluate_transfer(run, [str(paths["t_lenet"])], interaction=False, device="cpu", progress=collected.append)
+    assert [line.split(":")[0] for line in collected] == ["transfer"] * 3 and "target 1/1 't_lenet'" in collected[1]
+    with pytest.raises(TypeError, match="progress must be"):
+        evaluate_transfer(run, [str(paths["t_lenet"])], progress="yes")
 
 
 def test_runs_of_different_sizes_or_settings_under_one_label_are_refused(setup, tmp_path, capsys):

@@ -182,6 +182,8 @@ def test_killed_run_resumes_without_loss_or_duplicates_and_ddp_matches_one_proce
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     run = subprocess.run(cmd, check=False, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("AdversarialWriter: attacking 40 images") == 1, run.stdout[-3000:]  # rank 0 only
+    assert run.stdout.count("| examples |") == 1  # the summary table, once
     shards = [torch.load(p, weights_only=True) for p in list_shards(ddp)]
     assert sorted(s["rank"] for s in shards) == [0, 0, 0, 1, 1]  # batches dealt round-robin to the ranks
     written = torch.cat([s["records"]["index"] for s in shards])

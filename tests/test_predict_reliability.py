@@ -48,6 +48,7 @@ def run_predict(
     attack: str = "pgd+ir",
     callbacks=(),
     writer_args: dict | None = None,
+    progress_bar: bool = False,
     **module_args,
 ) -> AdversarialWriter:
     """One predict run of the digits small CNN (tiny attack) into ``out``; returns its writer."""
@@ -62,7 +63,7 @@ def run_predict(
         devices=1,
         inference_mode=False,
         logger=False,
-        enable_progress_bar=False,
+        enable_progress_bar=progress_bar,
         enable_model_summary=False,
         callbacks=[writer, *callbacks],
     )

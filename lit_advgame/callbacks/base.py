@@ -4,7 +4,10 @@ Life cycle of a :class:`ProbeCallback`:
 
 * ``setup`` (every rank, at the start of ``fit`` and ``validate``): validate the configuration
   against the model and data and draw the fixed, seeded probe set (kept on the CPU). Configuration errors therefore stop
-  the run at its start, on every rank alike, instead of after the first training epoch.
+  the run at its start, on every rank alike, instead of after the first training epoch. Then rank 0 announces
+  the cost it plans (:meth:`ProbeCallback.planned_forward_passes`), per run, per epoch and over ``max_epochs``:
+  ``"<CallbackName>: plans <n> forward passes per run (<what they are>); every <k> epoch(s): ~<n/k> per epoch, <N>
+  over max_epochs=<e>"``.
 * ``on_validation_epoch_end``: skipped during the sanity check; during ``fit`` it runs every
   ``every_n_epochs`` epochs (epochs ``every_n_epochs - 1``, ``2 * every_n_epochs - 1``, ...) and at
   most once per epoch; under ``trainer.validate`` it always runs. Only global rank 0 computes
@@ -192,6 +195,22 @@ class ProbeCallback(Callback):
         self.check_setup(model, x, y)
         self._probe = (x, y)
         self._on_device = None
+        self.announce_cost(trainer, model, x)
+
+    def announce_cost(self, trainer: pl.Trainer, model: nn.Module, x: torch.Tensor) -> None:
+        """Print (rank 0) the forward passes a run plans (:meth:`planned_forward_passes`), per run, per epoch and,
+        during ``fit``, over ``trainer.max_epochs``; nothing when the callback plans none."""
+        planned = self.planned_forward_passes(model, x)
+        if planned is None:
+            return
+        passes, detail = planned
+        line = f"{self.name}: plans {passes:,} forward passes per run ({detail})"
+        if trainer.state.fn == "fit":
+            line += f"; every {self.every_n_epochs} epoch(s): ~{passes / self.every_n_epochs:,.0f} per epoch"
+            max_epochs = trainer.max_epochs
+            if max_epochs is not None and max_epochs > 0:
+                line += f", {passes * (max_epochs // self.every_n_epochs):,} over max_epochs={max_epochs}"
+        rank_zero_info(line)
 
     def should_run(self, trainer: pl.Trainer) -> bool:
         """Whether this validation epoch computes the metrics (rank-independent)."""
@@ -230,6 +249,15 @@ class ProbeCallback(Callback):
     # ----------------------------------------------------------------------------- subclass API
     def check_setup(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
         """Validate the configuration against the classifier and the probe images (raise ValueError)."""
+
+    def planned_forward_passes(self, model: nn.Module, x: torch.Tensor) -> tuple[int, str] | None:
+        """The forward passes one run plans on the probe images ``x``, counted as the cost line counts them (one
+        image through one network), and a short account of them; ``None`` (the default): nothing is announced."""
+        return None
+
+    def networks(self, model: nn.Module) -> int:
+        """How many networks one forward pass of ``model`` counts (:meth:`counted_modules`)."""
+        return len(self.counted_modules(model))
 
     def counted_modules(self, model: nn.Module) -> list[nn.Module]:
         """Modules whose forward passes are counted in the cost line: the classifier, or an ensemble's members."""

@@ -123,6 +123,14 @@ class GameSettings:
         per_image = len(self.resolved) * self.num_pairs * self.num_contexts * 4 + 1
         return num_games * num_images * per_image
 
+    def describe_plan(self, num_images: int, num_games: int) -> str:
+        """What :meth:`planned_forward_passes` counts, e.g. ``"16 probes x 11 orders x 4 pairs x 8 contexts x 2
+        game(s)"``."""
+        return (
+            f"{num_images} probes x {len(self.resolved)} orders x {self.num_pairs} pairs x {self.num_contexts} "
+            f"contexts x {num_games} game(s)"
+        )
+
     def check_setup(self, owner: str, model: nn.Module, x: torch.Tensor, num_games: int) -> None:
         """Check the grid fits the probe images, the baseline suits the model and the budget holds."""
         _, _, height, width = x.shape
@@ -132,8 +140,7 @@ class GameSettings:
             check_budget(
                 self.planned_forward_passes(x.shape[0], num_games),
                 self.max_forward_passes,
-                f"{owner} ({x.shape[0]} probes x {len(self.resolved)} orders x {self.num_pairs} pairs x "
-                f"{self.num_contexts} contexts x {num_games} game(s))",
+                f"{owner} ({self.describe_plan(x.shape[0], num_games)})",
             )
         except (TypeError, ValueError) as err:
             raise ValueError(f"{owner}: {err}") from err
@@ -211,3 +218,15 @@ class GameCallback(ProbeCallback):
     @override
     def check_setup(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
         self.settings.check_setup(self.name, model, x, num_games=self.num_games)
+
+    @override
+    def planned_forward_passes(self, model: nn.Module, x: torch.Tensor) -> tuple[int, str]:
+        """The masked forward passes of the estimate (:meth:`GameSettings.planned_forward_passes`; fewer when some
+        probes are left out), per network of an ensemble, plus the probe attack's, if any (described)."""
+        networks = self.networks(model)
+        passes = self.settings.planned_forward_passes(x.shape[0], self.num_games) * networks
+        detail = "at most; masked: " + self.settings.describe_plan(x.shape[0], self.num_games)
+        if networks > 1:
+            detail += f" x {networks} networks"
+        attack = getattr(self, "attack", None)
+        return passes, detail + (f"; plus {attack.describe()}" if attack is not None else "")

@@ -85,6 +85,18 @@ class PerturbationInteractionCallback(ProbeCallback):
             raise ValueError(f"{self.name}: {err}") from err
 
     @override
+    def planned_forward_passes(self, model: nn.Module, x: torch.Tensor) -> tuple[int, str]:
+        """``2 + 2 · samples`` masked forward passes per probe (Eq. 4 / 39; ``samples`` capped at ``n`` in the
+        single form; fewer probes when some are not attacked), per network, plus the attack's (described)."""
+        spec = self.interaction
+        samples = min(spec.num_samples, spec.num_players) if spec.form == "single" else spec.num_samples
+        networks = self.networks(model)
+        passes = x.shape[0] * (2 + 2 * samples) * networks
+        detail = f"at most; masked: {x.shape[0]} probes x (2 + 2 x {samples} {spec.form}-form samples)"
+        detail += f" x {networks} networks" if networks > 1 else ""
+        return passes, f"{detail}; plus {self.attack.describe()}"
+
+    @override
     def compute(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[Metrics, Figures]:
         outcome = self.attack.run(model, x, y, self.batch_size)
         metrics: Metrics = {self.tag("attack", key): value for key, value in outcome.stats.items()}

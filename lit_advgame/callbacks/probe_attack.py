@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from lit_advgame.attacks import build_attack, preset_config
-from lit_advgame.attacks.strength import StrengthControlledAttack
+from lit_advgame.attacks.strength import DEFAULT_STEPS, StrengthControlledAttack
 from lit_advgame.callbacks.probes import batched_logits
 from lit_advgame.utils.checks import check_int
 
@@ -98,6 +98,18 @@ class ProbeAttack:
             StrengthControlledAttack(nn.Identity(), **self.options)  # validates the values
         else:
             preset_config(name, **self.options)  # unknown preset or option -> ValueError naming it
+
+    @property
+    def steps(self) -> int:
+        """The attack's number of gradient steps (the strength attack's maximum)."""
+        if self.name == STRENGTH:
+            return int(self.options.get("steps", DEFAULT_STEPS))
+        return int(preset_config(self.name, **self.options)["steps"])
+
+    def describe(self) -> str:
+        """``"the 'pgd' attack (10 steps per probe)"``: for the callbacks' cost announcement."""
+        bound = "up to " if self.name == STRENGTH else ""
+        return f"the {self.name!r} attack ({bound}{self.steps} steps per probe)"
 
     def build(self, model: nn.Module, seed: int | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The attack on ``model`` as a callable ``(x, y) -> x_adv`` (``seed`` overrides the configured one)."""

@@ -143,6 +143,20 @@ class TransferabilityCallback(ProbeCallback):
         return names, sources, ensemble
 
     @override
+    def planned_forward_passes(self, model: nn.Module, x: torch.Tensor) -> tuple[int, str]:
+        """About ``P · (2T + R · (steps · A + S · T))`` forward passes for ``P`` probes (fewer when some are
+        misclassified), ``R`` restarts, ``S`` sources whose attacks pass ``A`` networks in all, each adversarial set
+        scored on every model (``T`` networks; the ensemble counts its members), the clean probes twice."""
+        members = len(members_of(model) or [model])
+        ensemble = members if self.include_ensemble and members_of(model) else 0
+        sources = members + len(self._externals) + (1 if ensemble else 0)
+        networks = members + len(self._externals) + ensemble  # A = T here: every model is a source and a target
+        steps, probes = self.attack.steps, x.shape[0]
+        passes = probes * (2 * networks + self.restarts * (steps * networks + sources * networks))
+        detail = f"{self.attack.describe()} on {probes} probes x {sources} source(s) x {self.restarts} restart(s)"
+        return passes, f"about; {detail}, each scored on every model"
+
+    @override
     def counted_modules(self, model: nn.Module) -> list[nn.Module]:
         return super().counted_modules(model) + [ext for _, ext in self._externals]
 

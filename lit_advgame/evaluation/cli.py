@@ -6,8 +6,9 @@
 (or a merged ``adversarial.pt``); targets are classifier files, Lightning checkpoints of any
 lit_advgame training module (``--members`` scores an ensemble's members too), or JSON dicts such as
 ``'{"arch": "lenet", "weights": "w.pt"}'`` (see :mod:`lit_advgame.classifiers`).
-Writes ``report.{json,csv,md}``, ``utility_vs_interaction.png`` and TensorBoard events to ``DIR``
-and prints the Markdown tables.
+Prints a progress line per run and target with its time to stderr (``--quiet``: none), writes
+``report.{json,csv,md}``, ``utility_vs_interaction.png`` and TensorBoard events to ``DIR`` and prints
+the Markdown tables.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--no-tensorboard", action="store_true")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress lines (by default one per run and target, to stderr)"
+    )
     return parser
 
 
@@ -98,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=args.device,
             output_dir=args.output,
             tensorboard=not args.no_tensorboard,
+            progress=not args.quiet,
         )
     except USER_ERRORS as err:
         if debug_enabled():

@@ -29,7 +29,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping, Sequence
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import scipy.stats
@@ -163,6 +165,19 @@ def measure_interaction(
     return _mean(values), _stderr(values), values
 
 
+#: where progress lines go: a function taking one line
+Progress = Callable[[str], None]
+
+
+def print_progress(line: str) -> None:
+    """The default progress sink: one line to stderr (stdout keeps the tables), flushed at once."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def _pct_text(value: float) -> str:
+    return "–" if math.isnan(value) else f"{100 * value:.1f}%"
+
+
 def _step_success(
     adv: AdversarialSet, target: LoadedModel, model: nn.Module, batch_size: int, device
 ) -> torch.Tensor | None:
@@ -184,8 +199,13 @@ def evaluate_row(
     source_model: nn.Module | None = None,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
+    progress: Progress | None = None,
+    position: str = "",
 ) -> RowResult:
-    """Evaluate one attack run on every target (see the module docstring)."""
+    """Evaluate one attack run on every target (see the module docstring).
+
+    ``progress`` gets a line when the interaction is measured and after each target (``position`` names the
+    run in those lines, e.g. ``"run 1/3 "``), with the seconds it took."""
     name, source, method = _source_and_method(adv, label)
     if "source_margin_clean" in adv.records:
         source_ok = adv.records["source_margin_clean"] < 0
@@ -210,10 +230,17 @@ def evaluate_row(
     row.perturbation_l2 = _mean(delta.norm(dim=1))
     row.perturbation_linf = _mean(delta.abs().amax(dim=1)) if delta.shape[1] else float("nan")
     if interaction is not None and source_model is not None and row.num_images > 0:
+        start = time.perf_counter()
         row.interaction, row.interaction_stderr, _ = measure_interaction(
             source_model, adv.subset(row_mask), interaction, batch_size, device
         )
-    for target in targets:
+        if progress is not None:
+            progress(
+                f"transfer: {position}{name!r}: interaction {row.interaction:.4g} on the source "
+                f"({time.perf_counter() - start:.1f}s)"
+            )
+    for number, target in enumerate(targets, start=1):
+        start = time.perf_counter()
         model = target.model
         clean = batched_margins(model, adv.x, adv.label, batch_size, device)
         fooled = batched_margins(model, adv.x_adv, adv.label, batch_size, device)
@@ -229,6 +256,12 @@ def evaluate_row(
             step_success=None if steps is None or not mask.any() else steps[mask].float().mean(0).tolist(),
         )
         row.targets[target.name] = cell
+        if progress is not None:
+            loo_text = "" if math.isnan(cell.success_loo) else f", LOO {_pct_text(cell.success_loo)}"
+            progress(
+                f"transfer: {position}{name!r} -> target {number}/{len(targets)} {target.name!r}: success "
+                f"{_pct_text(cell.success)}{loo_text} on {cell.num_images} images ({time.perf_counter() - start:.1f}s)"
+            )
     return row
 
 
@@ -246,6 +279,7 @@ def evaluate_transfer(
     output_dir: str | os.PathLike | None = None,
     tensorboard: bool = True,
     title: str = "Transfer success rates (%)",
+    progress: bool | Progress = False,
 ) -> TransferReport:
     """Evaluate saved adversarial examples (run folders, merged files or :class:`AdversarialSet`) on ``targets``.
 
@@ -266,6 +300,8 @@ def evaluate_transfer(
         batch_size, device: evaluation batch size and device (default: CUDA if available).
         output_dir: if given, write ``report.json``, ``report.csv``, ``report.md``, the figure
             ``utility_vs_interaction.png`` and (with ``tensorboard``) TensorBoard events there.
+        progress: report progress, a line per run and target with the time it took: ``True`` prints them to
+            stderr (:func:`print_progress`; ``lit-advgame-transfer`` does), or a function taking each line.
     """
     check_choice(subset, "subset", SUBSETS)
     check_int(batch_size, "batch_size", minimum=1)
@@ -296,6 +332,15 @@ def evaluate_transfer(
         options = dict(interaction)
     elif interaction not in (False, None):
         raise TypeError(f"interaction must be True, False/None or a dict of options; got {interaction!r}")
+    if progress is True:
+        progress = print_progress
+    elif progress is False or progress is None:
+        progress = None
+    elif not callable(progress):
+        raise TypeError(f"progress must be a bool or a function taking a line of text; got {progress!r}")
+    if progress is not None:
+        progress(f"transfer: {len(sets)} attack run(s) x {len(loaded)} target(s) on {device}")
+    started = time.perf_counter()
     cache = _ModelCache(device)
     rows = []
     for i, adv in enumerate(sets):
@@ -314,8 +359,12 @@ def evaluate_transfer(
                 source_model=source_model,
                 batch_size=batch_size,
                 device=device,
+                progress=progress,
+                position=f"run {i + 1}/{len(sets)} ",
             )
         )
+    if progress is not None:
+        progress(f"transfer: done in {time.perf_counter() - started:.1f}s")
     settings = {
         "subset": subset,
         "loo": loo,

@@ -4,6 +4,7 @@
   preset on source model(s) loaded from local checkpoints (CPU, one GPU or DDP);
 * :class:`AdversarialWriter` -- a ``BasePredictionWriter`` saving atomic, resumable shards and merging
   them by dataset index (each example exactly once, also under DDP);
+* :class:`AttackProgressBar` -- the progress bar of a predict run, counting images (images/s, ETA);
 * :class:`OutputLock` -- the lock that keeps a second run out of a folder being written;
 * :func:`load_adversarial` -- read a run's examples back; :func:`load_classifier` -- load a model
   spec (classifier file, Lightning checkpoint of any training module, ensembles included, or
@@ -23,6 +24,7 @@ from lit_advgame.predict.models import (
     load_classifiers,
     margins,
 )
+from lit_advgame.predict.progress import AttackProgressBar
 from lit_advgame.predict.shards import (
     MERGED_NAME,
     AdversarialSet,
@@ -45,6 +47,7 @@ __all__ = [
     "AdversarialSet",
     "AdversarialWriter",
     "AttackModule",
+    "AttackProgressBar",
     "LoadedModel",
     "OutputLock",
     "OutputLockedError",

@@ -39,6 +39,11 @@ margin ``max_{k≠y} z_k − z_y`` of each ``score_models`` target after each up
 image after t updates, t = 1..T (candidate T is the final ``x_adv``); the official code stores the
 states before each update (0..T−1) instead.
 
+Progress. With Lightning's default progress bar (``trainer.enable_progress_bar``, on by default) the
+module shows an :class:`~lit_advgame.predict.progress.AttackProgressBar` instead: images attacked,
+images/s and ETA (:meth:`configure_callbacks`); the writer prints what a resumed run finds saved and a
+summary table at the end.
+
 Predict runs under ``torch.inference_mode()`` by default; the attack needs gradients, so configs set
 ``trainer.inference_mode: false`` and this module refuses to run otherwise.
 """
@@ -52,7 +57,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import BasePredictionWriter
+from pytorch_lightning.callbacks import BasePredictionWriter, Callback, TQDMProgressBar
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 from torch.utils.data import DistributedSampler
@@ -62,6 +67,7 @@ from lit_advgame.attacks import attack_from_config, preset_config
 from lit_advgame.attacks.presets import canonical_name, resolve_auto
 from lit_advgame.attacks.seeding import derive_seed
 from lit_advgame.predict.models import LoadedModel, describe, load_classifiers, margins
+from lit_advgame.predict.progress import AttackProgressBar, loader_batches
 from lit_advgame.utils.checks import check_choice, check_int
 from lit_advgame.vocabulary import RECORD_MODES
 
@@ -276,6 +282,19 @@ class AttackModule(pl.LightningModule):
         }
         return attack_from_config(config, list(self.source_models))
 
+    def planned_batches(self) -> list[list[int]] | None:
+        """The dataset indices of every batch this predict run serves (``None`` when the predict dataloader's
+        batches cannot be known in advance, see :func:`~lit_advgame.predict.progress.loader_batches`)."""
+        loaders = self.trainer.predict_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        limits = self.trainer.num_predict_batches
+        return loader_batches(loader, limits[0] if limits else None)
+
+    def planned_images(self) -> int | None:
+        """The number of images this predict run serves (``None`` when unknown)."""
+        batches = self.planned_batches()
+        return None if batches is None else sum(len(b) for b in batches)
+
     # ------------------------------------------------------------------ the attack
     @torch.no_grad()
     def _source_logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -337,6 +356,16 @@ class AttackModule(pl.LightningModule):
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._source_logits(x)
+
+    @override
+    def configure_callbacks(self) -> list[Callback]:
+        """Lightning's default progress bar becomes an :class:`~lit_advgame.predict.progress.AttackProgressBar`
+        (images, images/s, ETA); a progress bar given in ``trainer.callbacks`` or ``enable_progress_bar: false``
+        is left alone."""
+        bar = self.trainer.progress_bar_callback
+        if type(bar) is not TQDMProgressBar:
+            return []
+        return [AttackProgressBar(refresh_rate=bar.refresh_rate, process_position=bar.process_position)]
 
     @override
     def on_predict_start(self) -> None:

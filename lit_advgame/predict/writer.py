@@ -15,12 +15,16 @@ Use it with :class:`~lit_advgame.predict.attack_module.AttackModule` in ``traine
   first run and compared on every later one, so a folder never mixes two different attacks; a
   batch that an earlier run's smaller ``predict_limit`` cut short is re-attacked whole and its
   short shard deleted (see :class:`~lit_advgame.predict.attack_module.AttackModule`);
+* when predict starts, rank 0 prints what the folder holds and what this run attacks
+  (``AdversarialWriter: resuming 'runs/x': 48/128 already saved, 80 to attack``);
 * at the end, all ranks meet at a barrier and rank 0 checks that every dataset index the run
   served is saved (the run fails listing the missing ones otherwise), then merges the merged file and all shards into
   ``adversarial.pt``, sorted by dataset index, each index once (the record from the longest batch
   wins, then the first occurrence; see :func:`~lit_advgame.predict.shards.dedupe_sort`), then
-  deletes the shards (``keep_shards`` keeps them) and writes ``summary.json`` (and logs it to the
-  trainer's logger, if any). When the attack fooled its own source model on fewer than
+  deletes the shards (``keep_shards`` keeps them) and writes ``summary.json`` (the count, the
+  source model's clean accuracy and white-box success, the mean ‖δ‖ in the attack's norm, this run's
+  images, time and images/s; logged to the trainer's logger, if any) and the same as a Markdown table,
+  ``summary.md``, which it prints. When the attack fooled its own source model on fewer than
   ``min_whitebox_success`` of the clean-correct examples, a warning gives the measured rate with
   the attack's loss and IR λ and suggests the margin loss or a smaller λ (the paper's λ, "auto":
   1 for ResNets, 2 otherwise, can overwhelm the classification loss on small confident models).
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,7 +48,9 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.utilities import rank_zero_warn
 from typing_extensions import override
 
+from lit_advgame.attacks.norms import build_norm
 from lit_advgame.predict.lock import OutputLock
+from lit_advgame.predict.progress import report
 from lit_advgame.predict.shards import (
     MERGED_NAME,
     META_NAME,
@@ -97,8 +104,9 @@ def format_ranges(indices: Sequence[int], limit: int = 20) -> str:
     return ", ".join(parts)
 
 
-def summarize(records: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Counts and source-model rates of merged records."""
+def summarize(records: dict[str, torch.Tensor], norm: str | None = None) -> dict[str, float]:
+    """Counts and source-model rates of merged records and, with the attack's ``norm`` (``"linf"``/``"l2"``),
+    the mean norm of the perturbations ``δ = x_adv − x`` (``mean_perturbation_norm``)."""
     if not records:
         return {"num_examples": 0}
     clean_correct = records["source_margin_clean"] < 0
@@ -113,7 +121,45 @@ def summarize(records: dict[str, torch.Tensor]) -> dict[str, float]:
     }
     if "loss/interaction" in records:
         summary["final_step_interaction"] = float(records["loss/interaction"][:, -1].mean())
+    if norm is not None:
+        x_adv = records["x_adv"]
+        x_adv = x_adv.float() / 255.0 if x_adv.dtype == torch.uint8 else x_adv.float()
+        summary["mean_perturbation_norm"] = float(build_norm(norm).norms(x_adv - records["x"].float()).mean())
     return summary
+
+
+#: summary.json entries of the table: (key, column header, format)
+SUMMARY_COLUMNS = (
+    ("num_examples", "examples", "d"),
+    ("attacked_this_run", "attacked now", "d"),
+    ("source_clean_accuracy", "source clean acc. (%)", "%"),
+    ("whitebox_success", "white-box success (%)", "%"),
+    ("whitebox_success_on_clean_correct", "on clean-correct (%)", "%"),
+    ("mean_perturbation_norm", "mean ‖δ‖", ".4g"),
+    ("eps", "ε", ".4g"),
+    ("seconds", "time (s)", ".1f"),
+    ("images_per_second", "images/s", ".2f"),
+)
+
+
+def summary_table(summary: dict[str, Any], title: str | None = None) -> str:
+    """The Markdown table of a run's ``summary.json`` (the columns of :data:`SUMMARY_COLUMNS` it has)."""
+    norm = {"linf": "∞", "l2": "₂"}.get(str(summary.get("norm")), "")
+    headers, cells = [], []
+    for key, header, fmt in SUMMARY_COLUMNS:
+        if key not in summary:
+            continue
+        value = summary[key]
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            text = "–"
+        elif fmt == "%":
+            text = f"{100 * value:.1f}"
+        else:
+            text = format(int(value) if fmt == "d" else float(value), fmt)
+        headers.append(header.replace("‖δ‖", f"‖δ‖{norm}"))
+        cells.append(text)
+    lines = [f"| {' | '.join(headers)} |", f"|{'|'.join('---:' for _ in headers)}|", f"| {' | '.join(cells)} |"]
+    return "\n".join(([f"**{title}**", ""] if title else []) + lines) + "\n"
 
 
 class AdversarialWriter(BasePredictionWriter):
@@ -158,7 +204,10 @@ class AdversarialWriter(BasePredictionWriter):
         self.finished: set[int] = set()
         self.shards_written = 0
         self.merged: dict[str, torch.Tensor] | None = None
-        self.summary: dict[str, float] | None = None
+        self.summary: dict[str, Any] | None = None
+        #: images this run attacks (known at the start of predict; ``None`` when the batches cannot be planned)
+        self.to_attack: int | None = None
+        self._started: float | None = None
 
     @property
     def merged_path(self) -> Path:
@@ -218,6 +267,26 @@ class AdversarialWriter(BasePredictionWriter):
         self.shards_written = 0
         self.merged = None
         self.summary = None
+
+    @override
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Print (rank 0) what the folder holds already and what this run attacks: ``48/128 already saved``."""
+        self._started = time.perf_counter()
+        planner = getattr(pl_module, "planned_batches", None)
+        batches = planner() if callable(planner) else None
+        folder = repr(str(self.output_dir))
+        if batches is None:
+            self.to_attack = None
+            line = f"{len(self.finished)} examples already saved in {folder}"
+        else:
+            total = sum(len(b) for b in batches)
+            saved = sum(len(b) for b in batches if pl_module.batch_finished(b))
+            self.to_attack = total - saved
+            if saved:
+                line = f"resuming {folder}: {saved}/{total} already saved, {total - saved} to attack"
+            else:
+                line = f"attacking {total} images into {folder}"
+        report(trainer, f"{type(self).__name__}: {line}")
 
     @override
     def write_on_batch_end(
@@ -316,10 +385,7 @@ class AdversarialWriter(BasePredictionWriter):
                 self._check_complete(served)
                 if self.merge:
                     self.merged = merge_directory(self.output_dir, self.meta, self.merged_name, self.keep_shards)
-                    self.summary = summarize(self.merged)
-                    atomic_write_text(self.output_dir / "summary.json", json.dumps(self.summary, indent=2) + "\n")
-                    if trainer.logger is not None:
-                        trainer.logger.log_metrics({f"attack/{k}": v for k, v in self.summary.items()}, step=0)
+                    self._write_summary(trainer, pl_module, served)
                     if self.min_whitebox_success > 0:
                         self._warn_low_success()
             except Exception as err:  # noqa: BLE001 - re-raised on every rank below
@@ -330,6 +396,28 @@ class AdversarialWriter(BasePredictionWriter):
         if message is not None:
             raise RuntimeError(message)
         trainer.strategy.barrier("adversarial_writer_merged")
+
+    def _write_summary(self, trainer: pl.Trainer, pl_module: pl.LightningModule, served: set[int]) -> None:
+        """``summary.json`` and ``summary.md`` of the merged records and this run's time; print the table, log the
+        numbers (rank 0)."""
+        config = self.meta.get("config") or {}
+        seconds = time.perf_counter() - (self._started or time.perf_counter())
+        attacked = self.to_attack if self.to_attack is not None else len(served - self.finished)
+        self.summary = {
+            **summarize(self.merged, config.get("norm")),
+            "attacked_this_run": int(attacked),
+            "seconds": seconds,
+            "images_per_second": attacked / seconds if attacked and seconds > 0 else float("nan"),
+            "norm": config.get("norm"),
+            "eps": self.meta.get("resolved_eps"),
+        }
+        atomic_write_text(self.output_dir / "summary.json", json.dumps(self.summary, indent=2) + "\n")
+        table = summary_table(self.summary, title=f"{self.meta.get('name', 'attack')} ({self.output_dir})")
+        atomic_write_text(self.output_dir / "summary.md", table)
+        report(trainer, table)
+        if trainer.logger is not None:
+            numbers = {f"attack/{k}": v for k, v in self.summary.items() if isinstance(v, (int, float))}
+            trainer.logger.log_metrics(numbers, step=0)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
