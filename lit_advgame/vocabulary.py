@@ -61,6 +61,12 @@ EvalResize = Literal["center_crop", "resize"]
 """Evaluation transform: Resize(resize) + CenterCrop(image_size), or Resize((image_size, image_size)) without crop."""
 EVAL_RESIZES = choices(EvalResize)
 
+# ----------------------------------------------------------------------------- models
+NormalizationMode = Literal["auto", "none"]
+"""A model's input normalization: ``auto`` (given mean/std, else the weights', else an error for a weights file
+without them) or ``none`` (the network takes raw [0, 1] pixels)."""
+NORMALIZATION_MODES = choices(NormalizationMode)
+
 # ----------------------------------------------------------------------------- attacks
 Norm = Literal["linf", "l2"]
 """Perturbation norm of an attack or of adversarial training."""
