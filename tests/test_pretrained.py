@@ -184,3 +184,48 @@ def test_weights_file_without_normalization_needs_mean_std_or_none(tmp_path):
         load_classifier({**spec, "normalization": "raw"}, input_shape=(3, 32, 32))
     with pytest.raises(FileNotFoundError, match="weights file of model spec .* not found"):
         load_classifier({**spec, "weights": str(tmp_path / "missing.pt")}, input_shape=(3, 32, 32))
+
+
+def test_cli_validates_torchvision_weights_by_name_on_an_imagenet_folder(tmp_path, monkeypatch, capsys):
+    from lit_advgame.cli import main
+    from tests.conftest import CONFIGS
+    from tests.test_imagefolder import make_flat_folder
+
+    monkeypatch.chdir(tmp_path)
+    wnids = [f"n{i:08d}" for i in range(1000)]
+    (tmp_path / "class_index.txt").write_text("\n".join(wnids))
+    make_flat_folder(tmp_path / "images_1000", wnids=wnids[:2], per_class=1)
+    args = [
+        "validate",
+        "--config",
+        str(CONFIGS / "standard_digits.yaml"),
+        "--model.init_args.arch",
+        f"torchvision:{ARCH}",
+        "--model.init_args.weights",
+        "IMAGENET1K_V1",
+        "--data",
+        "lit_advgame.data.ImageFolderDataModule",
+        "--data.root",
+        str(tmp_path / "images_1000"),
+        "--data.val_dir",
+        ".",
+        "--data.layout",
+        "flat",
+        "--data.class_index",
+        str(tmp_path / "class_index.txt"),
+        "--data.eval_resize",
+        "resize",
+        "--data.image_size",
+        "64",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+    with pytest.raises(SystemExit) as exc:  # not in the cache, downloads off: one error line
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "torchvision weights SqueezeNet1_1_Weights.IMAGENET1K_V1 for" in err
+    assert "squeezenet1_1-b8a52dc0.pth" in err and "LIT_ADVGAME_ALLOW_DOWNLOAD=1" in err
+    place_weights()
+    main(args)
+    assert (tmp_path / "runs" / "standard_digits" / "version_0" / "hparams.yaml").is_file()

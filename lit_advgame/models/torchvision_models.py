@@ -190,7 +190,8 @@ def build_pretrained_torchvision(
     if num_classes != classes:
         raise ValueError(
             f"torchvision:{arch} weights {pretrained.name} have {classes} classes (their categories) but "
-            f"num_classes={num_classes}; use data with those classes (e.g. ImageNet's 1000) or train from scratch"
+            f"num_classes={num_classes}; use data with those classes (ImageNet's 1000: for an image folder with a "
+            "subset of them give its class_index file) or train from scratch"
         )
     _check_kwargs(arch, kwargs)
     if not pretrained.file.is_file():
