@@ -21,11 +21,17 @@ A model spec is one of
   ``"lit_advgame.classifier"``: the classifier's state dict, the architecture name(s) and options,
   ``num_classes``, ``input_shape``, ``mean``/``std``, the data config; an ensemble also lists its ``members``;
   loadable with ``torch.load(weights_only=True)``, a single model also by ``build_model(weights=...)``);
-* a dict ``{"arch": name, "weights": path or None, "arch_kwargs": {...}, "name": label, "mean": [...],
-  "std": [...], "trusted": false, "num_classes": K}`` for any registry or ``torchvision:<name>`` architecture and
-  weights file: a plain, ``NormalizedModel``, Lightning or MadryLab ``robustness`` state dict (the latter's
-  stored normalizer is used). Normalization comes from the spec, else from the file, else from the data
-  (``mean``/``std`` passed by the caller);
+* a dict ``{"arch": name, "weights": path, name or None, "arch_kwargs": {...}, "name": label, "mean": [...],
+  "std": [...], "normalization": "auto" | "none", "trusted": false, "allow_download": null, "num_classes": K}``
+  for any registry or ``torchvision:<name>`` architecture and weights file: a plain, ``NormalizedModel``,
+  Lightning or MadryLab ``robustness`` state dict (the latter's stored normalizer is used); for
+  ``torchvision:<name>`` also torchvision's weights by name (``{"arch": "torchvision:resnet34", "weights":
+  "IMAGENET1K_V1"}`` or ``"DEFAULT"``: their normalization and ``categories`` included, the file from
+  torchvision's cache, downloaded only where allowed -- ``allow_download``, else ``LIT_ADVGAME_ALLOW_DOWNLOAD``,
+  else only inside the ``lit-advgame`` command; see :mod:`lit_advgame.models.torchvision_models`).
+  Normalization comes from the spec, else from the weights, else from the data (``mean``/``std`` passed by the
+  caller); weights that store none with no mean/std anywhere are an error unless ``"normalization": "none"``
+  (the network takes raw [0, 1] pixels);
 * a dict ``{"path": file, "name": label, "member": i}`` to give a file a display name; ``member`` takes member
   ``i`` of an ensemble file (0-based).
 
@@ -48,16 +54,29 @@ import pytorch_lightning as pl
 from torch import nn
 
 from lit_advgame.ensembles.model import EnsembleModel, build_ensemble_model
-from lit_advgame.models import build_model, build_net, find_normalizer, load_weights_into_net, read_checkpoint
+from lit_advgame.models import build_model, find_normalizer, read_checkpoint
 from lit_advgame.models.normalize import NormalizedModel
-from lit_advgame.models.registry import resolve_normalization
+from lit_advgame.models.registry import build_net_with_weights, pretrained_weights, weights_normalization
 from lit_advgame.utils.io import atomic_torch_save
 
 CLASSIFIER_FORMAT = "lit_advgame.classifier"
 CLASSIFIER_FORMAT_VERSION = 1
 #: the ``arch`` of an ensemble classifier (its members' architectures are in ``members``)
 ENSEMBLE_ARCH = "ensemble"
-SPEC_KEYS = ("arch", "weights", "arch_kwargs", "name", "mean", "std", "trusted", "path", "num_classes", "member")
+SPEC_KEYS = (
+    "arch",
+    "weights",
+    "arch_kwargs",
+    "name",
+    "mean",
+    "std",
+    "normalization",
+    "trusted",
+    "allow_download",
+    "path",
+    "num_classes",
+    "member",
+)
 PATH_SPEC_KEYS = ("path", "name", "member")
 
 ModelSpec = str | os.PathLike | Mapping[str, Any]
@@ -76,6 +95,7 @@ class LoadedModel:
         members: an ensemble's members, each a :class:`LoadedModel` named ``<name>_member<i>`` whose ``spec``
             loads that member alone; empty for a single model.
         module: class path of the training module a Lightning checkpoint came from (else ``None``).
+        categories: the class names of torchvision's pretrained weights (else ``None``).
     """
 
     name: str
@@ -89,6 +109,7 @@ class LoadedModel:
     std: list[float] | None = None
     members: list[LoadedModel] = field(default_factory=list)
     module: str | None = None
+    categories: list[str] | None = None
 
     @property
     def is_ensemble(self) -> bool:
@@ -96,7 +117,7 @@ class LoadedModel:
 
     def metadata(self) -> dict[str, Any]:
         """JSON-able metadata: name, arch, arch_kwargs, num_classes, input_shape, mean, std, module and, for an
-        ensemble, ``members`` (each member's metadata)."""
+        ensemble, ``members`` (each member's metadata); ``categories`` for torchvision's pretrained weights."""
         out: dict[str, Any] = {
             "name": self.name,
             "arch": self.arch,
@@ -109,6 +130,8 @@ class LoadedModel:
         }
         if self.members:
             out["members"] = [m.metadata() for m in self.members]
+        if self.categories is not None:
+            out["categories"] = list(self.categories)
         return out
 
 
@@ -396,28 +419,50 @@ def _load_dict(
         raise ValueError("model spec key 'member' needs 'path' (an ensemble's file); got it with 'arch'")
     if "arch" not in spec:
         raise ValueError(f"a model spec dict needs 'arch' (a registry name) or 'path'; got keys {sorted(spec)}")
+    arch, weights = spec["arch"], spec.get("weights")
     classes = spec.get("num_classes", num_classes)
+    named = pretrained_weights(arch, weights)
+    if classes is None and named is not None:
+        classes = len(named.categories)
     if classes is None:
         raise ValueError(f"model spec {dict(spec)}: num_classes is unknown (give it in the spec or the data)")
     if input_shape is None:
         raise ValueError(f"model spec {dict(spec)}: the input shape is unknown (pass input_shape / a DataModule)")
     shape = tuple(int(s) for s in input_shape)
-    arch, kwargs = spec["arch"], dict(spec.get("arch_kwargs") or {})
-    net = build_net(arch, int(classes), shape[0], shape[1:], **kwargs)
-    file_mean = file_std = None
-    weights = spec.get("weights")
-    if weights is not None:
-        if not Path(weights).is_file():
+    kwargs = dict(spec.get("arch_kwargs") or {})
+    if weights is not None and not str(weights).strip():
+        raise ValueError(f"model spec {spec.get('name') or arch!r}: 'weights' is empty; give a file or a name")
+    try:
+        net, file_mean, file_std, pretrained = build_net_with_weights(
+            arch,
+            int(classes),
+            shape[0],
+            shape[1:],
+            None if weights is None else str(weights),
+            trusted=bool(spec.get("trusted", False)),
+            allow_download=spec.get("allow_download"),
+            **kwargs,
+        )
+    except FileNotFoundError as err:
+        # a missing local file; a missing torchvision cache file has its own message (where and how to fetch it)
+        if type(err) is FileNotFoundError and weights is not None and not Path(weights).is_file():
             raise FileNotFoundError(
                 f"weights file of model spec {spec.get('name') or arch!r} not found: {str(weights)!r}"
-            )
-        trusted = bool(spec.get("trusted", False))
-        file_mean, file_std = load_weights_into_net(net, weights, int(classes), trusted=trusted)
+            ) from err
+        raise
+    normalization = spec.get("normalization", "auto")
     spec_mean, spec_std = spec.get("mean"), spec.get("std")
-    if spec_mean is None and file_mean is None:
-        spec_mean, spec_std = mean, std
-    mean_l, std_l = resolve_normalization(spec_mean, spec_std, shape[0], file_mean, file_std, source=str(weights))
-    label = spec.get("name") or (Path(weights).stem if weights is not None else arch)
+    if spec_mean is None and spec_std is None and file_mean is None and normalization != "none":
+        spec_mean, spec_std = mean, std  # the data's
+    mean_l, std_l = weights_normalization(
+        spec_mean, spec_std, shape[0], file_mean, file_std, weights=weights, normalization=normalization
+    )
+    if spec.get("name"):
+        label = spec["name"]
+    elif pretrained is not None:
+        label = f"{pretrained.arch}_{pretrained.enum.name}"
+    else:
+        label = arch if weights is None else Path(weights).stem
     desc = {
         "arch": arch,
         "weights": None if weights is None else str(weights),
@@ -430,7 +475,12 @@ def _load_dict(
         desc["arch_kwargs"] = kwargs
     if spec.get("trusted"):
         desc["trusted"] = True
-    return _make_loaded(label, NormalizedModel(net, mean_l, std_l), desc, shape, int(classes), arch, kwargs)
+    if normalization == "none":
+        desc.update(mean=None, std=None, normalization="none")
+    loaded = _make_loaded(label, NormalizedModel(net, mean_l, std_l), desc, shape, int(classes), arch, kwargs)
+    if pretrained is not None:
+        loaded.categories = pretrained.categories
+    return loaded
 
 
 def load_classifier(

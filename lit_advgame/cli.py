@@ -58,6 +58,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveCon
 from pytorch_lightning.utilities import rank_zero_warn
 from typing_extensions import override
 
+from lit_advgame.models.torchvision_models import allow_downloads_by_default
 from lit_advgame.models.weights import read_checkpoint
 from lit_advgame.utils.errors import DEBUG_ENV, run_reporting_user_errors
 
@@ -443,8 +444,11 @@ def main(args: Any = None) -> None:
     """Console entry point of ``lit-advgame`` and ``python -m lit_advgame``.
 
     A user error (bad config, argument, file or checkpoint) prints ``error: <message>`` to stderr and
-    exits with status 2; ``LIT_ADVGAME_DEBUG=1`` lets the exception propagate with its traceback."""
-    run_reporting_user_errors(lambda: build_cli(args))
+    exits with status 2; ``LIT_ADVGAME_DEBUG=1`` lets the exception propagate with its traceback.
+    Pretrained torchvision weights missing from torchvision's cache are downloaded unless
+    ``LIT_ADVGAME_ALLOW_DOWNLOAD=0`` (:func:`~lit_advgame.models.torchvision_models.downloads_allowed`)."""
+    with allow_downloads_by_default():
+        run_reporting_user_errors(lambda: build_cli(args))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -53,6 +53,20 @@ MNISTMode = Literal["standard", "test_only"]
 """How :class:`~lit_advgame.data.MNISTDataModule` found its files (known after ``setup``)."""
 MNIST_MODES = choices(MNISTMode)
 
+ImageFolderLayout = Literal["class_folders", "flat"]
+"""Image-folder layouts: ``root/<class>/<image>`` (torchvision's) or one folder of images named by WordNet id."""
+IMAGE_FOLDER_LAYOUTS = choices(ImageFolderLayout)
+
+EvalResize = Literal["center_crop", "resize"]
+"""Evaluation transform: Resize(resize) + CenterCrop(image_size), or Resize((image_size, image_size)) without crop."""
+EVAL_RESIZES = choices(EvalResize)
+
+# ----------------------------------------------------------------------------- models
+NormalizationMode = Literal["auto", "none"]
+"""A model's input normalization: ``auto`` (given mean/std, else the weights', else an error for a weights file
+without them) or ``none`` (the network takes raw [0, 1] pixels)."""
+NORMALIZATION_MODES = choices(NormalizationMode)
+
 # ----------------------------------------------------------------------------- attacks
 Norm = Literal["linf", "l2"]
 """Perturbation norm of an attack or of adversarial training."""

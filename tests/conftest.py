@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,19 @@ def _deterministic_torch():
     """Every test starts from the same global RNG state (tests are seeded and deterministic)."""
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_downloads():
+    """Tests never download (pretrained torchvision weights): LIT_ADVGAME_ALLOW_DOWNLOAD=0 for in-process and
+    subprocess runs alike, over the command line's default (allowed)."""
+    saved = os.environ.get("LIT_ADVGAME_ALLOW_DOWNLOAD")
+    os.environ["LIT_ADVGAME_ALLOW_DOWNLOAD"] = "0"
+    yield
+    if saved is None:
+        os.environ.pop("LIT_ADVGAME_ALLOW_DOWNLOAD", None)
+    else:
+        os.environ["LIT_ADVGAME_ALLOW_DOWNLOAD"] = saved
 
 
 @pytest.fixture

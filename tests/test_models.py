@@ -253,8 +253,15 @@ def test_weights_round_trip_plain_normalized_and_lightning(tmp_path):
     torch.save(src.net.state_dict(), plain)
     loaded = build_model("resnet8", 10, mean=CIFAR_MEAN, std=CIFAR_STD, weights=plain)
     _assert_same_outputs(src, loaded)
-    # A plain state dict has no normalization constants: identity unless given.
-    assert build_model("resnet8", 10, weights=plain).normalize.std.flatten().tolist() == [1.0] * 3
+    # A plain state dict has no normalization constants: an error unless given or explicitly none (issue 10).
+    with pytest.raises(ValueError, match="store no normalization.*give the mean and std.*normalization='none'"):
+        build_model("resnet8", 10, weights=plain)
+    identity = build_model("resnet8", 10, weights=plain, normalization="none")
+    assert identity.normalize.std.flatten().tolist() == [1.0] * 3
+    with pytest.raises(ValueError, match="normalization='none'.*but mean/std were given"):
+        build_model("resnet8", 10, mean=CIFAR_MEAN, std=CIFAR_STD, weights=plain, normalization="none")
+    with pytest.raises(ValueError, match="unknown normalization 'identity'"):
+        build_model("resnet8", 10, weights=plain, normalization="identity")
 
     wrapped = tmp_path / "wrapped.pt"
     torch.save(src.state_dict(), wrapped)

@@ -7,7 +7,7 @@ from typing import Any
 from lit_advgame.data.base import DataNotFoundError, ImageDataModule
 from lit_advgame.data.cifar10 import CIFAR10DataModule
 from lit_advgame.data.digits import DigitsDataModule
-from lit_advgame.data.imagefolder import ImageFolderDataModule
+from lit_advgame.data.imagefolder import ImageFolderDataModule, read_class_index
 from lit_advgame.data.mnist import MNISTDataModule
 
 DATAMODULES: dict[str, type[ImageDataModule]] = {
@@ -43,4 +43,5 @@ __all__ = [
     "ImageFolderDataModule",
     "MNISTDataModule",
     "get_datamodule",
+    "read_class_index",
 ]

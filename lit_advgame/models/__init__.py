@@ -26,7 +26,16 @@ from lit_advgame.models.robustness_cifar import RobustnessBasicBlock, Robustness
 from lit_advgame.models.robustness_loader import extract_robustness_state, load_robustness_checkpoint
 from lit_advgame.models.skip_blocks import TORCHVISION_SKIP_BLOCK_TYPES, is_skip_block
 from lit_advgame.models.small_nets import MLP, LeNet5, SmallCNN, VGGSmall
-from lit_advgame.models.torchvision_models import torchvision_architectures, wide_resnet50
+from lit_advgame.models.torchvision_models import (
+    ALLOW_DOWNLOAD_ENV,
+    PretrainedWeightsNotFoundError,
+    TorchvisionWeights,
+    allow_downloads_by_default,
+    downloads_allowed,
+    torchvision_architectures,
+    torchvision_weights,
+    wide_resnet50,
+)
 from lit_advgame.models.weights import UnsafeCheckpointError, load_weights_into_net, read_checkpoint
 
 SKIP_BLOCK_TYPES: tuple[type, ...] = (
@@ -39,6 +48,7 @@ SKIP_BLOCK_TYPES: tuple[type, ...] = (
 
 
 __all__ = [
+    "ALLOW_DOWNLOAD_ENV",
     "CifarBasicBlock",
     "CifarResNet",
     "DenseLayer",
@@ -49,6 +59,7 @@ __all__ = [
     "NormalizedModel",
     "PreActBlock",
     "PreActResNet18",
+    "PretrainedWeightsNotFoundError",
     "RobustnessBasicBlock",
     "RobustnessBottleneck",
     "RobustnessCifarResNet",
@@ -56,12 +67,15 @@ __all__ = [
     "SmallCNN",
     "TORCHVISION_PREFIX",
     "TORCHVISION_SKIP_BLOCK_TYPES",
+    "TorchvisionWeights",
     "UnsafeCheckpointError",
     "VGGSmall",
     "ZeroPadShortcut",
+    "allow_downloads_by_default",
     "available_models",
     "build_model",
     "build_net",
+    "downloads_allowed",
     "extract_robustness_state",
     "find_normalizer",
     "get_builder",
@@ -71,5 +85,6 @@ __all__ = [
     "read_checkpoint",
     "register_model",
     "torchvision_architectures",
+    "torchvision_weights",
     "wide_resnet50",
 ]

@@ -53,7 +53,8 @@ class ClassifierModule(pl.LightningModule):
         mean: per-channel normalization mean (linked from the DataModule by the CLI).
         std: per-channel normalization std (linked from the DataModule by the CLI).
         arch_kwargs: extra keyword arguments of the architecture builder.
-        weights: optional local weights file to initialise the network from.
+        weights: optional local weights file to initialise the network from, or for ``torchvision:<arch>``
+            torchvision's weights by name (``IMAGENET1K_V1``, ``DEFAULT``; see :func:`lit_advgame.models.build_model`).
         optimizer: optimizer factory (``params -> Optimizer``); default Adam(lr=1e-3).
         lr_scheduler: optional scheduler factory (``optimizer -> LRScheduler``); a
             :class:`~lit_advgame.training.schedules.RunLengthSchedule` (``lit_advgame.training.CosineAnnealingLR``
