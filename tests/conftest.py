@@ -10,6 +10,17 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "configs"
+#: command-line options of the DDP tests: 2 CPU processes (gloo); deterministic algorithms off for DDP on CPU
+DDP_CPU_ARGS = [
+    "--trainer.accelerator",
+    "cpu",
+    "--trainer.devices",
+    "2",
+    "--trainer.strategy",
+    "ddp",
+    "--trainer.deterministic",
+    "false",
+]
 
 
 @pytest.fixture(autouse=True)

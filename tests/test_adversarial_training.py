@@ -17,7 +17,7 @@ from lit_advgame.attacks.pgd_settings import PGDSettings
 from lit_advgame.cli import main
 from lit_advgame.data import DigitsDataModule
 from lit_advgame.training.adversarial import AdversarialTraining
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, DDP_CPU_ARGS
 from tests.tb_utils import read_scalars
 
 EPS = 0.1
@@ -382,14 +382,7 @@ def test_fit_with_ddp_on_two_cpu_processes(tmp_path):
         *FAST,
         "--trainer.max_epochs",
         "1",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.devices",
-        "2",
-        "--trainer.strategy",
-        "ddp",
-        "--trainer.deterministic",
-        "false",
+        *DDP_CPU_ARGS,
     ]
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-3000:]

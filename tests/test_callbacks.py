@@ -38,7 +38,7 @@ from lit_advgame.models import build_model
 from lit_advgame.predict import export_classifier
 from lit_advgame.training import StandardClassifier
 from lit_advgame.training.ensemble import Ensemble
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, DDP_CPU_ARGS
 from tests.tb_utils import read_image_tags, read_scalars
 
 MLP = {"hidden_sizes": [32]}
@@ -565,14 +565,7 @@ def test_callbacks_under_ddp_on_two_cpu_processes(tmp_path):
         "false",
         "--model.init_args.arch",
         "mlp",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.devices",
-        "2",
-        "--trainer.strategy",
-        "ddp",
-        "--trainer.deterministic",
-        "false",
+        *DDP_CPU_ARGS,
     ]
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from lit_advgame.cli import build_cli, main
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, DDP_CPU_ARGS
 from tests.tb_utils import read_scalars
 
 FAST = [
@@ -129,14 +129,7 @@ def test_fit_with_ddp_on_two_cpu_processes(tmp_path):
         *FAST,
         "--trainer.max_epochs",
         "1",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.devices",
-        "2",
-        "--trainer.strategy",
-        "ddp",
-        "--trainer.deterministic",
-        "false",
+        *DDP_CPU_ARGS,
     ]
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -41,7 +41,7 @@ from lit_advgame.ensembles import (
     transfer_report,
 )
 from lit_advgame.training.ensemble import Ensemble
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, DDP_CPU_ARGS
 from tests.tb_utils import read_scalars
 
 TINY = {"width": 4}
@@ -639,14 +639,7 @@ def test_trs_fit_with_ddp_on_two_cpu_processes(tmp_path):
         "1",
         "--trainer.enable_progress_bar",
         "false",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.devices",
-        "2",
-        "--trainer.strategy",
-        "ddp",
-        "--trainer.deterministic",
-        "false",
+        *DDP_CPU_ARGS,
         "--model.init_args.arch_kwargs",
         "{width: 4}",
         "--model.init_args.regularizer_kwargs.inner_steps",

@@ -37,7 +37,7 @@ from lit_advgame.smoothing.noise import (
     example_seed,
 )
 from lit_advgame.training.smoothing import RandomizedSmoothing
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, DDP_CPU_ARGS
 from tests.tb_utils import read_image_tags, read_scalars
 
 SHAPE = (1, 4, 4)
@@ -573,14 +573,7 @@ def test_test_and_predict_under_ddp_match_one_process(trained_run, monkeypatch):
     (out / "predictions.tsv").unlink()
 
     ddp = [
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.devices",
-        "2",
-        "--trainer.strategy",
-        "ddp",
-        "--trainer.deterministic",
-        "false",
+        *DDP_CPU_ARGS,
     ]
     runs = trained_run / "ddp_runs.json"
     runs.write_text(json.dumps([[*test_args, *ddp, version, "ddp"], [*predict_args, *ddp, version, "ddp_predict"]]))
