@@ -256,3 +256,14 @@ def test_an_integer_batch_limit_is_a_number_of_batches(capsys):
     )
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.num_training_batches == 1
+
+
+def test_an_error_while_building_the_model_is_one_line(tmp_path, monkeypatch, capsys):
+    """An error raised while jsonargparse instantiates the model (here an unknown architecture) is reported as
+    our message alone: no 'Does not validate against any of the Union subtypes' wrapper, no value dump."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(CONFIGS / "standard_digits.yaml"), "--model.init_args.arch", "nonexistent"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: unknown model name 'nonexistent'"), err

@@ -42,11 +42,42 @@ def debug_enabled() -> bool:
     return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+UNION_WRAPPER = "Does not validate against any of the Union subtypes"
+"""How jsonargparse starts the message of an error raised while it instantiates a class given as a union
+(``model``/``data`` in subclass mode): it lists each subtype's error, with the value it was given."""
+
+
+def unwrap_union_error(message: str) -> str:
+    r"""The errors jsonargparse collected under :data:`UNION_WRAPPER`, without the subtype list, the
+    ``Expected a <class 'NoneType'>`` alternative and the dump of the given value.
+
+    >>> unwrap_union_error(
+    ...     "Does not validate against any of the Union subtypes\nSubtypes: [A, NoneType]\nErrors:\n"
+    ...     "  - unknown model name 'x'. Available: lenet\n  - Expected a <class 'NoneType'>\n"
+    ...     "Given value type: <class 'Namespace'>\nGiven value: Namespace(arch='x')"
+    ... )
+    "unknown model name 'x'. Available: lenet"
+    """
+    if not message.startswith(UNION_WRAPPER) or "\nErrors:\n" not in message:
+        return message
+    errors = []
+    for line in message.split("\nErrors:\n", 1)[1].splitlines():
+        if line.startswith("Given value"):
+            break
+        if line.startswith("  - "):
+            errors.append(line[4:])
+        elif errors:
+            errors[-1] += "\n" + line
+    errors = [e for e in errors if not e.startswith("Expected a <class 'NoneType'>")]
+    return "; ".join(errors) if errors else message
+
+
 def error_message(err: BaseException) -> str:
-    """The message of ``err`` as one ``error:`` report (KeyError without its repr quotes)."""
+    """The message of ``err`` as one ``error:`` report (KeyError without its repr quotes; jsonargparse's
+    union wrapper removed, see :func:`unwrap_union_error`)."""
     if isinstance(err, KeyError) and len(err.args) == 1:
         return str(err.args[0])
-    return str(err) or type(err).__name__
+    return unwrap_union_error(str(err)) or type(err).__name__
 
 
 def run_reporting_user_errors(fn: Callable[[], T]) -> T:
