@@ -544,11 +544,11 @@ def test_every_datamodule_exposes_the_loader_options_to_jsonargparse(cls):
     ],
 )
 def test_bad_digits_options_fail_when_parsed(argument, value, match):
-    from jsonargparse import ArgumentParser
+    from jsonargparse import ArgumentError, ArgumentParser
 
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(DigitsDataModule, "data")
-    with pytest.raises(Exception, match=match):
+    with pytest.raises(ArgumentError, match=match):
         parser.parse_args([f"--data.{argument}", value])
 
 

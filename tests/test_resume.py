@@ -418,7 +418,7 @@ def test_smoothing_certifies_at_certify_sigma_and_refuses_a_silent_sigma_swap(tm
     model = RandomizedSmoothing(arch="mlp", sigma=0.25, certify_sigma=0.5)
     assert model.sigma == 0.25 and model.smoothed_classifier().sigma == 0.5
     assert "certify_sigma" not in model.hparams and RandomizedSmoothing(sigma=0.25).smoothed_classifier().sigma == 0.25
-    with pytest.raises(ValueError, match="sigma"):
+    with pytest.raises(ValueError, match="certify_sigma"):
         RandomizedSmoothing(certify_sigma=-1.0)
 
     monkeypatch.chdir(tmp_path)

@@ -48,9 +48,9 @@ from lit_advgame.utils.checks import (
     check_positive,
     parse_fraction,
 )
+from lit_advgame.vocabulary import RADIUS_SCALINGS, RECORD_FORMATS
 
-SCALINGS = ("none", "sqrt_dim")
-RECORD_FORMATS = ("delta", "uint8")
+SCALINGS = RADIUS_SCALINGS
 #: units of ``eps``/``step_size`` and their size in pixel units (the value is divided by it):
 #: pixel units (images in [0, 1]) or 0–255 intensity levels
 UNITS = {"pixel": 1, "1/255": 255}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("ce", "margin")
+from lit_advgame.vocabulary import LOSSES
 
 
 def margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

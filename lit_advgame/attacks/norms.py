@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-NORMS = ("linf", "l2")
+from lit_advgame.vocabulary import NORMS
 
 
 def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

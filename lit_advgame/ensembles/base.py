@@ -26,8 +26,9 @@ import torch.nn.functional as F
 
 from lit_advgame.ensembles.model import EnsembleModel
 from lit_advgame.utils.checks import check_choice, check_int, check_positive
+from lit_advgame.vocabulary import REGULARIZER_SCALINGS
 
-SCALINGS = ("reference", "mean")
+SCALINGS = REGULARIZER_SCALINGS
 
 
 @dataclass

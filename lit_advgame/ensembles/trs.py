@@ -57,9 +57,10 @@ from lit_advgame.ensembles.base import (
 from lit_advgame.ensembles.gradients import member_input_gradients, pairwise_cosine
 from lit_advgame.ensembles.model import EnsembleModel
 from lit_advgame.utils.checks import check_choice, check_int, check_positive
+from lit_advgame.vocabulary import BATCHNORM_MODES, TRS_VARIANTS
 
-VARIANTS = ("plus", "vanilla")
-BN_MODES = ("eval", "train")
+VARIANTS = TRS_VARIANTS
+BN_MODES = BATCHNORM_MODES
 
 
 def gradient_similarity(grads: torch.Tensor, absolute: bool = True) -> torch.Tensor:

@@ -26,8 +26,8 @@ from torch import nn
 
 from lit_advgame.models.normalize import find_normalizer
 from lit_advgame.utils.checks import check_positive
+from lit_advgame.vocabulary import BASELINE_NAMES
 
-BASELINE_NAMES = ("mean", "zeros", "blur")
 DEFAULT_BLUR_SIGMA = 5.0
 
 Baseline = str | Sequence[float] | torch.Tensor

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-VALUE_NAMES = ("log_prob", "logit", "margin_max", "margin_fixed", "target_minus_true")
+from lit_advgame.vocabulary import VALUE_NAMES
 
 
 def log_prob_value(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

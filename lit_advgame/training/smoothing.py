@@ -131,7 +131,7 @@ class RandomizedSmoothing(ClassifierModule):
     ) -> None:
         check_sigma(sigma)
         if certify_sigma is not None:
-            check_sigma(certify_sigma)
+            check_sigma(certify_sigma, "certify_sigma")
         check_int(n0, "n0", minimum=1)
         check_int(n, "n", minimum=1)
         check_alpha(alpha)

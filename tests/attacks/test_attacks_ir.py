@@ -65,7 +65,8 @@ def test_targeted_ir_measures_interaction_for_the_true_label(cnn, batch, spy):
     x, y = batch
     target = (y + 1) % 5
     Attack(cnn, steps=2, seed=0, targeted=True, loss_terms=[term(1.0)])(x, y, target)
-    assert all(torch.equal(call["y"], y) for call in spy)
+    assert len(spy) == 2  # one measurement per step
+    assert all(torch.equal(call["y"], y) and not torch.equal(call["y"], target) for call in spy)
 
 
 def test_ir_changes_the_attack_and_reproduces(cnn, batch, engine):

@@ -155,3 +155,6 @@ def test_sgm_attack_ignores_the_projection_block(batch):
     reference.net[2].is_skip_block = False
     run = [Attack(m, steps=3, seed=0, transforms=[SkipGradient(0.2)])(x, y) for m in (model, reference)]
     assert torch.equal(run[0], run[1])
+    # and SGM does act (on the identity block): the same attack with gamma = 1 differs
+    plain = Attack(model, steps=3, seed=0, transforms=[SkipGradient(1.0)])(x, y)
+    assert not torch.equal(run[0], plain)

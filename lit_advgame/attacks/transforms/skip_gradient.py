@@ -60,12 +60,12 @@ from lit_advgame.attacks.model_mode import eval_mode
 from lit_advgame.attacks.transforms.base import Transform
 from lit_advgame.models.skip_blocks import TORCHVISION_DENSE_LAYER_TYPES, is_skip_block
 from lit_advgame.utils.checks import check_positive
+from lit_advgame.vocabulary import SkipKind
 
 #: autograd nodes an identity skip path may cross from a residual block's output back to its input
 IDENTITY_PATH_NODES = frozenset(
     {"AddBackward0", "ReluBackward0", "ThresholdBackward0", "CloneBackward0", "AliasBackward0", "ViewBackward0"}
 )
-SKIP_KINDS = ("identity", "concat", "projection")
 
 
 def _reaches(output: torch.Tensor, x: torch.Tensor) -> bool:
@@ -86,7 +86,7 @@ def _reaches(output: torch.Tensor, x: torch.Tensor) -> bool:
     return False
 
 
-def skip_kind(block: nn.Module, inputs: tuple, output: object, name: str = "block") -> str:
+def skip_kind(block: nn.Module, inputs: tuple, output: object, name: str = "block") -> SkipKind:
     """How the skip block ``block`` called on ``inputs`` and returning ``output`` skips its branch.
 
     * ``"concat"``: a dense layer, torchvision's ``_DenseLayer`` or a block whose output starts
