@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-import numpy as np
 import torch
 
 from lit_advgame.smoothing.statistics import check_sigma
 from lit_advgame.utils.checks import check_int
+from lit_advgame.utils.seeding import derive_seed
 
 STREAM_VALIDATION = 1
 STREAM_TEST = 2
@@ -30,12 +30,12 @@ STREAM_PREDICT = 4
 
 
 def example_seed(seed: int, index: int, stream: int = 0) -> int:
-    """A 63-bit generator seed derived from ``(seed, stream, index)`` (all integers >= 0)."""
+    """A 63-bit generator seed derived from ``(seed, stream, index)`` (all integers >= 0): the package's one
+    seed derivation, :func:`lit_advgame.utils.seeding.derive_seed` ``(seed, stream, index)``."""
     check_int(seed, "seed", minimum=0)
     check_int(index, "index", minimum=0)
     check_int(stream, "stream", minimum=0)
-    words = np.random.SeedSequence([seed, stream, index]).generate_state(2, dtype=np.uint32)
-    return int((int(words[0]) << 31) ^ int(words[1]))
+    return derive_seed(seed, stream, index)
 
 
 def example_generators(

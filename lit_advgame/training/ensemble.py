@@ -46,6 +46,7 @@ from lit_advgame.ensembles.model import (
 from lit_advgame.ensembles.registry import build_regularizer
 from lit_advgame.training.base import ClassifierModule
 from lit_advgame.utils.checks import check_choice, check_int
+from lit_advgame.utils.seeding import derive_seed
 from lit_advgame.vocabulary import ENSEMBLE_ADV_LOSSES, EnsembleAdvLoss, RegularizerScaling
 
 AdvLoss = EnsembleAdvLoss
@@ -169,7 +170,7 @@ class Ensemble(ClassifierModule):
         attached = self.attached_trainer() is not None
         rank = self.global_rank if attached else 0
         step = self.global_step if attached else 0
-        return ((self.hparams.seed * 1_000_003 + rank) * 1_000_033 + step) % (2**31 - 1)
+        return derive_seed(self.hparams.seed, "ensemble_step", rank, step)
 
     def _epoch_info(self) -> tuple[int, int | None]:
         if self.attached_trainer() is None:  # called outside a Trainer: the first epoch of a one-epoch run
