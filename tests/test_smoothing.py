@@ -85,7 +85,21 @@ def _gens(seed: int = 0, indices=(0,)):
     return example_generators(seed, indices)
 
 
+def _digits_smoothing(dm: DigitsDataModule, **options) -> RandomizedSmoothing:
+    """A RandomizedSmoothing MLP for the digits data module ``dm`` (classes, shape and normalization from it)."""
+    return RandomizedSmoothing(
+        arch="mlp", num_classes=10, input_shape=dm.input_shape, mean=dm.mean, std=dm.std, **options
+    )
+
+
+def _cpu_trainer(**options) -> pl.Trainer:
+    """A one-process CPU trainer without a logger."""
+    return pl.Trainer(accelerator="cpu", devices=1, logger=False, **options)
+
+
 # --------------------------------------------------------------------------- statistics
+
+
 @pytest.mark.parametrize(
     "k,n,alpha", [(60, 100, 0.001), (1, 10, 0.05), (999, 1000, 0.001), (500, 1000, 0.01), (7, 7, 0.1)]
 )
@@ -307,12 +321,8 @@ def test_test_certification_does_not_depend_on_the_data_batch_size(tmp_path):
     for batch_size in (3, 16):
         dm = DigitsDataModule(image_size=8, batch_size=batch_size, seed=0)
         torch.manual_seed(0)
-        module = RandomizedSmoothing(
-            arch="mlp",
-            num_classes=10,
-            input_shape=dm.input_shape,
-            mean=dm.mean,
-            std=dm.std,
+        module = _digits_smoothing(
+            dm,
             sigma=0.25,
             n0=16,
             n=64,
@@ -322,10 +332,7 @@ def test_test_certification_does_not_depend_on_the_data_batch_size(tmp_path):
             certify_limit=5,
             radii=[0.0, 0.1],
         )
-        trainer = pl.Trainer(
-            accelerator="cpu",
-            devices=1,
-            logger=False,
+        trainer = _cpu_trainer(
             enable_checkpointing=False,
             enable_progress_bar=False,
             enable_model_summary=False,
@@ -359,12 +366,8 @@ def test_predict_batch_indices_come_from_public_lightning_apis(tmp_path, monkeyp
 
         monkeypatch.setattr(indices_module, "_rebuilt_batches", fail)
     dm = DigitsDataModule(image_size=8, batch_size=4, seed=0, predict_limit=10)
-    module = RandomizedSmoothing(
-        arch="mlp",
-        num_classes=10,
-        input_shape=dm.input_shape,
-        mean=dm.mean,
-        std=dm.std,
+    module = _digits_smoothing(
+        dm,
         sigma=0.5,
         n=16,
         alpha=0.01,
@@ -373,10 +376,7 @@ def test_predict_batch_indices_come_from_public_lightning_apis(tmp_path, monkeyp
         predict_method="predict",
     )
     callbacks = [SmoothingPredictionWriter(output_dir=str(tmp_path / "out"))] if with_writer else []
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
+    trainer = _cpu_trainer(
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=tmp_path,
@@ -390,12 +390,8 @@ def test_predict_batch_indices_come_from_public_lightning_apis(tmp_path, monkeyp
 
 def test_predict_step_runs_predict_with_binomial_p_values(tmp_path):
     dm = DigitsDataModule(image_size=8, batch_size=8, seed=0, predict_limit=10)
-    module = RandomizedSmoothing(
-        arch="mlp",
-        num_classes=10,
-        input_shape=dm.input_shape,
-        mean=dm.mean,
-        std=dm.std,
+    module = _digits_smoothing(
+        dm,
         sigma=0.5,
         n=64,
         alpha=0.01,
@@ -403,10 +399,7 @@ def test_predict_step_runs_predict_with_binomial_p_values(tmp_path):
         certify_skip=3,
         predict_method="predict",
     )
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
+    trainer = _cpu_trainer(
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=tmp_path,
