@@ -6,6 +6,7 @@ CIFAR-10 batch files in torchvision's format; 1-2 steps/batches through command-
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import re
 from pathlib import Path
@@ -15,13 +16,16 @@ import pytest
 import torch
 import torchvision
 import yaml
+from torch import nn
 
 from lit_advgame.attacks.presets import canonical_name, preset_config, resolve_auto
 from lit_advgame.classifiers import load_classifier
 from lit_advgame.cli import main
 from lit_advgame.data import ImageFolderDataModule
 from lit_advgame.data.imagefolder import image_files
+from lit_advgame.evaluation import evaluate_transfer
 from lit_advgame.evaluation.cli import main as transfer_main
+from lit_advgame.models.catalog import register_model
 from lit_advgame.predict.shards import load_adversarial
 from tests.conftest import CONFIGS
 from tests.tb_utils import read_scalars
@@ -135,6 +139,28 @@ def test_ir_imagenet_transfer_to_the_torchvision_targets_with_loo(ir_run, monkey
     assert read_scalars(output)  # TensorBoard events beside the report
 
 
+@register_model("paper_test_external_net")
+def external_net(num_classes: int, in_channels: int, input_size: tuple[int, int] | None) -> nn.Module:
+    """Stands in for a network torchvision lacks (SENet-154, Inception-v4, ...: Cadene's pretrainedmodels or timm)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 4, 3), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, num_classes)
+    )
+
+
+def test_any_module_becomes_a_transfer_target_through_a_registry_entry(ir_run, tmp_path):
+    """The README's recipe for targets torchvision lacks: register the architecture, save its weights, and give
+    ``{arch, weights, mean, std}`` to ``evaluate_transfer`` beside the torchvision targets."""
+    weights = tmp_path / "external.pth"
+    torch.save(external_net(1000, 3, None).state_dict(), weights)  # a plain state dict, no normalization stored
+    spec = {"arch": "paper_test_external_net", "weights": str(weights), "num_classes": 1000, "name": "se154"}
+    spec.update(mean=[0.5] * 3, std=[0.5] * 3)  # the network's own normalization (a plain state dict has none)
+    report = evaluate_transfer(ir_run / IR_RUN, [target_spec("vgg16"), spec], interaction=False)
+    (row,) = report.rows
+    assert list(row.targets) == ["vgg16_IMAGENET1K_V1", "se154"]
+    assert row.targets["se154"].num_images == 3
+    assert math.isnan(row.targets["se154"].success_loo)  # no per-step scores of it: last step only
+
+
 @pytest.mark.parametrize("variant", sorted(IR_SOURCES))
 def test_ir_source_variants_change_only_the_source_targets_and_folders(variant, capsys):
     arch, targets, lambda_ = IR_SOURCES[variant]
@@ -242,17 +268,24 @@ def test_trs_cifar10_fit_then_whitebox_predict_and_transfer(cifar_in_tmp, capsys
     assert {"train/loss_step", "val/acc", "test/acc"} <= set(read_scalars(run))
 
     small = [*CPU, "--data.init_args.batch_size", "4", "--data.init_args.predict_limit", "8"]
-    main(["predict", "--config", str(PAPER / "trs_cifar10_whitebox.yaml"), *small])
-    attack_run = cifar_in_tmp / "runs" / "attacks" / "paper_trs_cifar10" / "pgd_eps0.01"
-    adv = load_adversarial(attack_run)
-    assert len(adv) == 8 and adv.meta["config"]["steps"] == 10 and adv.meta["config"]["random_start"] is True
-    assert adv.meta["resolved_eps"] == pytest.approx(0.01) and adv.meta["resolved_step_size"] == pytest.approx(0.001)
-    output = cifar_in_tmp / "runs" / "transfer" / "paper_trs_cifar10"
-    ckpt = str(run / "checkpoints" / "last.ckpt")
-    args = [str(attack_run), "--subset", "all", "--members", "--no-interaction", "--targets", ckpt]
-    assert transfer_main([*args, "--output", str(output), "--quiet"]) == 0
-    (row,) = json.loads((output / "report.json").read_text())["rows"]
-    assert row["num_images"] == 8 and len(row["targets"]) == 4  # the ensemble and its three members
+    whitebox = ["predict", "--config", str(PAPER / "trs_cifar10_whitebox.yaml"), *small]
+    main(whitebox)
+    eps2 = ["--model.init_args.overrides.eps", "0.02", "--model.init_args.overrides.step_size", "0.002"]
+    main([*whitebox, *eps2, "--trainer.callbacks.init_args.output_dir", "runs/attacks/paper_trs_cifar10/pgd_eps0.02"])
+    runs = ["runs/attacks/paper_trs_cifar10/pgd_eps0.01", "runs/attacks/paper_trs_cifar10/pgd_eps0.02"]
+    for folder, eps in zip(runs, (0.01, 0.02)):
+        adv = load_adversarial(cifar_in_tmp / folder)
+        assert len(adv) == 8 and adv.meta["config"]["steps"] == 10 and adv.meta["config"]["random_start"] is True
+        assert adv.meta["resolved_eps"] == pytest.approx(eps)
+        assert adv.meta["resolved_step_size"] == pytest.approx(eps / 10)
+    output = "runs/transfer/paper_trs_cifar10"
+    ckpt = "runs/paper_trs_cifar10/version_0/checkpoints/last.ckpt"
+    args = [*runs, "--labels", "pgd_eps0.01", "pgd_eps0.02", "--subset", "all", "--members", "--no-interaction"]
+    assert transfer_main([*args, "--targets", ckpt, "--output", output, "--quiet"]) == 0
+    rows = json.loads((cifar_in_tmp / output / "report.json").read_text())["rows"]
+    assert [row["name"] for row in rows] == ["pgd_eps0.01", "pgd_eps0.02"]
+    for row in rows:
+        assert row["num_images"] == 8 and len(row["targets"]) == 4  # the ensemble and its three members
 
 
 def test_smoothing_cifar10_one_noise_level_per_override_fit_certify_predict(cifar_in_tmp, capsys):
