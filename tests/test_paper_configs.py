@@ -25,6 +25,7 @@ from lit_advgame.data import ImageFolderDataModule
 from lit_advgame.data.imagefolder import image_files
 from lit_advgame.evaluation import evaluate_transfer
 from lit_advgame.evaluation.cli import main as transfer_main
+from lit_advgame.models import catalog
 from lit_advgame.models.catalog import register_model
 from lit_advgame.predict.shards import load_adversarial
 from tests.conftest import CONFIGS
@@ -139,7 +140,6 @@ def test_ir_imagenet_transfer_to_the_torchvision_targets_with_loo(ir_run, monkey
     assert read_scalars(output)  # TensorBoard events beside the report
 
 
-@register_model("paper_test_external_net")
 def external_net(num_classes: int, in_channels: int, input_size: tuple[int, int] | None) -> nn.Module:
     """Stands in for a network torchvision lacks (SENet-154, Inception-v4, ...: Cadene's pretrainedmodels or timm)."""
     return nn.Sequential(
@@ -147,9 +147,11 @@ def external_net(num_classes: int, in_channels: int, input_size: tuple[int, int]
     )
 
 
-def test_any_module_becomes_a_transfer_target_through_a_registry_entry(ir_run, tmp_path):
+def test_any_module_becomes_a_transfer_target_through_a_registry_entry(ir_run, tmp_path, monkeypatch):
     """The README's recipe for targets torchvision lacks: register the architecture, save its weights, and give
     ``{arch, weights, mean, std}`` to ``evaluate_transfer`` beside the torchvision targets."""
+    monkeypatch.setattr(catalog, "_REGISTRY", dict(catalog._REGISTRY))  # the registration ends with the test
+    register_model("paper_test_external_net")(external_net)
     weights = tmp_path / "external.pth"
     torch.save(external_net(1000, 3, None).state_dict(), weights)  # a plain state dict, no normalization stored
     spec = {"arch": "paper_test_external_net", "weights": str(weights), "num_classes": 1000, "name": "se154"}
@@ -184,12 +186,13 @@ def test_ir_source_variants_change_only_the_source_targets_and_folders(variant, 
 
 def test_ir_preset_and_norm_overrides_of_the_readme(capsys):
     """One run per preset: ``--model.init_args.attack <preset>`` with its own output folder; L2 by one override."""
-    output = "runs/attacks/ir_imagenet/resnet34/pgd_l2"
+    output, name = "runs/attacks/ir_imagenet/resnet34/pgd_l2", "resnet34_IMAGENET1K_V1/pgd_l2"
     config = printed_config(
         capsys, "predict", "--config", str(IR_BASE), "--model.init_args.attack", "pgd",
-        "--model.init_args.overrides.norm", "l2", "--trainer.callbacks.init_args.output_dir", output,
+        "--model.init_args.overrides.norm", "l2", "--model.init_args.name", name,
+        "--trainer.callbacks.init_args.output_dir", output,
     )  # fmt: skip
-    assert config["model"]["init_args"]["attack"] == "pgd"
+    assert config["model"]["init_args"]["attack"] == "pgd" and config["model"]["init_args"]["name"] == name
     assert config["model"]["init_args"]["overrides"] == {"norm": "l2"}
     assert config["trainer"]["callbacks"][0]["init_args"]["output_dir"] == output
 
