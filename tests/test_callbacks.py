@@ -257,9 +257,11 @@ def test_fit_logs_every_callback_per_epoch(tmp_path, digits, trained, capfd, cap
     # every_n_epochs=2: only epoch 1
     assert steps("perturbation_interaction/value") == [1]
     value = last["perturbation_interaction/value"]  # single form over all n = 16 players: exact (stderr 0)
-    assert last["zz_margin/perturbation_interaction/value/lower"] == value == last[
-        "zz_margin/perturbation_interaction/value/upper"
-    ]
+    assert (
+        last["zz_margin/perturbation_interaction/value/lower"]
+        == value
+        == last["zz_margin/perturbation_interaction/value/upper"]
+    )
     assert pert.last_metrics["perturbation_interaction/value_stderr"] == 0.0
     for pair in ("model_to_model", "model_to_ext", "ext_to_model", "ext_to_ext"):
         assert steps(f"transfer/{pair}") == [0, 1]
