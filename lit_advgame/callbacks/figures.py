@@ -73,26 +73,26 @@ def clean_vs_adversarial_figure(result, epoch: int) -> Figure:
     return fig
 
 
+def _signed_figure(result, title: str, ylabel: str, values: torch.Tensor, stderr: torch.Tensor) -> Figure:
+    """A per-order quantity that changes sign (± 1 SE error bars), with the zero line."""
+    fig, ax, m = _order_axes(title, result.orders, result.clean.num_players, ylabel)
+    _errorbar(ax, m, values, stderr)
+    ax.axhline(0.0, color="grey", lw=0.8)
+    return fig
+
+
 @styled
 def delta_figure(result, epoch: int) -> Figure:
     """``ΔI^(m) = I^(m)(x) − I^(m)(x_adv)`` (± 1 SE) against the order."""
-    fig, ax, m = _order_axes(
-        f"ΔI(m) = I(m)(x) − I(m)(x_adv), epoch {epoch}", result.orders, result.clean.num_players, "ΔI(m)"
-    )
-    _errorbar(ax, m, result.values, result.stderr)
-    ax.axhline(0.0, color="grey", lw=0.8)
-    return fig
+    title = f"ΔI(m) = I(m)(x) − I(m)(x_adv), epoch {epoch}"
+    return _signed_figure(result, title, "ΔI(m)", result.values, result.stderr)
 
 
 @styled
 def utility_figure(result, epoch: int) -> Figure:
     """The attacking utility ``ΔJ^(m) = (n−1−m)/(n(n−1)) · ΔI^(m)`` (± 1 SE; Ren et al., NeurIPS 2021, Eq. 3)."""
-    fig, ax, m = _order_axes(
-        f"ΔJ(m) = (n−1−m)/(n(n−1)) ΔI(m), epoch {epoch}", result.orders, result.clean.num_players, "ΔJ(m)"
-    )
-    _errorbar(ax, m, result.utility, result.utility_stderr)
-    ax.axhline(0.0, color="grey", lw=0.8)
-    return fig
+    title = f"ΔJ(m) = (n−1−m)/(n(n−1)) ΔI(m), epoch {epoch}"
+    return _signed_figure(result, title, "ΔJ(m)", result.utility, result.utility_stderr)
 
 
 @styled
