@@ -52,6 +52,9 @@ def test_standard_errors_become_margins_and_other_loggers_keep_them(tmp_path):
     with open(Path(csv_logger.log_dir) / "metrics.csv", newline="") as handle:
         (row,) = list(csv.DictReader(handle))
     assert float(row["d/r0.10_stderr"]) == 0.125 and int(row["step"]) == 3
+    with pytest.warns(DeprecationWarning, match="step="):  # the keyword's old name, for one release
+        log_scalars(trainer, {"d/r0.10": 1.0}, epoch=4)
+    assert read_scalars(tb.log_dir)["d/r0.10"][-1] == (4, 1.0)
 
 
 def test_order_bands_split_the_reference_orders_into_low_middle_high():

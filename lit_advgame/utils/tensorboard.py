@@ -27,6 +27,7 @@ images; other loggers get ``log_metrics`` of the metrics as given (standard erro
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -88,9 +89,23 @@ def tensorboard_writers(trainer: Trainer) -> list[Any]:
     return [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
 
 
-def log_scalars(trainer: Trainer, metrics: Mapping[str, float], step: int) -> None:
+def _step(step: int | None, epoch: int | None, owner: str) -> int:
+    """``step``, or the deprecated keyword ``epoch`` (the callbacks' name for it until this release)."""
+    if epoch is not None:
+        warnings.warn(f"{owner}(epoch=...) is deprecated; use step=...", DeprecationWarning, stacklevel=3)
+        step = epoch if step is None else step
+    if step is None:
+        raise TypeError(f"{owner}() needs the step (the epoch, for the validation callbacks)")
+    return int(step)
+
+
+def log_scalars(
+    trainer: Trainer, metrics: Mapping[str, float], step: int | None = None, *, epoch: int | None = None
+) -> None:
     """Write ``metrics`` with ``step`` to every logger of ``trainer`` (call on rank 0): TensorBoard gets
-    :func:`tensorboard_scalars`, other loggers ``log_metrics(metrics, step=step)``."""
+    :func:`tensorboard_scalars`, other loggers ``log_metrics(metrics, step=step)``. ``epoch=`` is a deprecated
+    alias of ``step``."""
+    step = _step(step, epoch, "log_scalars")
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             experiment = logger.experiment
@@ -101,9 +116,11 @@ def log_scalars(trainer: Trainer, metrics: Mapping[str, float], step: int) -> No
             logger.log_metrics(dict(metrics), step=step)
 
 
-def log_figures(trainer: Trainer, figures: Images, step: int) -> None:
+def log_figures(trainer: Trainer, figures: Images, step: int | None = None, *, epoch: int | None = None) -> None:
     """Add ``figures`` (tag -> matplotlib ``Figure``, or a ``(3, H, W)`` image in [0, 1] such as an
-    :func:`example_grid`) with ``step`` to the TensorBoard loggers of ``trainer`` (rank 0 only)."""
+    :func:`example_grid`) with ``step`` to the TensorBoard loggers of ``trainer`` (rank 0 only). ``epoch=`` is a
+    deprecated alias of ``step``."""
+    step = _step(step, epoch, "log_figures")
     for experiment in tensorboard_writers(trainer):
         for tag, figure in figures.items():
             if isinstance(figure, Figure):
