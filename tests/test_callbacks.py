@@ -252,15 +252,29 @@ def test_fit_logs_every_callback_per_epoch(tmp_path, digits, trained, capfd, cap
         assert steps(f"disentanglement/{label}") == [0, 1]
         assert 0.0 <= last[f"disentanglement/{label}"] <= 1.0 + 1e-6
     for prefix in ("interaction", "disentanglement", "transfer"):
-        assert steps(f"{prefix}/cost/forward_passes") == [0, 1]
-        assert last[f"{prefix}/cost/forward_passes"] > 0
+        assert steps(f"zz_cost/{prefix}/forward_passes") == [0, 1]
+        assert last[f"zz_cost/{prefix}/forward_passes"] > 0
     # every_n_epochs=2: only epoch 1
     assert steps("perturbation_interaction/value") == [1]
-    assert last["perturbation_interaction/stderr"] == 0.0  # single form over all n = 16 players: exact
+    value = last["perturbation_interaction/value"]  # single form over all n = 16 players: exact (stderr 0)
+    assert (
+        last["zz_margin/perturbation_interaction/value/lower"]
+        == value
+        == last["zz_margin/perturbation_interaction/value/upper"]
+    )
+    assert pert.last_metrics["perturbation_interaction/value_stderr"] == 0.0
     for pair in ("model_to_model", "model_to_ext", "ext_to_model", "ext_to_ext"):
         assert steps(f"transfer/{pair}") == [0, 1]
         assert 0.0 <= last[f"transfer/{pair}"] <= 1.0
-    assert {"interaction/curves", "disentanglement/curve", "transfer/matrix"} <= read_image_tags(log_dir)
+    assert {
+        "interaction/clean_vs_adversarial",
+        "interaction/delta",
+        "interaction/utility",
+        "interaction/share",
+        "interaction/examples",
+        "disentanglement/curve",
+        "transfer/matrix",
+    } <= read_image_tags(log_dir)
 
     # formulas between the logged per-order scalars (n = 16 players)
     n = 16
@@ -307,7 +321,7 @@ def test_fit_logs_every_callback_per_epoch(tmp_path, digits, trained, capfd, cap
     # the cost line names the callback, its forward passes and time
     printed = capfd.readouterr().err + caplog.text
     for cb in (multi, dis, pert, transfer):
-        assert f"{cb.name}: {int(cb.last_metrics[cb.tag('cost', 'forward_passes')])} forward passes" in printed
+        assert f"{cb.name}: {int(cb.last_metrics[cb.cost_tag('forward_passes')])} forward passes" in printed
     # before they start, each announces the forward passes it plans (TINY: 3 orders x 2 pairs x 4 contexts x 4 + 1)
     per_image = 3 * 2 * 4 * 4 + 1
     announced = {
@@ -326,10 +340,10 @@ def test_fit_logs_every_callback_per_epoch(tmp_path, digits, trained, capfd, cap
         line = next(line for line in printed.splitlines() if f"{cb.name}: plans " in line)
         assert text in line, line
         assert printed.index(f"{cb.name}: plans ") < printed.index(
-            f"{cb.name}: {int(cb.history[0][1][cb.tag('cost', 'forward_passes')])} forward passes"
+            f"{cb.name}: {int(cb.history[0][1][cb.cost_tag('forward_passes')])} forward passes"
         )
-    assert dis.last_metrics["disentanglement/cost/forward_passes"] <= 8 * per_image + 8  # masked + the accuracy check
-    assert last["perturbation_interaction/num_forward_passes"] <= 272
+    assert dis.last_metrics["zz_cost/disentanglement/forward_passes"] <= 8 * per_image + 8  # masked + accuracy check
+    assert last["zz_cost/perturbation_interaction/masked_forward_passes"] <= 272
 
     # trainer.validate runs them too (at the current epoch), still under inference mode
     before = len(multi.history)
@@ -575,5 +589,5 @@ def test_callbacks_under_ddp_on_two_cpu_processes(tmp_path):
         assert len(re.findall(rf"{name}: \d+ forward passes, [0-9.]+s \(epoch 0\)", text)) == 1, text[-3000:]
         assert len(re.findall(rf"{name}: plans [0-9,]+ forward passes per run", text)) == 1, text[-3000:]  # rank 0
     scalars = read_scalars(tmp_path / "runs/standard_digits/version_0")
-    for tag in ("interaction/attack/clean_accuracy", "interaction/cost/seconds", "transfer/num_points"):
+    for tag in ("interaction/attack/clean_accuracy", "zz_cost/interaction/seconds", "transfer/num_points"):
         assert [step for step, _ in scalars[tag]] == [0], tag

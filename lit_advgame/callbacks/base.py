@@ -18,13 +18,17 @@ Life cycle of a :class:`ProbeCallback`:
   (:func:`~lit_advgame.callbacks.probes.autograd_allowed`), with the classifier in eval mode
   (each module's mode is restored after), so the default ``Trainer(inference_mode=True)`` works.
 
-Logging: scalars use the **epoch** as the step (``trainer.current_epoch``), not the global step
-that Lightning's own metrics use. With a :class:`~pytorch_lightning.loggers.TensorBoardLogger`
-they are written with ``experiment.add_scalar(tag, value, global_step=epoch)`` and figures with
-``experiment.add_figure(tag, figure, global_step=epoch)``; other loggers get
-``log_metrics(metrics, step=epoch)`` (and no figures). Every run prints
-``"<CallbackName>: <n> forward passes, <t>s (epoch <e>)"`` with ``rank_zero_info`` and logs the
-same two numbers as ``<prefix>/cost/forward_passes`` and ``<prefix>/cost/seconds``; a forward
+Logging (:mod:`lit_advgame.utils.tensorboard`): scalars use the **epoch** as the step (``trainer.current_epoch``),
+not the global step that Lightning's own metrics use. A TensorBoard logger gets each estimate under its tag and,
+for an estimate with a standard error (a metric ``<tag>_stderr``), the margins ``zz_margin/<tag>/lower`` and
+``zz_margin/<tag>/upper`` (value ∓ 1 SE) instead of a ``_stderr`` card; figures (``add_figure``) and image grids
+(``add_image``: clean probes, adversarial probes, amplified perturbations) with ``log_figure``; and, once per run
+(written by the last probe callback at ``setup``, global rank 0), a Custom Scalars layout that draws every
+callback's estimates as value ± 1 SE charts (:meth:`ProbeCallback.charts`), with the cost last. Other loggers get
+``log_metrics(metrics, step=epoch)`` with the metrics as computed (``_stderr`` included; no figures). Every run
+prints ``"<CallbackName>: <n> forward passes, <t>s (epoch <e>)"`` with ``rank_zero_info`` and logs the same two
+numbers as ``zz_cost/<prefix>/forward_passes`` and ``zz_cost/<prefix>/seconds`` (one group of cost counters that
+TensorBoard sorts last; an estimate's masked inputs are ``zz_cost/<prefix>/masked_forward_passes``); a forward
 pass is one image through one network (an ensemble's forward counts once per member, so costs
 scale with the number of members: use ``every_n_epochs`` or smaller budgets for big ensembles).
 The latest scalars are also kept in :attr:`ProbeCallback.last_metrics` and every run's in
@@ -38,14 +42,13 @@ so a resumed run neither recomputes nor re-logs an epoch that the checkpoint alr
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from matplotlib.figure import Figure
 from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 from typing_extensions import override
@@ -62,32 +65,31 @@ from lit_advgame.callbacks.probes import (
 from lit_advgame.data.base import SPLITS
 from lit_advgame.interactions import eval_mode
 from lit_advgame.utils.checks import check_choice, check_int
+from lit_advgame.utils.tensorboard import (
+    COST_GROUP,
+    Chart,
+    Layout,
+    cost_tag,
+    log_figures,
+    log_scalars,
+    merge_layouts,
+    tensorboard_writers,
+    write_layout,
+)
 from lit_advgame.vocabulary import Split
 
 Metrics = dict[str, float]
-Figures = dict[str, Figure]
+#: tag -> matplotlib Figure or (3, H, W) image grid (see :func:`~lit_advgame.utils.tensorboard.log_figures`)
+Figures = dict[str, Any]
 
-
-def log_scalars(trainer: pl.Trainer, metrics: Metrics, epoch: int) -> None:
-    """Write ``metrics`` with the epoch as step to every logger of ``trainer`` (call on rank 0 only)."""
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            experiment = logger.experiment
-            for tag, value in metrics.items():
-                experiment.add_scalar(tag, value, global_step=epoch)
-            experiment.flush()
-        else:
-            logger.log_metrics(metrics, step=epoch)
-
-
-def log_figures(trainer: pl.Trainer, figures: Figures, epoch: int) -> None:
-    """Add ``figures`` with the epoch as step to the TensorBoard loggers of ``trainer`` (rank 0 only)."""
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            experiment = logger.experiment
-            for tag, figure in figures.items():
-                experiment.add_figure(tag, figure, global_step=epoch, close=False)
-            experiment.flush()
+#: the last category of the Custom Scalars layout: every callback's cost counters
+COST_CHARTS: Layout = {
+    "cost (all callbacks)": [
+        Chart("forward passes per run (one image through one network)", (f"^{COST_GROUP}/.+/forward_passes$",)),
+        Chart("seconds per run", (f"^{COST_GROUP}/.+/seconds$",)),
+        Chart("masked inputs of the estimates", (f"^{COST_GROUP}/.+/masked_forward_passes$",)),
+    ]
+}
 
 
 #: probe examples of a callback (the transferability callback's default is 64)
@@ -107,6 +109,7 @@ class ProbeCallback(Callback):
         batch_size: images per forward pass.
         every_n_epochs: run every this many epochs (>= 1).
         prefix: first part of every logged tag.
+        log_figure: also log the callback's figures and image grids (TensorBoard only).
         probe_x, probe_y: optional probe tensors (images in [0, 1] and labels) used instead of the
             DataModule (the first ``probe_size`` of them).
 
@@ -122,6 +125,7 @@ class ProbeCallback(Callback):
         batch_size: int = 256,
         every_n_epochs: int = 1,
         prefix: str,
+        log_figure: bool = True,
         probe_x: Any = None,
         probe_y: Any = None,
     ) -> None:
@@ -139,6 +143,7 @@ class ProbeCallback(Callback):
         self.batch_size = batch_size
         self.every_n_epochs = every_n_epochs
         self.prefix = prefix.strip("/")
+        self.log_figure = bool(log_figure)
         self._given = None
         if probe_x is not None or probe_y is not None:
             self._given = check_probe_tensors(probe_x, probe_y, type(self).__name__)
@@ -150,6 +155,7 @@ class ProbeCallback(Callback):
         self._probe: tuple[torch.Tensor, torch.Tensor] | None = None
         self._on_device: tuple[torch.device, torch.Tensor, torch.Tensor] | None = None
         self._last_fit_epoch: int | None = None
+        self._layout_dirs: set[str] = set()
         self.last_metrics: Metrics = {}
         self.history: list[tuple[int, Metrics]] = []
 
@@ -196,6 +202,18 @@ class ProbeCallback(Callback):
         self._probe = (x, y)
         self._on_device = None
         self.announce_cost(trainer, model, x)
+        self.write_layout(trainer)
+
+    def write_layout(self, trainer: pl.Trainer) -> None:
+        """On global rank 0, the last probe callback of ``trainer`` writes the Custom Scalars layout of all of them
+        (:meth:`charts`, then :data:`COST_CHARTS`) to the TensorBoard loggers, once per log dir."""
+        probes = [cb for cb in trainer.callbacks if isinstance(cb, ProbeCallback)]
+        if not trainer.is_global_zero or not probes or probes[-1] is not self:
+            return
+        dirs = {str(writer.log_dir) for writer in tensorboard_writers(trainer)}
+        if dirs <= self._layout_dirs:
+            return
+        self._layout_dirs |= set(write_layout(trainer, merge_layouts([cb.charts() for cb in probes] + [COST_CHARTS])))
 
     def announce_cost(self, trainer: pl.Trainer, model: nn.Module, x: torch.Tensor) -> None:
         """Print (rank 0) the forward passes a run plans (:meth:`planned_forward_passes`), per run, per epoch and,
@@ -238,8 +256,8 @@ class ProbeCallback(Callback):
             x, y = self._probe_on(module_device(model))
             metrics, figures = self.compute(model, x, y, epoch)
         seconds = time.perf_counter() - start
-        metrics[f"{self.prefix}/cost/forward_passes"] = float(counter.count)
-        metrics[f"{self.prefix}/cost/seconds"] = seconds
+        metrics[self.cost_tag("forward_passes")] = float(counter.count)
+        metrics[self.cost_tag("seconds")] = seconds
         self.last_metrics = dict(metrics)
         self.history.append((epoch, dict(metrics)))
         log_scalars(trainer, metrics, epoch)
@@ -264,8 +282,14 @@ class ProbeCallback(Callback):
         return members_of(model) or [model]
 
     def compute(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[Metrics, Figures]:
-        """Metrics (tag -> value) and figures (tag -> Figure) for the probes ``(x, y)`` on the model's device."""
+        """Metrics (tag -> value; an estimate's standard error as ``<tag>_stderr``) and figures (tag -> Figure or
+        image grid; built only when :attr:`log_figure` is set) for the probes ``(x, y)`` on the model's device."""
         raise NotImplementedError
+
+    def charts(self) -> Layout:
+        """The callback's part of the Custom Scalars layout (category -> charts; known after ``setup``); none by
+        default."""
+        return {}
 
     # ----------------------------------------------------------------------------- helpers
     def _probe_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -277,3 +301,12 @@ class ProbeCallback(Callback):
 
     def tag(self, *parts: str) -> str:
         return "/".join((self.prefix, *parts))
+
+    def cost_tag(self, name: str) -> str:
+        """``zz_cost/<prefix>/<name>``: a cost counter of this callback (one group TensorBoard sorts last)."""
+        return cost_tag(self.prefix, name)
+
+    def pattern(self, *parts: str, then: str = "$") -> str:
+        """A regular expression (for multi-line charts) matching the tags that start with :meth:`tag` ``(*parts)``
+        followed by the expression ``then`` (by default: exactly that tag)."""
+        return f"^{re.escape(self.tag(*parts))}{then}"

@@ -6,9 +6,11 @@ the same way. As the reference (``plot.py --type 3``), it is computed on clean i
 only the probes the model classifies correctly) and reported as a ratio of means over images and
 pairs (:func:`lit_advgame.interactions.disentanglement`); the paper's per-pair form is logged too.
 
-Scalars (epoch as step): ``disentanglement/<o>`` and ``disentanglement/<o>_stderr`` (ratio of
-means), ``disentanglement/per_pair_form/<o>``, ``disentanglement/num_images``,
-``disentanglement/num_forward_passes`` and the cost. Figure: ``disentanglement/curve``.
+Scalars (epoch as step): ``disentanglement/<o>`` (ratio of means) with its standard error (``_stderr`` in the
+metrics; in TensorBoard the margins ``zz_margin/disentanglement/<o>/{lower,upper}`` and value ± 1 SE charts in
+Custom Scalars), ``disentanglement/per_pair_form/<o>``, ``disentanglement/num_skipped_pairs/<o>``,
+``disentanglement/num_images`` and the cost (``zz_cost/disentanglement/{forward_passes,seconds,
+masked_forward_passes}``). Figure: ``disentanglement/curve``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from lit_advgame.callbacks.figures import disentanglement_figure
 from lit_advgame.callbacks.game_settings import GameCallback
 from lit_advgame.callbacks.probes import batched_logits
 from lit_advgame.interactions import disentanglement
+from lit_advgame.utils.tensorboard import Chart, Layout
 
 
 class DisentanglementCallback(GameCallback):
@@ -34,8 +37,8 @@ class DisentanglementCallback(GameCallback):
         only_correct: use only the probes the model classifies correctly (the reference's images
             are those it attacked, hence correct); otherwise all probes.
         prefix: tag prefix (default ``"disentanglement"``).
-        **kwargs: ``game`` and ``log_figure`` (:class:`~lit_advgame.callbacks.game_settings.GameCallback`)
-            and the probe settings (:class:`~lit_advgame.callbacks.base.ProbeCallback`; ``probe_size`` 16, ...).
+        **kwargs: ``game`` (:class:`~lit_advgame.callbacks.game_settings.GameCallback`) and the probe settings
+            (:class:`~lit_advgame.callbacks.base.ProbeCallback`; ``probe_size`` 16, ``log_figure``, ...).
     """
 
     num_games = 1
@@ -56,6 +59,13 @@ class DisentanglementCallback(GameCallback):
             return metrics, {}
         game = self.settings.game(model, x[keep], y[keep], self.batch_size)
         result = disentanglement(game, **self.settings.estimator_kwargs(self.seed))
-        metrics.update(result.to_dict(self.prefix))
+        metrics.update(self.result_metrics(result))
         figures = {self.tag("curve"): disentanglement_figure(result, epoch)} if self.log_figure else {}
         return metrics, figures
+
+    @override
+    def charts(self) -> Layout:
+        """``D^(m)`` as value ± 1 SE charts by band of orders, and the per-pair form as lines."""
+        charts = self.margin_charts()
+        charts.append(Chart("per-pair form of D(m) (Eq. 4) per order", (self.pattern("per_pair_form", then="/"),)))
+        return {f"{self.prefix}: D(m) (Eq. 4), ratio of means ± 1 SE": charts}

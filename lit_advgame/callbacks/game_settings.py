@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from lit_advgame.callbacks.base import ProbeCallback
+from lit_advgame.callbacks.base import Metrics, ProbeCallback
 from lit_advgame.interactions import (
     BASELINE_NAMES,
     DEFAULT_MAX_FORWARD_PASSES,
@@ -50,6 +50,7 @@ from lit_advgame.interactions import (
 from lit_advgame.interactions.game import DEFAULT_GRID
 from lit_advgame.interactions.players import grid_shape
 from lit_advgame.utils.checks import check_choice, check_int
+from lit_advgame.utils.tensorboard import Chart, order_bands
 from lit_advgame.vocabulary import IMAGE_VALUES, PAIR_KINDS, ImageValue, PairKind
 
 #: value functions usable without extra per-image inputs
@@ -199,8 +200,8 @@ class GameCallback(ProbeCallback):
         game: the game and estimator settings, a :class:`GameSettings` (in YAML a mapping such as
             ``{grid: 8, orders: reference, num_pairs: 4, num_contexts: 8}``); the flat keywords of its
             fields (``grid=``, ``orders=``, ...) are deprecated aliases.
-        log_figure: also log the figure of the curves.
-        **kwargs: the probe settings of :class:`~lit_advgame.callbacks.base.ProbeCallback`.
+        **kwargs: the probe settings of :class:`~lit_advgame.callbacks.base.ProbeCallback` (``log_figure``: also
+            log the figures of the curves, ...).
 
     Subclasses set :attr:`num_games`, the games each estimate evaluates (for the forward-pass budget).
     """
@@ -208,12 +209,25 @@ class GameCallback(ProbeCallback):
     #: input games per estimate (clean and adversarial: 2)
     num_games: int = 1
 
-    def __init__(self, *, game: GameSettings = DEFAULT_GAME, log_figure: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *, game: GameSettings = DEFAULT_GAME, **kwargs: Any) -> None:
         game = settings_argument(GameSettings, game, kwargs, self.name, "game")
         super().__init__(**kwargs)
         #: the :class:`GameSettings` given as ``game``
         self.settings = game
-        self.log_figure = bool(log_figure)
+
+    def result_metrics(self, result: Any) -> Metrics:
+        """The metrics of an estimator's result (``result.to_dict(prefix)``: per order value and ``_stderr``), its
+        masked forward passes as the cost counter ``zz_cost/<prefix>/masked_forward_passes``."""
+        metrics = result.to_dict(self.prefix)
+        metrics[self.cost_tag("masked_forward_passes")] = metrics.pop(self.tag("num_forward_passes"))
+        return metrics
+
+    def margin_charts(self, *parts: str) -> list[Chart]:
+        """Margin charts (value ± 1 SE) of the per-order estimates ``<prefix>/<parts>/<order>``, one per band of
+        orders (:func:`~lit_advgame.utils.tensorboard.order_bands`)."""
+        orders = self.settings.resolved
+        bands = order_bands(orders.labels, orders.orders, self.settings.num_players)
+        return [Chart(name, tuple(self.tag(*parts, label) for label in labels), margin=True) for name, labels in bands]
 
     @override
     def check_setup(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:

@@ -12,10 +12,13 @@ and estimates, with the **same** pairs and contexts on ``x`` and ``x_adv``
 
 Scalars (epoch as step; ``<o>`` is the order label, ``r0.10`` for ratio 0.1 or ``m3`` for order 3):
 ``interaction/clean/<o>``, ``interaction/adversarial/<o>``, ``interaction/delta/<o>``,
-``interaction/utility/<o>`` (ΔJ), each with ``_stderr``, ``interaction/share/<o>``,
-``interaction/num_images``, ``interaction/num_forward_passes`` (masked inputs of the estimate),
-``interaction/attack/{clean_accuracy,success_rate,logit_drop,linf[,reached_fraction]}`` and the
-cost. Figure: ``interaction/curves`` (I clean/adversarial, ΔI, ΔJ and the share over orders).
+``interaction/utility/<o>`` (ΔJ), each with its standard error (``_stderr`` in the metrics; in TensorBoard the
+margins ``zz_margin/interaction/<quantity>/<o>/{lower,upper}`` and a value ± 1 SE chart per band of orders in
+Custom Scalars), ``interaction/share/<o>``, ``interaction/num_images``,
+``interaction/attack/{clean_accuracy,success_rate,logit_drop,linf[,reached_fraction]}`` and the cost
+(``zz_cost/interaction/{forward_passes,seconds,masked_forward_passes}``). Images (one panel each):
+``interaction/clean_vs_adversarial``, ``interaction/delta``, ``interaction/utility``, ``interaction/share``
+(against the order) and ``interaction/examples`` (clean probes, adversarial probes, amplified perturbations).
 """
 
 from __future__ import annotations
@@ -28,10 +31,19 @@ from torch import nn
 from typing_extensions import override
 
 from lit_advgame.callbacks.base import Figures, Metrics
-from lit_advgame.callbacks.figures import multi_order_figure
+from lit_advgame.callbacks.figures import multi_order_figures
 from lit_advgame.callbacks.game_settings import GameCallback
 from lit_advgame.callbacks.probe_attack import STRENGTH, ProbeAttack
 from lit_advgame.interactions import interaction_change
+from lit_advgame.utils.tensorboard import Chart, Layout, example_grid
+
+#: the per-order estimates with a standard error: tag part -> what it is (Ren et al., NeurIPS 2021)
+ESTIMATES = {
+    "delta": "ΔI(m) = I(m)(x) - I(m)(x_adv)",
+    "utility": "attacking utility ΔJ(m) (Eq. 3)",
+    "clean": "I(m) on the clean probes (Eq. 2)",
+    "adversarial": "I(m) on the adversarial probes (Eq. 2)",
+}
 
 
 class MultiOrderInteractionCallback(GameCallback):
@@ -49,11 +61,11 @@ class MultiOrderInteractionCallback(GameCallback):
         prefix: tag prefix (default ``"interaction"``).
         **kwargs: ``game`` (the game and estimator settings, a
             :class:`~lit_advgame.callbacks.game_settings.GameSettings`; in YAML a mapping such as
-            ``{grid: 8, orders: reference, num_pairs: 4, num_contexts: 8}``) and ``log_figure``
-            (:class:`~lit_advgame.callbacks.game_settings.GameCallback`), and the probe settings of
+            ``{grid: 8, orders: reference, num_pairs: 4, num_contexts: 8}``;
+            :class:`~lit_advgame.callbacks.game_settings.GameCallback`), and the probe settings of
             :class:`~lit_advgame.callbacks.base.ProbeCallback` (``probe_size`` 16, of which only the
             probes classified correctly are attacked; ``probe_split``, ``seed``, ``batch_size``,
-            ``every_n_epochs``, ``probe_x``, ``probe_y``).
+            ``every_n_epochs``, ``log_figure``, ``probe_x``, ``probe_y``).
     """
 
     num_games = 2
@@ -87,6 +99,22 @@ class MultiOrderInteractionCallback(GameCallback):
         clean = self.settings.game(model, xs, ys, self.batch_size)
         adversarial = self.settings.game(model, xa, ys, self.batch_size)
         result = interaction_change(clean, adversarial, **self.settings.estimator_kwargs(self.seed))
-        metrics.update(result.to_dict(self.prefix))
-        figures = {self.tag("curves"): multi_order_figure(result, epoch)} if self.log_figure else {}
+        metrics.update(self.result_metrics(result))
+        if not self.log_figure:
+            return metrics, {}
+        figures: Figures = {self.tag(name): figure for name, figure in multi_order_figures(result, epoch).items()}
+        figures[self.tag("examples")] = example_grid(xs, xa)
         return metrics, figures
+
+    @override
+    def charts(self) -> Layout:
+        """Per estimate of :data:`ESTIMATES`, a category of value ± 1 SE charts by band of orders; the share and the
+        probe attack's statistics as lines."""
+        layout: Layout = {
+            f"{self.tag(part)}: {what}, ± 1 SE": self.margin_charts(part) for part, what in ESTIMATES.items()
+        }
+        layout[f"{self.prefix}: share and attack"] = [
+            Chart("share |ΔI(m)| / Σ |ΔI(m')| per order", (self.pattern("share", then="/"),)),
+            *self.attack.charts(self.prefix),
+        ]
+        return layout

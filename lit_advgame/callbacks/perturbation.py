@@ -16,9 +16,12 @@ is computed exactly (stderr 0) at ``2n + 2`` forward passes per image. The IR at
 ``2/255`` but 20 steps (``attack_kwargs`` replaces these; the strength attack is available too, then
 only the examples that reached its window are used).
 
-Scalars (epoch as step): ``perturbation_interaction/value``, ``perturbation_interaction/stderr``,
-``perturbation_interaction/num_images``, ``perturbation_interaction/num_forward_passes``,
-``perturbation_interaction/attack/{clean_accuracy,success_rate,logit_drop,linf}`` and the cost.
+Scalars (epoch as step): ``perturbation_interaction/value`` with its standard error (``value_stderr`` in the
+metrics; in TensorBoard the margins ``zz_margin/perturbation_interaction/value/{lower,upper}`` and a value ± 1 SE
+chart in Custom Scalars), ``perturbation_interaction/num_images``,
+``perturbation_interaction/attack/{clean_accuracy,success_rate,logit_drop,linf}`` and the cost
+(``zz_cost/perturbation_interaction/{forward_passes,seconds,masked_forward_passes}``). Image:
+``perturbation_interaction/examples`` (clean probes, adversarial probes, amplified perturbations).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from lit_advgame.callbacks.game_settings import settings_argument
 from lit_advgame.callbacks.probe_attack import STRENGTH, ProbeAttack
 from lit_advgame.interactions import grid_player_map
 from lit_advgame.interactions.perturbation_spec import PerturbationInteraction
+from lit_advgame.utils.tensorboard import Chart, Layout, example_grid
 
 #: attack options used when ``attack_kwargs`` is not given and the attack is a preset
 DEFAULT_PRESET_KWARGS = {"steps": 20}
@@ -56,9 +60,9 @@ class PerturbationInteractionCallback(ProbeCallback):
         attack_kwargs: its options (default for presets: ``{steps: 20}``).
         prefix: tag prefix (default ``"perturbation_interaction"``).
         **kwargs: the probe settings of :class:`~lit_advgame.callbacks.base.ProbeCallback` (``probe_size``
-            16; only the probes classified correctly are attacked). The flat keywords ``grid=``,
-            ``form=``, ``num_samples=``, ``group_size=``, ``value=``, ``scale=`` are deprecated aliases
-            of ``interaction``.
+            16; only the probes classified correctly are attacked; ``log_figure``: the image grid). The flat
+            keywords ``grid=``, ``form=``, ``num_samples=``, ``group_size=``, ``value=``, ``scale=`` are deprecated
+            aliases of ``interaction``.
     """
 
     def __init__(
@@ -111,6 +115,12 @@ class PerturbationInteractionCallback(ProbeCallback):
             model, xs, delta, ys, generator=torch.Generator().manual_seed(self.seed), batch_size=self.batch_size
         )
         metrics[self.tag("value")] = float(result.values)
-        metrics[self.tag("stderr")] = float(result.stderr)
-        metrics[self.tag("num_forward_passes")] = float(result.num_forward_passes)
-        return metrics, {}
+        metrics[self.tag("value_stderr")] = float(result.stderr)
+        metrics[self.cost_tag("masked_forward_passes")] = float(result.num_forward_passes)
+        return metrics, {self.tag("examples"): example_grid(xs, outcome.x_adv[keep])} if self.log_figure else {}
+
+    @override
+    def charts(self) -> Layout:
+        """``E_ij[I_ij(δ)]`` as value ± 1 SE, and the probe attack's statistics as lines."""
+        value = Chart("E_ij[I_ij(δ)] (Eq. 4), ± 1 SE", (self.tag("value"),), margin=True)
+        return {f"{self.prefix}: interaction inside perturbations": [value, *self.attack.charts(self.prefix)]}

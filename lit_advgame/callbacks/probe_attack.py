@@ -30,6 +30,7 @@ from lit_advgame.attacks import build_attack, preset_config
 from lit_advgame.attacks.strength import DEFAULT_STEPS, StrengthControlledAttack
 from lit_advgame.callbacks.probes import batched_logits
 from lit_advgame.utils.checks import check_int
+from lit_advgame.utils.tensorboard import Chart, exact
 
 STRENGTH = "strength"
 _NUMBER_KEYS = ("threshold", "tolerance", "eps", "step_size", "min_step_size", "init_std")
@@ -110,6 +111,15 @@ class ProbeAttack:
         """``"the 'pgd' attack (10 steps per probe)"``: for the callbacks' cost announcement."""
         bound = "up to " if self.name == STRENGTH else ""
         return f"the {self.name!r} attack ({bound}{self.steps} steps per probe)"
+
+    def charts(self, prefix: str) -> list[Chart]:
+        """Multi-line charts of the statistics :meth:`run` returns, logged as ``<prefix>/attack/<statistic>``."""
+        rates = ("clean_accuracy", "success_rate") + (("reached_fraction",) if self.name == STRENGTH else ())
+        return [
+            Chart(f"{self.name} attack: {', '.join(rates)}", tuple(exact(f"{prefix}/attack/{k}") for k in rates)),
+            Chart(f"{self.name} attack: mean drop of the true-class logit", (exact(f"{prefix}/attack/logit_drop"),)),
+            Chart(f"{self.name} attack: mean L-inf norm of the perturbation", (exact(f"{prefix}/attack/linf"),)),
+        ]
 
     def build(self, model: nn.Module, seed: int | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The attack on ``model`` as a callable ``(x, y) -> x_adv`` (``seed`` overrides the configured one)."""

@@ -20,8 +20,9 @@ steps, step eps/5, 5 restarts.
 Scalars (epoch as step): ``transfer/<source>_to_<target>`` for every pair (names ``member0``, ...,
 the external models' names, ``ensemble``; ``model`` for a single classifier),
 ``transfer/member_off_diagonal_mean`` (mean transfer between distinct members, with at least two
-members), ``transfer/member_whitebox_mean``, ``transfer/num_points`` and the cost. Figure:
-``transfer/matrix`` (heatmap, rows = source, columns = target).
+members), ``transfer/member_whitebox_mean``, ``transfer/num_points`` and the cost
+(``zz_cost/transfer/{forward_passes,seconds}``). Figure: ``transfer/matrix`` (heatmap, rows = source,
+columns = target).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from lit_advgame.interactions import eval_mode
 from lit_advgame.models import find_normalizer
 from lit_advgame.predict.models import load_classifiers
 from lit_advgame.utils.checks import check_int
+from lit_advgame.utils.tensorboard import Chart, Layout
 
 #: attack options used when ``attack_kwargs`` is not given (see the module docstring)
 DEFAULT_ATTACK_KWARGS = {"eps": 0.05, "step_size": 0.0125, "steps": 10}
@@ -59,9 +61,9 @@ class TransferabilityCallback(ProbeCallback):
         restarts: attack runs per source (different seeds); a probe counts as fooled if any run fools.
         include_ensemble: add the ensemble output as a source and target (ensembles only).
         external_models: optional list of model specs evaluated as extra sources and targets.
-        log_figure: also log the heatmap.
         prefix: tag prefix (default ``"transfer"``).
-        **kwargs: the other probe settings of :class:`~lit_advgame.callbacks.base.ProbeCallback`.
+        **kwargs: the other probe settings of :class:`~lit_advgame.callbacks.base.ProbeCallback` (``log_figure``:
+            the heatmap, ...).
     """
 
     def __init__(
@@ -73,7 +75,6 @@ class TransferabilityCallback(ProbeCallback):
         restarts: int = 1,
         include_ensemble: bool = True,
         external_models: list[Any] | None = None,
-        log_figure: bool = True,
         prefix: str = "transfer",
         **kwargs: Any,
     ) -> None:
@@ -86,7 +87,6 @@ class TransferabilityCallback(ProbeCallback):
         self.restarts = restarts
         self.include_ensemble = bool(include_ensemble)
         self.external_specs = list(external_models or [])
-        self.log_figure = bool(log_figure)
         self._externals: list[tuple[str, nn.Module]] = []
 
     # ------------------------------------------------------------------------------------------
@@ -176,6 +176,17 @@ class TransferabilityCallback(ProbeCallback):
             return attack
 
         return factory
+
+    @override
+    def charts(self) -> Layout:
+        """The members' mean white-box and off-diagonal transfer rates, and every (source, target) rate, as lines."""
+        means = Chart("members: mean white-box and off-diagonal transfer", (self.pattern(then="/member_.+_mean$"),))
+        return {
+            f"{self.prefix}: transfer success": [
+                means,
+                Chart("every source -> target", (self.pattern(then="/.+_to_"),)),
+            ]
+        }
 
     # ------------------------------------------------------------------------------------------
     @override

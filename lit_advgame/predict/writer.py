@@ -24,10 +24,11 @@ Use it with :class:`~lit_advgame.predict.attack_module.AttackModule` in ``traine
   deletes the shards (``keep_shards`` keeps them) and writes ``summary.json`` (the count, the
   source model's clean accuracy and white-box success, the mean ‖δ‖ in the attack's norm, this run's
   images, time and images/s; logged to the trainer's logger, if any) and the same as a Markdown table,
-  ``summary.md``, which it prints. When the attack fooled its own source model on fewer than
-  ``min_whitebox_success`` of the clean-correct examples, a warning gives the measured rate with
-  the attack's loss and IR λ and suggests the margin loss or a smaller λ (the paper's λ, "auto":
-  1 for ResNets, 2 otherwise, can overwhelm the classification loss on small confident models).
+  ``summary.md``, which it prints; with a TensorBoard logger also the image ``attack/examples`` (the first
+  examples: clean, adversarial, perturbation amplified to the full range). When the attack fooled its own
+  source model on fewer than ``min_whitebox_success`` of the clean-correct examples, a warning gives the
+  measured rate with the attack's loss and IR λ and suggests the margin loss or a smaller λ (the paper's λ,
+  "auto": 1 for ResNets, 2 otherwise, can overwhelm the classification loss on small confident models).
 
 A shard or ``meta.json`` that cannot be read (truncated, or a shard whose content does not match
 its name) is reported by name: delete it and rerun, which resumes and re-attacks what is missing.
@@ -63,6 +64,7 @@ from lit_advgame.predict.shards import (
 )
 from lit_advgame.utils.checks import check_positive
 from lit_advgame.utils.io import atomic_write_text
+from lit_advgame.utils.tensorboard import example_grid, log_figures
 
 #: DataModule hyper-parameters that may change between a run and its resumption
 RESUMABLE_DATA_KEYS = ("predict_limit", "num_workers", "pin_memory")
@@ -418,6 +420,8 @@ class AdversarialWriter(BasePredictionWriter):
         if trainer.logger is not None:
             numbers = {f"attack/{k}": v for k, v in self.summary.items() if isinstance(v, (int, float))}
             trainer.logger.log_metrics(numbers, step=0)
+            if self.merged:  # the first examples: clean, adversarial, amplified perturbation (TensorBoard)
+                log_figures(trainer, {"attack/examples": example_grid(self.merged["x"], self.merged["x_adv"])}, 0)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
