@@ -76,6 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device not in ("cpu", "cuda"):
+        parser.error(f"--device must be auto, cuda or cpu; got {args.device!r}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but torch finds no CUDA device (torch.cuda.is_available() is False)")
     tiny = args.tiny
     args.size = args.size or (32 if tiny else 224)
     args.images = args.images or (2 if tiny else 4)

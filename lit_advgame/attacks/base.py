@@ -453,4 +453,6 @@ class Attack:
             f"transforms={self.transforms}",
             f"loss_terms={self.loss_terms}",
         ]
+        if self.autocast is not None or self.channels_last:
+            parts += [f"autocast={self.autocast!r}", f"channels_last={self.channels_last}"]
         return f"Attack({', '.join(parts)})"
