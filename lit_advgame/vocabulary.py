@@ -110,6 +110,11 @@ SkipKind = Literal["identity", "concat", "projection"]
 """Kinds of skip connection SGM recognises."""
 SKIP_KINDS = choices(SkipKind)
 
+Autocast = Literal["none", "bf16", "fp16"]
+"""Mixed precision of a model's forward in masked evaluations and attacks (:mod:`lit_advgame.utils.precision`):
+float32 (``none``), or ``torch.autocast`` to bfloat16 / float16 around the forward only."""
+AUTOCAST_MODES = choices(Autocast)
+
 RecordMode = Literal["none", "uint8", "scores"]
 """What ``AttackModule`` records per step in a predict run."""
 RECORD_MODES = choices(RecordMode)

@@ -237,6 +237,7 @@ VOCABULARY_SOURCES = [
     ("RECORD_FORMATS", "lit_advgame.attacks.base", "RECORD_FORMATS"),
     ("ATTACK_PRESETS", "lit_advgame.attacks.presets", "PRESETS"),
     ("RECORD_MODES", "lit_advgame.predict.attack_module", "RECORD_MODES"),
+    ("AUTOCAST_MODES", "lit_advgame.utils.precision", "AUTOCAST_MODES"),
     ("VALUE_NAMES", "lit_advgame.interactions.values", "VALUE_NAMES"),
     ("BASELINE_NAMES", "lit_advgame.interactions.baselines", "BASELINE_NAMES"),
     ("ORDER_PRESETS", "lit_advgame.interactions.orders", "ORDER_PRESETS"),

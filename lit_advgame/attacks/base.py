@@ -20,6 +20,14 @@ Units: ε and α are in pixel units (images in [0, 1]). An L∞ ε or α above 1
 the pixel cube) and an L2 ε or α above √n (its L2 diameter, n = C·H·W of one image) is an error,
 since such a value almost always means intensity levels (``eps: 16`` for 16/255): write the
 fraction (``"16/255"``) or pass ``unit="1/255"`` to give ε and α in 0–255 intensity levels.
+
+Precision (:mod:`lit_advgame.utils.precision`): with ``autocast="bf16"``/``"fp16"`` (or, with the default
+``autocast=None``, inside an ambient ``torch.autocast`` region such as Lightning's ``bf16-mixed`` predict
+step) only the model's forwards -- the classification loss's and the loss terms' (the IR term's masked
+inputs) -- run in reduced precision, their logits cast back to float32; δ, its gradient, the gradient
+transforms, the step, the projection onto the ε-ball and the clipping to [0, 1] stay float32, so ``x_adv``
+is in [0, 1] and in the ball exactly as in float32. ``channels_last=True`` feeds the model channels_last
+inputs (the same numbers).
 """
 
 from __future__ import annotations
@@ -48,7 +56,14 @@ from lit_advgame.utils.checks import (
     check_positive,
     parse_fraction,
 )
-from lit_advgame.vocabulary import RADIUS_SCALINGS, RECORD_FORMATS
+from lit_advgame.utils.precision import (
+    PrecisionModel,
+    autocast_context,
+    check_autocast,
+    check_channels_last,
+    resolve_autocast,
+)
+from lit_advgame.vocabulary import RADIUS_SCALINGS, RECORD_FORMATS, Autocast
 
 SCALINGS = RADIUS_SCALINGS
 #: units of ``eps``/``step_size`` and their size in pixel units (the value is divided by it):
@@ -161,6 +176,10 @@ class Attack:
             With neither, the base seed is drawn from torch's global generator.
         record_iterates: keep the per-step candidates in :attr:`AttackResult.iterates`.
         record_format: ``"delta"`` or ``"uint8"`` (see :class:`AttackResult`).
+        autocast: precision of the model's forwards: ``"bf16"``/``"fp16"`` (``torch.autocast``), ``"none"``
+            (float32), or ``None`` (default) to follow the ambient ``torch.autocast`` state when the attack
+            runs (e.g. Lightning's ``trainer.precision: bf16-mixed``); see the module docstring.
+        channels_last: feed the model its inputs in ``torch.channels_last`` memory format.
 
     The resolved pixel-space radius and step are the attributes :attr:`resolved_eps` and
     :attr:`resolved_step_size` (with ``"sqrt_dim"`` scaling they are ``None`` until the first call,
@@ -196,6 +215,8 @@ class Attack:
         generator: torch.Generator | None = None,
         record_iterates: bool = False,
         record_format: str = "delta",
+        autocast: Autocast | None = None,
+        channels_last: bool = False,
     ) -> None:
         self.models = as_model_list(model)
         self.model = combine(self.models)
@@ -224,6 +245,8 @@ class Attack:
         if not isinstance(record_iterates, bool):
             raise TypeError(f"record_iterates must be a bool; got {record_iterates!r}")
         check_choice(record_format, "record_format", RECORD_FORMATS)
+        check_autocast(autocast)
+        check_channels_last(channels_last)
 
         self.unit = unit
         self.eps = float(eps) / UNITS[unit]  # division: eps=16 in "1/255" is exactly the float 16/255
@@ -241,6 +264,8 @@ class Attack:
         self.generator = generator
         self.record_iterates = record_iterates
         self.record_format = record_format
+        self.autocast = autocast
+        self.channels_last = channels_last
         for part in [*self.transforms, *self.loss_terms]:
             part.check_model(self.models)
         # L∞ radii (and √n-scaled L2 ones) can be checked now; unscaled L2 ones at call time
@@ -297,9 +322,12 @@ class Attack:
         """
         self._check_inputs(x, y, target)
         record = self.record_iterates if record_iterates is None else record_iterates
+        # the model's forwards under the resolved precision; an ambient autocast region covers nothing else
+        model = PrecisionModel(self.model, resolve_autocast(self.autocast, x.device), self.channels_last)
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.inference_mode(False))
             stack.enter_context(torch.enable_grad())
+            stack.enter_context(autocast_context("none", x.device))
             stack.enter_context(eval_mode(self.models))
             x = as_model_dtype(x.detach(), self.models).clone()
             y = y.detach().to(x.device).clone()
@@ -308,11 +336,11 @@ class Attack:
                 target = target.detach().to(x.device).clone()
                 labels = target
             with torch.no_grad():
-                num_classes = self.model(x).shape[1]
+                num_classes = model(x).shape[1]
             check_labels(y, x.shape[0], num_classes, "y")
             if self.targeted:
                 check_labels(target, x.shape[0], num_classes, "target")
-            return self._iterate(x, y, labels, record, callback)
+            return self._iterate(model, x, y, labels, record, callback)
 
     # ----------------------------------------------------------------------------------------
     def _check_inputs(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> None:
@@ -341,7 +369,7 @@ class Attack:
             counts[kind] = index + 1
             part.start(x, make_generator(base_seed, f"{kind}#{index}", x.device))
 
-    def _iterate(self, x, y, labels, record, callback) -> AttackResult:
+    def _iterate(self, model, x, y, labels, record, callback) -> AttackResult:
         base_seed = self._base_seed()
         self._start_components(x, base_seed)
         eps, alpha = self.effective_eps(x), self.effective_step_size(x)
@@ -357,7 +385,7 @@ class Attack:
                 iterates.append(self._snapshot(x, delta))
             if callback is not None:
                 callback(t, (x + delta).clamp(0.0, 1.0).detach())
-            grad, logs = self._gradient(x, delta, y, labels)
+            grad, logs = self._gradient(model, x, delta, y, labels)
             for name, values in logs.items():
                 history.setdefault(name, []).append(values)
             for transform in self.transforms:
@@ -378,8 +406,9 @@ class Attack:
             return torch.round((x + delta).clamp(0.0, 1.0) * 255).to(torch.uint8).cpu()
         return delta.detach().cpu().clone()
 
-    def _gradient(self, x, delta, y, labels) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """∇_δ of the summed per-image objective, and the per-image values logged for this step."""
+    def _gradient(self, model, x, delta, y, labels) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """∇_δ of the summed per-image objective, and the per-image values logged for this step (``model``:
+        the attacked model under the attack's precision, :class:`~lit_advgame.utils.precision.PrecisionModel`)."""
         batch = x.shape[0]
         delta = delta.detach().requires_grad_(True)
         logs: dict[str, torch.Tensor] = {}
@@ -394,7 +423,7 @@ class Attack:
                 for transform in self.transforms:
                     inputs = transform.transform_input(inputs)
                 copies = inputs.shape[0] // batch
-                logits = self.model(inputs)
+                logits = model(inputs)
                 if inputs is perturbed:
                     shared = logits
                 rows = classification_loss(logits, labels.repeat(copies), self.loss, self.targeted)
@@ -405,7 +434,7 @@ class Attack:
                 logs["classification"] = per_image.detach()
             for term in self.loss_terms:
                 extra = {"logits": shared} if term.uses_logits else {}
-                contribution, term_logs = term(self.model, x, delta, y, **extra)
+                contribution, term_logs = term(model, x, delta, y, **extra)
                 objective = objective + contribution
                 logs.update(term_logs)
             logs["objective"] = objective.detach()
@@ -424,4 +453,6 @@ class Attack:
             f"transforms={self.transforms}",
             f"loss_terms={self.loss_terms}",
         ]
+        if self.autocast is not None or self.channels_last:
+            parts += [f"autocast={self.autocast!r}", f"channels_last={self.channels_last}"]
         return f"Attack({', '.join(parts)})"

@@ -61,6 +61,7 @@ from lit_advgame.attacks.transforms.skip_gradient import is_skip_block
 from lit_advgame.interactions.perturbation_spec import FIELDS as SPEC_FIELDS
 from lit_advgame.interactions.perturbation_spec import PerturbationInteraction
 from lit_advgame.utils.checks import parse_fraction
+from lit_advgame.vocabulary import Autocast
 
 #: every configuration key and its base value (``None`` = component off / norm default)
 DEFAULTS: dict[str, Any] = {
@@ -265,8 +266,17 @@ def resolve_auto(config: dict[str, Any], models: Sequence[nn.Module]) -> dict[st
     return config
 
 
-def attack_from_config(config: dict[str, Any], model: nn.Module | Sequence[nn.Module]) -> Attack:
+def attack_from_config(
+    config: dict[str, Any],
+    model: nn.Module | Sequence[nn.Module],
+    *,
+    autocast: Autocast | None = None,
+    channels_last: bool = False,
+) -> Attack:
     """Build an :class:`Attack` from a flat configuration (see :data:`DEFAULTS`).
+
+    ``autocast``/``channels_last``: the precision and memory format of the model's forwards
+    (:class:`~lit_advgame.attacks.Attack`'s; how the attack runs, not part of the configuration).
 
     Options of a component that is off must keep their default values (else ``ValueError``).
     The resolved radius is logged (``rank_zero_info``) once per distinct description.
@@ -295,7 +305,10 @@ def attack_from_config(config: dict[str, Any], model: nn.Module | Sequence[nn.Mo
     if c["ir_lambda"] is not None:
         spec = {key[len("ir_") :]: c[key] for key in IR_SPEC_KEYS}
         loss_terms.append(InteractionLoss(c["ir_lambda"], spec, batch_size=c["ir_batch_size"]))
-    attack = Attack(models, transforms=transforms, loss_terms=loss_terms, **{key: c[key] for key in _ATTACK_KEYS})
+    precision = {"autocast": autocast, "channels_last": channels_last}
+    attack = Attack(
+        models, transforms=transforms, loss_terms=loss_terms, **precision, **{key: c[key] for key in _ATTACK_KEYS}
+    )
     _log_once(describe_radius(attack))
     return attack
 
@@ -321,11 +334,20 @@ def describe_radius(attack: Attack) -> str:
     )
 
 
-def build_attack(preset: str, model: nn.Module | Sequence[nn.Module], **overrides: Any) -> Attack:
+def build_attack(
+    preset: str,
+    model: nn.Module | Sequence[nn.Module],
+    *,
+    autocast: Autocast | None = None,
+    channels_last: bool = False,
+    **overrides: Any,
+) -> Attack:
     """Build the attack named ``preset`` (see :func:`available_presets`) with ``overrides``.
 
     ``model`` is a pixel-space classifier (or a list of them, attacked through their mean logits); any key of
     :data:`DEFAULTS` can be overridden, and the attack maps images in [0, 1] and labels to ``x_adv``.
+    ``autocast`` (``"bf16"``, ``"fp16"``, ``"none"``; ``None``: the ambient ``torch.autocast`` state) and
+    ``channels_last`` set the precision and memory format of the model's forwards (:class:`Attack`).
 
     Example (MI+IR on a tiny linear model, 3 steps on a 4×4 interaction grid):
 
@@ -341,4 +363,4 @@ def build_attack(preset: str, model: nn.Module | Sequence[nn.Module], **override
     >>> x_adv.shape, round((x_adv - x).abs().max().item() * 255, 3)  # 3 steps of 2/255
     (torch.Size([4, 3, 8, 8]), 6.0)
     """
-    return attack_from_config(preset_config(preset, **overrides), model)
+    return attack_from_config(preset_config(preset, **overrides), model, autocast=autocast, channels_last=channels_last)

@@ -365,7 +365,7 @@ def exact_interactions(
         check_budget(game.num_images * (1 << n), max_forward_passes, f"exact enumeration of 2^{n} coalitions")
         before = game.forward_passes
         values = game.evaluate(all_coalitions(n, device=game.device))
-        return exact_from_values(values, num_forward_passes=game.forward_passes - before)
+        return exact_from_values(values, num_forward_passes=game.forward_passes - before, value_dtype=game.value_dtype)
     if isinstance(game, torch.Tensor):
         return exact_from_values(game)
     if callable(game):

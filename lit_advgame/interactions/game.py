@@ -19,6 +19,12 @@ images a non-empty (B >= 1) batch in [0, 1], and for the perturbation game ``x +
 lie in [0, 1] too (an attack's perturbation is clipped to the image box). Images (and ``delta``)
 of another floating dtype than the model, e.g. float64 for a float32 model, are cast to the
 model's dtype (differentiably), so the game and its values run in the model's dtype.
+
+Precision: ``autocast`` (``"bf16"``/``"fp16"``; ``None``, the default, follows an ambient
+``torch.autocast`` region such as Lightning's ``bf16-mixed``; ``"none"`` forces float32) runs only the
+model's forward in reduced precision and casts its logits back, so masks, values and gradients w.r.t. the
+images stay in the game's dtype; ``channels_last=True`` hands the model channels_last inputs (the same
+numbers). See :mod:`lit_advgame.utils.precision`.
 """
 
 from __future__ import annotations
@@ -48,6 +54,9 @@ from lit_advgame.utils.checks import (
     check_module,
 )
 from lit_advgame.utils.modes import eval_mode  # re-exported by lit_advgame.interactions
+from lit_advgame.utils.precision import check_autocast, check_channels_last, forward_logits
+from lit_advgame.utils.precision import value_dtype as precision_value_dtype
+from lit_advgame.vocabulary import Autocast
 
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_GRID = 16
@@ -111,6 +120,7 @@ class MaskedGame:
         player_map: ``(H, W)`` long tensor of player ids; ``num_players`` = n.
         value: the :class:`~lit_advgame.interactions.values.ValueFunction`.
         batch_size: masked inputs per forward pass.
+        autocast, channels_last: precision and memory format of the model's forward (module docstring).
         forward_passes: number of masked inputs evaluated so far (each image counts once).
     """
 
@@ -126,8 +136,12 @@ class MaskedGame:
         *,
         target: torch.Tensor | None = None,
         batch_size: int | None = None,
+        autocast: Autocast | None = None,
+        channels_last: bool = False,
     ) -> None:
         check_module(model, "model")
+        check_autocast(autocast)
+        check_channels_last(channels_last)
         present, absent = as_model_dtype(present, model, "present"), as_model_dtype(absent, model, "absent")
         self.model = model
         self.present = present
@@ -136,6 +150,8 @@ class MaskedGame:
         self.num_players = int(num_players)
         self.value = resolve_value(value)
         self.batch_size = resolve_batch_size(batch_size)
+        self.autocast = autocast
+        self.channels_last = channels_last
         self.forward_passes = 0
         batch = present.shape[0]
         if labels is not None:
@@ -168,12 +184,24 @@ class MaskedGame:
     def device(self) -> torch.device:
         return self.present.device
 
+    @property
+    def value_dtype(self) -> torch.dtype:
+        """The dtype whose rounding bounds the values: the autocast dtype of the forward, else the game's."""
+        return precision_value_dtype(self.autocast, self.device, self.present.dtype)
+
+    def model_logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The model's logits of ``inputs`` in the game's precision and memory format (not counted)."""
+        return forward_logits(self.model, inputs, autocast=self.autocast, channels_last=self.channels_last)
+
     # ------------------------------------------------------------------ classes
     def full_logits(self, *, grad: bool = False) -> torch.Tensor:
         """Logits ``(B, C)`` of the full coalition of every image (counted in :attr:`forward_passes`)."""
         with eval_mode(self.model), torch.set_grad_enabled(grad):
             logits = torch.cat(
-                [self.model(self.present[s : s + self.batch_size]) for s in range(0, self.num_images, self.batch_size)]
+                [
+                    self.model_logits(self.present[s : s + self.batch_size])
+                    for s in range(0, self.num_images, self.batch_size)
+                ]
             )
         self.forward_passes += self.num_images
         return logits
@@ -360,7 +388,7 @@ class MaskedGame:
         # present pixels are exactly `present` and absent ones exactly `absent`; it is far faster on
         # CPU than torch.where with a broadcast boolean mask.
         masked = torch.lerp(absent.expand_as(present), present, weight)
-        logits = self.model(masked)
+        logits = self.model_logits(masked)
         if logits.dim() != 2:
             raise ValueError(f"the model must return logits of shape (batch, classes); got {tuple(logits.shape)}")
         if not self._labels_checked:
@@ -403,6 +431,9 @@ class InputGame(MaskedGame):
         target: target class per image for ``value="target_minus_true"``.
         blur_sigma: Gaussian sigma in pixels for ``baseline="blur"``.
         batch_size: masked inputs per forward pass (default 256).
+        autocast: ``"bf16"``/``"fp16"`` for the model's forward only, ``"none"`` for float32, ``None``
+            (default) the ambient ``torch.autocast`` state (see the module docstring).
+        channels_last: give the model its inputs in ``torch.channels_last`` memory format.
 
     ``x`` must hold at least one image; it is cast to the model's dtype (see the module docstring).
     """
@@ -420,11 +451,14 @@ class InputGame(MaskedGame):
         target: torch.Tensor | None = None,
         blur_sigma: float = DEFAULT_BLUR_SIGMA,
         batch_size: int | None = None,
+        autocast: Autocast | None = None,
+        channels_last: bool = False,
     ) -> None:
         pmap, n = _checked_players(model, x, grid, player_map)
         x = as_model_dtype(x.detach(), model)
         absent = make_baseline(baseline, x, model, blur_sigma=blur_sigma)
-        super().__init__(model, x, absent, y, pmap, n, value, target=target, batch_size=batch_size)
+        precision = {"autocast": autocast, "channels_last": channels_last}
+        super().__init__(model, x, absent, y, pmap, n, value, target=target, batch_size=batch_size, **precision)
 
 
 class PerturbationGame(MaskedGame):
@@ -452,11 +486,14 @@ class PerturbationGame(MaskedGame):
         value: str | Callable[..., torch.Tensor] = "margin_fixed",
         target: torch.Tensor | None = None,
         batch_size: int | None = None,
+        autocast: Autocast | None = None,
+        channels_last: bool = False,
     ) -> None:
         pmap, n = _checked_players(model, x, grid, player_map)
         check_perturbation(delta, x)
         x, delta = as_model_dtype(x.detach(), model), as_model_dtype(delta, model, "delta")
-        super().__init__(model, x + delta, x, y, pmap, n, value, target=target, batch_size=batch_size)
+        precision = {"autocast": autocast, "channels_last": channels_last}
+        super().__init__(model, x + delta, x, y, pmap, n, value, target=target, batch_size=batch_size, **precision)
         self.delta = delta
 
 

@@ -216,7 +216,7 @@ def evaluate_context_terms(
     terms = torch.full((len(games), batch, len(orders), num_units, num_contexts), math.nan, dtype=torch.float64)
     scale = torch.zeros(len(games), batch, dtype=torch.float64)
     before = [game.forward_passes for game in games]
-    value_dtype = first.present.dtype
+    value_dtype = first.value_dtype
     for o, m in enumerate(orders):
         t = contexts[o]
         rows_per_image = num_units * t * len(signs)
@@ -236,7 +236,7 @@ def evaluate_context_terms(
             rows = slice(start, start + len(images))
             for g, game in enumerate(games):
                 values = game.evaluate(stacked, images=images, dedupe=dedupe_order).to(torch.float64).cpu()
-                value_dtype = game.present.dtype
+                value_dtype = game.value_dtype
                 scale[g, rows] = torch.maximum(scale[g, rows], values.abs().amax(dim=1))
                 terms[g, rows, o, :, :t] = signed_sum(values.view(len(images), num_units, t, len(signs)), signs)
     forward = [game.forward_passes - count for game, count in zip(games, before)]

@@ -242,7 +242,7 @@ def _game_and_approximator(
     model: nn.Module, x: torch.Tensor, delta: torch.Tensor, y: torch.Tensor, options: dict[str, Any], owner: str
 ) -> tuple[PerturbationGame, PerturbationInteractionApproximator]:
     """Split the keywords of the functional API into the game's and the approximator's."""
-    game_keys = ("grid", "player_map", "value", "batch_size")
+    game_keys = ("grid", "player_map", "value", "batch_size", "autocast", "channels_last")
     game_options = {key: options.pop(key) for key in game_keys if key in options}
     approximator = build_approximator(
         PerturbationInteractionApproximator,
@@ -294,7 +294,9 @@ def perturbation_interaction(
             (e.g. the attack's classification-loss forward): ``v(Ω)`` and the runner-up class come
             from them and their graph, saving one forward pass per image.
         options: :class:`PerturbationInteractionApproximator`'s fields: ``form="coalition"``,
-            ``num_samples=32``, ``group_size=32``, ``scale="reference"``, ``max_forward_passes``.
+            ``num_samples=32``, ``group_size=32``, ``scale="reference"``, ``max_forward_passes``; and the
+            game's ``autocast``/``channels_last`` (precision of the model's forward, see
+            :class:`~lit_advgame.interactions.game.PerturbationGame`).
 
     Example: the interaction inside a small perturbation on a 4×4 grid, and its gradient (as in the IR loss):
 

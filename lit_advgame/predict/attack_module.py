@@ -44,6 +44,13 @@ module shows an :class:`~lit_advgame.predict.progress.AttackProgressBar` instead
 images/s and ETA (:meth:`configure_callbacks`); the writer prints what a resumed run finds saved and a
 summary table at the end.
 
+Precision. ``trainer.precision: bf16-mixed`` (or ``16-mixed``) autocasts ``predict_step``; the attack then
+runs its model's forwards (and only those) in that precision, with float32 logits, gradients, projections
+and outputs (:mod:`lit_advgame.utils.precision`). ``autocast`` sets it explicitly (``"none"`` keeps float32
+under a mixed trainer precision); ``channels_last: true`` converts the source and score models and their
+inputs to the channels_last memory format. A run's precision (when not float32) is part of its metadata,
+so a folder never mixes precisions.
+
 Predict runs under ``torch.inference_mode()`` by default; the attack needs gradients, so configs set
 ``trainer.inference_mode: false`` and this module refuses to run otherwise.
 """
@@ -69,10 +76,19 @@ from lit_advgame.attacks.seeding import derive_seed
 from lit_advgame.predict.models import LoadedModel, describe, load_classifiers, margins
 from lit_advgame.predict.progress import AttackProgressBar, loader_batches
 from lit_advgame.utils.checks import check_choice, check_int
-from lit_advgame.vocabulary import RECORD_MODES
+from lit_advgame.utils.precision import (
+    check_autocast,
+    check_channels_last,
+    forward_logits,
+    lightning_autocast,
+    resolve_autocast,
+)
+from lit_advgame.vocabulary import RECORD_MODES, Autocast
 
 log = logging.getLogger(__name__)
 
+#: the precision of a float32 run (not written into the run's metadata)
+FLOAT32 = {"autocast": "none", "channels_last": False}
 #: attack options set by the module itself, not by ``overrides``
 RESERVED_OPTIONS = ("seed", "record_iterates", "record_format")
 INFERENCE_MODE_MESSAGE = (
@@ -148,6 +164,9 @@ class AttackModule(pl.LightningModule):
         quantize: round ``x_adv`` (and the per-step candidates scored) to 8 bits, like image files;
             ``x_adv`` is then stored losslessly as uint8.
         name: label of this run in reports (default ``"<sources>/<preset>"``).
+        autocast: precision of the models' forwards, ``"bf16"``, ``"fp16"`` or ``"none"`` (float32); ``None``
+            (default) follows ``trainer.precision`` (``bf16-mixed``/``16-mixed`` autocast the predict step).
+        channels_last: run the source and score models in the channels_last memory format.
         num_classes, input_shape, mean, std: linked from the DataModule by the CLI; checked
             against the checkpoints (a checkpoint trained with another normalization than the
             data's ``mean``/``std`` is an error naming both) and used for dict specs without
@@ -177,6 +196,8 @@ class AttackModule(pl.LightningModule):
         score_models: list[str | dict[str, Any]] | None = None,
         quantize: bool = False,
         name: str | None = None,
+        autocast: Autocast | None = None,
+        channels_last: bool = False,
         num_classes: int | None = None,
         input_shape: Sequence[int] | None = None,
         mean: Sequence[float] | None = None,
@@ -187,6 +208,8 @@ class AttackModule(pl.LightningModule):
         check_choice(record, "record", RECORD_MODES)
         if not isinstance(quantize, bool):
             raise TypeError(f"quantize must be a bool; got {quantize!r}")
+        check_autocast(autocast)
+        check_channels_last(channels_last)
         overrides = dict(overrides or {})
         reserved = sorted(set(overrides) & set(RESERVED_OPTIONS))
         if reserved:
@@ -215,6 +238,11 @@ class AttackModule(pl.LightningModule):
         self.score_models = nn.ModuleList([m.model for m in scorers])
         self.score_info = describe(scorers)
         self.score_names = [m.name for m in scorers]
+        self.autocast = autocast
+        self.channels_last = channels_last
+        if channels_last:
+            self.source_models.to(memory_format=torch.channels_last)
+            self.score_models.to(memory_format=torch.channels_last)
         self.attack_config = resolve_auto(config, list(self.source_models))
         probe_attack = attack_from_config(self.attack_config, list(self.source_models))  # fail now on bad values
         #: the pixel-space radius and step the attack uses (√n factors resolved when the input shape is known)
@@ -249,8 +277,20 @@ class AttackModule(pl.LightningModule):
                 "quantize": self.quantize,
                 "score_models": self.score_names,
                 "score_model_specs": self.score_info,
+                **({"precision": self.forward_precision()} if self.forward_precision() != FLOAT32 else {}),
             }
         )
+
+    def forward_precision(self) -> dict[str, Any]:
+        """``{"autocast": ..., "channels_last": ...}`` of the attack's forwards: :attr:`autocast`, or for ``None``
+        the autocast of the trainer's mixed precision (``"none"`` without a trainer)."""
+        autocast = self.autocast
+        if autocast is None:
+            try:
+                autocast = lightning_autocast(self.trainer.precision)
+            except RuntimeError:  # not attached to a trainer
+                autocast = "none"
+        return {"autocast": autocast, "channels_last": self.channels_last}
 
     def set_finished(self, indices: Mapping[int, tuple[int, int] | None] | set[int] | Sequence[int]) -> None:
         """Dataset indices already saved, each with the ``(batch_first, batch_len)`` of the batch it was
@@ -280,7 +320,8 @@ class AttackModule(pl.LightningModule):
             "record_iterates": self.record == "uint8",
             "record_format": "uint8",
         }
-        return attack_from_config(config, list(self.source_models))
+        precision = {"autocast": self.autocast, "channels_last": self.channels_last}
+        return attack_from_config(config, list(self.source_models), **precision)
 
     def planned_batches(self) -> list[list[int]] | None:
         """The dataset indices of every batch this predict run serves (``None`` when the predict dataloader's
@@ -296,15 +337,21 @@ class AttackModule(pl.LightningModule):
         return None if batches is None else sum(len(b) for b in batches)
 
     # ------------------------------------------------------------------ the attack
-    @torch.no_grad()
-    def _source_logits(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.stack([m(images) for m in self.source_models]).mean(dim=0)
+    def _logits(self, model: nn.Module, images: torch.Tensor, autocast: Autocast | None = None) -> torch.Tensor:
+        """``model``'s logits of ``images`` in the run's precision (``autocast``: resolved, else :attr:`autocast`),
+        in the images' dtype."""
+        autocast = self.autocast if autocast is None else autocast
+        return forward_logits(model, images, autocast=autocast, channels_last=self.channels_last)
 
     @torch.no_grad()
-    def _scores(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _source_logits(self, images: torch.Tensor, autocast: Autocast | None = None) -> torch.Tensor:
+        return torch.stack([self._logits(m, images, autocast) for m in self.source_models]).mean(dim=0)
+
+    @torch.no_grad()
+    def _scores(self, images: torch.Tensor, labels: torch.Tensor, autocast: Autocast | None = None) -> torch.Tensor:
         if self.quantize:
             images = quantize(images).float() / 255.0
-        return torch.stack([margins(m(images), labels) for m in self.score_models], dim=1)
+        return torch.stack([margins(self._logits(m, images, autocast), labels) for m in self.score_models], dim=1)
 
     def attack_batch(
         self, x: torch.Tensor, y: torch.Tensor, indices: Sequence[int] | torch.Tensor
@@ -319,11 +366,12 @@ class AttackModule(pl.LightningModule):
             raise ValueError(f"got {indices.numel()} dataset indices for a batch of {x.shape[0]} images")
         y = y.long()
         attack = self.build_attack(int(indices[0]))
+        autocast = resolve_autocast(self.autocast, x.device)  # e.g. the trainer's bf16-mixed, for every forward
         step_scores: list[torch.Tensor] = []
 
         def score_step(t: int, x_t: torch.Tensor) -> None:
             if t > 0:  # x_t is the image after t updates; t = 0 is the start
-                step_scores.append(self._scores(x_t, y))
+                step_scores.append(self._scores(x_t, y, autocast))
 
         with torch.inference_mode(False), torch.enable_grad():
             result = attack.run(x, y, callback=score_step if self.record == "scores" else None)
@@ -336,15 +384,15 @@ class AttackModule(pl.LightningModule):
             "label": y,
             "x": x.detach().float(),
             "x_adv": x_adv_q if self.quantize else x_adv.float(),
-            "source_margin_clean": margins(self._source_logits(x), y),
-            "source_margin_adv": margins(self._source_logits(x_adv), y),
+            "source_margin_clean": margins(self._source_logits(x, autocast), y),
+            "source_margin_adv": margins(self._source_logits(x_adv, autocast), y),
             "batch_first": torch.full_like(indices, int(indices[0])).to(x.device),
             "batch_len": torch.full_like(indices, indices.numel()).to(x.device),
         }
         for key, values in result.losses.items():
             records[f"loss/{key}"] = values.transpose(0, 1).float()
         if self.record == "scores":
-            step_scores.append(self._scores(x_adv, y))
+            step_scores.append(self._scores(x_adv, y, autocast))
             records["step_scores"] = torch.stack(step_scores, dim=1).float()
         elif self.record == "uint8":
             assert result.iterates is not None
