@@ -70,10 +70,8 @@ class AnalysisWriter(AdversarialWriter):
     def __init__(
         self, output_dir: str = "runs/analysis", keep_shards: bool = False, resume: bool = True, figures: bool = True
     ) -> None:
-        super().__init__(
-            output_dir, merge=True, keep_shards=keep_shards, resume=resume, merged_name=ANALYSIS_NAME,
-            min_whitebox_success=0.0,
-        )  # fmt: skip
+        options = {"merge": True, "keep_shards": keep_shards, "resume": resume, "min_whitebox_success": 0.0}
+        super().__init__(output_dir, merged_name=ANALYSIS_NAME, **options)
         self.figures = bool(figures)
 
     @override
