@@ -21,6 +21,7 @@ from lit_advgame.data import DigitsDataModule
 from lit_advgame.interactions import InputGame, exact_interactions, interaction_change
 from lit_advgame.predict import list_shards
 from tests.conftest import CONFIGS, DDP_CPU_ARGS, REPO_ROOT
+from tests.tb_utils import read_image_tags, read_scalars
 from tests.test_imagefolder import WNIDS, make_flat_folder
 from tests.test_models import _robustness_state, _save_robustness
 from tests.test_predict import CrashAfter, one_thread  # noqa: F401 (autouse: one intra-op thread)
@@ -238,4 +239,9 @@ def test_cli_smoke_multi_order_imagenet_on_a_flat_folder_with_robustness_checkpo
     for entry in summary["models"].values():
         assert entry["num_images"] == 3 and entry["num_analyzed"] == round(3 * entry["clean_accuracy"])
     assert (out / "figures" / "utility.png").is_file() and (out / "figures" / "interactions_robust.png").is_file()
-    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    scalars = read_scalars(out / "tensorboard")
+    assert sorted({step for step, _ in scalars["analysis/robust/delta"]}) == sorted(set(summary["orders"]))  # step: m
+    assert "analysis/standard/attack/clean_accuracy" in scalars
+    assert {"analysis/utility", "analysis/share", "analysis/interactions/standard"} <= read_image_tags(
+        out / "tensorboard"
+    )
