@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import torchvision
 import yaml
@@ -19,7 +20,7 @@ from lit_advgame.attacks.strength import StrengthControlledAttack
 from lit_advgame.cli import build_cli, main
 from lit_advgame.data import DigitsDataModule
 from lit_advgame.interactions import InputGame, exact_interactions, interaction_change
-from lit_advgame.predict import list_shards
+from lit_advgame.predict import AttackModule, list_shards
 from tests.conftest import CONFIGS, DDP_CPU_ARGS, REPO_ROOT
 from tests.tb_utils import read_image_tags, read_scalars
 from tests.test_imagefolder import WNIDS, make_flat_folder
@@ -44,10 +45,10 @@ def digits_batch(count: int = 6) -> tuple[torch.Tensor, torch.Tensor, DigitsData
 
 
 def make_analysis(data: DigitsDataModule, game: dict, **kwargs) -> InteractionAnalysis:
+    data_args = {"num_classes": 10, "input_shape": (1, 16, 16), "mean": data.mean, "std": data.std}
     return InteractionAnalysis(
-        MODELS, game=game, attack_kwargs=ATTACK, seed=3, masked_batch_size=64, num_classes=10, input_shape=(1, 16, 16),
-        mean=data.mean, std=data.std, **kwargs,
-    )  # fmt: skip
+        MODELS, game=game, attack_kwargs=ATTACK, seed=3, masked_batch_size=64, **data_args, **kwargs
+    )
 
 
 # ----------------------------------------------------------------------------- per-image numbers
@@ -125,6 +126,22 @@ def test_bad_arguments_get_clear_errors():
         make_analysis(data, {"grids": 4})
     with pytest.raises(ValueError, match="unknown option.*'strength' attack"):
         InteractionAnalysis(MODELS, attack_kwargs={"epsilon": 0.1})
+
+
+@needs_checkpoints
+def test_the_job_needs_its_writer_and_the_writer_its_job(tmp_path):
+    data = DigitsDataModule(predict_limit=2, batch_size=2)
+    analysis = make_analysis(data, {"grid": 4})
+    trainer = pl.Trainer(accelerator="cpu", inference_mode=False, logger=False, enable_progress_bar=False)
+    with pytest.raises(ValueError, match="prediction writer.*lit_advgame.analysis.AnalysisWriter"):
+        trainer.predict(analysis, datamodule=data, return_predictions=False)
+    attack = AttackModule(str(STANDARD), "pgd", overrides={"steps": 1}, mean=data.mean, std=data.std)
+    writer = AnalysisWriter(str(tmp_path / "run"))
+    trainer = pl.Trainer(
+        accelerator="cpu", inference_mode=False, logger=False, enable_progress_bar=False, callbacks=[writer]
+    )
+    with pytest.raises(TypeError, match="AnalysisWriter works with lit_advgame.analysis.InteractionAnalysis"):
+        trainer.predict(attack, datamodule=data, return_predictions=False)
 
 
 # ----------------------------------------------------------------------------- the job: DDP, resume, CLI

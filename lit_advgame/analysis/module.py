@@ -125,6 +125,7 @@ class InteractionAnalysis(ShardedPredictModule):
             (a model normalizing with another mean/std than the data's is an error naming both).
     """
 
+    writer_class_path = "lit_advgame.analysis.AnalysisWriter"
     #: the per-order records (``(B, K, O)`` float64, NaN where not analysed), each quantity with its ``_stderr``
     order_records: tuple[str, ...] = tuple(name for q in ORDER_QUANTITIES for name in (q, f"{q}_stderr"))
 

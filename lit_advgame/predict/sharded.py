@@ -21,7 +21,7 @@ on resume) and ``predict_step`` (starting with :meth:`claim_batch`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import pytorch_lightning as pl
 import torch
@@ -68,6 +68,9 @@ def check_normalization(what: str, loaded: LoadedModel, mean: Sequence[float] | 
 
 class ShardedPredictModule(pl.LightningModule):
     """Base of the predict jobs saved by a shard writer (see the module docstring)."""
+
+    #: the writer named in the messages
+    writer_class_path: ClassVar[str] = "lit_advgame.predict.AdversarialWriter"
 
     def __init__(self) -> None:
         super().__init__()
@@ -140,7 +143,7 @@ class ShardedPredictModule(pl.LightningModule):
         if not any(isinstance(cb, BasePredictionWriter) and cb.interval.on_batch for cb in self.trainer.callbacks):
             raise ValueError(
                 f"{self.job_name} needs a batch-interval prediction writer in trainer.callbacks (e.g. "
-                "lit_advgame.predict.AdversarialWriter): it saves the batches' results and Lightning hands the "
+                f"{self.writer_class_path}): it saves the batches' results and Lightning hands the "
                 "batches' dataset indices to it, from which the random streams are seeded"
             )
         loaders = self.trainer.predict_dataloaders
@@ -182,7 +185,7 @@ class ShardedPredictModule(pl.LightningModule):
             raise RuntimeError(
                 f"{self.job_name} could not find the dataset indices of the batch: Lightning tracks them for a "
                 "torch DataLoader when a batch-interval prediction writer is in trainer.callbacks; add "
-                "lit_advgame.predict.AdversarialWriter and use a torch DataLoader as predict dataloader"
+                f"{self.writer_class_path} and use a torch DataLoader as predict dataloader"
             )
         if len(indices) != size:
             raise RuntimeError(f"batch {batch_idx} has {size} images but {len(indices)} tracked dataset indices")
