@@ -98,6 +98,13 @@ also reads them case-insensitively, with ``-``/``_``/spaces as ``+`` and the ali
 ATTACK_PRESETS = choices(AttackPreset)
 PRESET_ALIASES: dict[str, str] = {"ir": "pgd+ir", "hybrid": "hybridir", "hybrid+ir": "hybridir"}
 
+ProbeAttackName = Literal[
+    "strength", "pgd", "pgd+ir", "mi", "mi+ir", "vr", "vr+ir", "sgm", "sgm+ir", "ti", "ti+ir", "di", "hybridir"
+]
+"""The attack of an interaction analysis or probe: ``strength`` (the strength-controlled attack of Ren et al.,
+NeurIPS 2021, :mod:`lit_advgame.attacks.strength`) or an attack preset (:data:`AttackPreset`)."""
+PROBE_ATTACKS = choices(ProbeAttackName)
+
 VRReduction = Literal["sum", "mean"]
 """How variance reduction (VR) combines the gradients of its noisy copies."""
 VR_REDUCTIONS = choices(VRReduction)

@@ -5,6 +5,8 @@
 * :class:`AdversarialWriter` -- a ``BasePredictionWriter`` saving atomic, resumable shards and merging
   them by dataset index (each example exactly once, also under DDP);
 * :class:`AttackProgressBar` -- the progress bar of a predict run, counting images (images/s, ETA);
+* :class:`ShardedPredictModule` -- the base of the predict jobs a shard writer saves (batch bookkeeping:
+  saved and planned batches, DDP ownership, resuming; also :class:`~lit_advgame.analysis.InteractionAnalysis`);
 * :class:`OutputLock` -- the lock that keeps a second run out of a folder being written;
 * :func:`load_adversarial` -- read a run's examples back; :func:`load_classifier` -- load a model
   spec (classifier file, Lightning checkpoint of any training module, ensembles included, or
@@ -25,6 +27,7 @@ from lit_advgame.predict.models import (
     margins,
 )
 from lit_advgame.predict.progress import AttackProgressBar
+from lit_advgame.predict.sharded import ShardedPredictModule
 from lit_advgame.predict.shards import (
     MERGED_NAME,
     AdversarialSet,
@@ -51,6 +54,7 @@ __all__ = [
     "LoadedModel",
     "OutputLock",
     "OutputLockedError",
+    "ShardedPredictModule",
     "batch_seed",
     "dedupe_sort",
     "export_classifier",

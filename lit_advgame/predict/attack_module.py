@@ -59,22 +59,18 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import BasePredictionWriter, Callback, TQDMProgressBar
-from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
-from torch.utils.data import DistributedSampler
 from typing_extensions import override
 
 from lit_advgame.attacks import attack_from_config, preset_config
 from lit_advgame.attacks.presets import canonical_name, resolve_auto
 from lit_advgame.attacks.seeding import derive_seed
-from lit_advgame.predict.models import LoadedModel, describe, load_classifiers, margins
-from lit_advgame.predict.progress import AttackProgressBar, loader_batches
+from lit_advgame.predict.models import describe, load_classifiers, margins
+from lit_advgame.predict.sharded import ShardedPredictModule, check_normalization, inference_mode_message
 from lit_advgame.utils.checks import check_choice, check_int
 from lit_advgame.utils.precision import (
     check_autocast,
@@ -91,10 +87,7 @@ log = logging.getLogger(__name__)
 FLOAT32 = {"autocast": "none", "channels_last": False}
 #: attack options set by the module itself, not by ``overrides``
 RESERVED_OPTIONS = ("seed", "record_iterates", "record_format")
-INFERENCE_MODE_MESSAGE = (
-    "AttackModule needs gradients but predict is running under torch.inference_mode(); "
-    "set `trainer.inference_mode: false` in the config (or Trainer(inference_mode=False))"
-)
+INFERENCE_MODE_MESSAGE = inference_mode_message("AttackModule")
 
 
 def batch_seed(seed: int, first_index: int) -> int:
@@ -119,33 +112,7 @@ def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _check_normalization(
-    what: str, loaded: LoadedModel, mean: Sequence[float] | None, std: Sequence[float] | None
-) -> None:
-    """The data's mean/std must equal the normalization a loaded classifier applies (each member's, for an
-    ensemble)."""
-    for member, part in [(m, f" (member {i})") for i, m in enumerate(loaded.members)] or [(loaded, "")]:
-        for name, data_value in (("mean", mean), ("std", std)):
-            stored_list = getattr(member, name)
-            if data_value is None or stored_list is None:
-                continue
-            data_list = [float(v) for v in data_value]
-            if len(data_list) == 1 and len(stored_list) > 1:
-                data_list = data_list * len(stored_list)
-            if len(stored_list) == 1 and len(data_list) > 1:
-                stored_list = stored_list * len(data_list)
-            same = len(stored_list) == len(data_list) and all(
-                abs(a - b) <= 1e-6 + 1e-5 * abs(b) for a, b in zip(stored_list, data_list, strict=True)
-            )
-            if not same:
-                raise ValueError(
-                    f"{what}{part} normalizes inputs with {name}={stored_list} but the data's {name} is {data_list}; "
-                    f"the model was trained on differently normalized data: use a checkpoint trained on this data, or "
-                    f"set the DataModule's mean/std to the checkpoint's"
-                )
-
-
-class AttackModule(pl.LightningModule):
+class AttackModule(ShardedPredictModule):
     """Attack the predict split with a preset attack on one or several source models.
 
     Args:
@@ -234,7 +201,7 @@ class AttackModule(pl.LightningModule):
         scorers = load_classifiers(score_models, "score models", **data) if record == "scores" else []
         for what, models in (("source model", loaded), ("score model", scorers)):
             for m in models:
-                _check_normalization(f"{what} {m.name!r}", m, mean, std)
+                check_normalization(f"{what} {m.name!r}", m, mean, std)
         self.score_models = nn.ModuleList([m.model for m in scorers])
         self.score_info = describe(scorers)
         self.score_names = [m.name for m in scorers]
@@ -251,11 +218,6 @@ class AttackModule(pl.LightningModule):
         self.record = record
         self.quantize = quantize
         self.run_name = name or f"{'+'.join(self.source_names)}/{self.preset}"
-        self._finished: dict[int, tuple[int, int] | None] = {}
-        self._distributed_sampler = False
-        self._predict_started = False
-        #: dataset indices of every batch the predict loop served to this rank (for the writer's completeness check)
-        self.seen_indices: set[int] = set()
 
     # ------------------------------------------------------------------ bookkeeping
     def run_metadata(self) -> dict[str, Any]:
@@ -292,26 +254,6 @@ class AttackModule(pl.LightningModule):
                 autocast = "none"
         return {"autocast": autocast, "channels_last": self.channels_last}
 
-    def set_finished(self, indices: Mapping[int, tuple[int, int] | None] | set[int] | Sequence[int]) -> None:
-        """Dataset indices already saved, each with the ``(batch_first, batch_len)`` of the batch it was
-        attacked in (see :func:`~lit_advgame.predict.shards.saved_batches`; ``None`` or a plain set of
-        indices: batch unknown). A batch is skipped when all its examples are saved from a batch
-        with the same first index and at least its length."""
-        if isinstance(indices, Mapping):
-            self._finished = {int(i): None if b is None else (int(b[0]), int(b[1])) for i, b in indices.items()}
-        else:
-            self._finished = {int(i): None for i in indices}
-
-    def batch_finished(self, indices: Sequence[int]) -> bool:
-        """Whether the batch of dataset ``indices`` is saved already (see :meth:`set_finished`)."""
-        for i in indices:
-            if i not in self._finished:
-                return False
-            batch = self._finished[i]
-            if batch is not None and (batch[0] != indices[0] or batch[1] < len(indices)):
-                return False
-        return True
-
     def build_attack(self, first_index: int):
         """The :class:`~lit_advgame.attacks.Attack` of a batch starting at dataset index ``first_index``."""
         config = {
@@ -322,19 +264,6 @@ class AttackModule(pl.LightningModule):
         }
         precision = {"autocast": self.autocast, "channels_last": self.channels_last}
         return attack_from_config(config, list(self.source_models), **precision)
-
-    def planned_batches(self) -> list[list[int]] | None:
-        """The dataset indices of every batch this predict run serves (``None`` when the predict dataloader's
-        batches cannot be known in advance, see :func:`~lit_advgame.predict.progress.loader_batches`)."""
-        loaders = self.trainer.predict_dataloaders
-        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-        limits = self.trainer.num_predict_batches
-        return loader_batches(loader, limits[0] if limits else None)
-
-    def planned_images(self) -> int | None:
-        """The number of images this predict run serves (``None`` when unknown)."""
-        batches = self.planned_batches()
-        return None if batches is None else sum(len(b) for b in batches)
 
     # ------------------------------------------------------------------ the attack
     def _logits(self, model: nn.Module, images: torch.Tensor, autocast: Autocast | None = None) -> torch.Tensor:
@@ -406,89 +335,11 @@ class AttackModule(pl.LightningModule):
         return self._source_logits(x)
 
     @override
-    def configure_callbacks(self) -> list[Callback]:
-        """Lightning's default progress bar becomes an :class:`~lit_advgame.predict.progress.AttackProgressBar`
-        (images, images/s, ETA); a progress bar given in ``trainer.callbacks`` or ``enable_progress_bar: false``
-        is left alone."""
-        bar = self.trainer.progress_bar_callback
-        if type(bar) is not TQDMProgressBar:
-            return []
-        return [AttackProgressBar(refresh_rate=bar.refresh_rate, process_position=bar.process_position)]
-
-    @override
-    def on_predict_start(self) -> None:
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError(INFERENCE_MODE_MESSAGE)
-        self._predict_started = True
-        self.seen_indices = set()
-        if not any(isinstance(cb, BasePredictionWriter) and cb.interval.on_batch for cb in self.trainer.callbacks):
-            raise ValueError(
-                "AttackModule needs a batch-interval prediction writer in trainer.callbacks (e.g. "
-                "lit_advgame.predict.AdversarialWriter): it saves the attacked batches and Lightning hands the "
-                "batches' dataset indices to it, from which each batch's attack seed is derived"
-            )
-        loaders = self.trainer.predict_dataloaders
-        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
-        if len(loaders) != 1:
-            raise ValueError(f"AttackModule takes one predict dataloader; got {len(loaders)}")
-        loader = loaders[0]
-        sampler = getattr(getattr(loader, "batch_sampler", None), "sampler", None) or getattr(loader, "sampler", None)
-        self._distributed_sampler = isinstance(sampler, DistributedSampler)
-        if self.trainer.world_size > 1 and self._distributed_sampler:
-            rank_zero_warn(
-                "AttackModule under a distributed sampler: every example is attacked once, but the batches and "
-                "hence the attack's random streams depend on the world size. Set `trainer.use_distributed_sampler: "
-                "false` to attack exactly the batches of a one-process run."
-            )
-
-    @override
-    def teardown(self, stage: str) -> None:
-        if stage != "predict":
-            return
-        started, self._predict_started = self._predict_started, False
-        if not started:  # Lightning skips the predict loop silently when there is no batch
-            raise ValueError(
-                "AttackModule: the predict dataloader served no batch (the predict split is empty, or "
-                "trainer.limit_predict_batches is 0); check the DataModule's predict_split/predict_limit"
-            )
-
-    def owns_batch(self, batch_idx: int) -> bool:
-        """Whether this rank attacks batch ``batch_idx`` (always, unless DDP without a distributed sampler)."""
-        if self.trainer.world_size == 1 or self._distributed_sampler:
-            return True
-        return batch_idx % self.trainer.world_size == self.trainer.global_rank
-
-    def _batch_indices(self, batch_idx: int, size: int) -> list[int]:
-        """The dataset indices of the current batch, as Lightning's predict loop hands them to prediction writers
-        (``trainer.predict_loop.current_batch_indices``, the ``batch_indices`` of ``write_on_batch_end``)."""
-        indices = [int(i) for i in self.trainer.predict_loop.current_batch_indices]
-        if not indices:
-            raise RuntimeError(
-                "AttackModule could not find the dataset indices of the batch: Lightning tracks them for a torch "
-                "DataLoader when a batch-interval prediction writer is in trainer.callbacks; add "
-                "lit_advgame.predict.AdversarialWriter and use a torch DataLoader as predict dataloader"
-            )
-        if len(indices) != size:
-            raise RuntimeError(f"batch {batch_idx} has {size} images but {len(indices)} tracked dataset indices")
-        return indices
-
-    @override
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError(INFERENCE_MODE_MESSAGE)
-        if not isinstance(batch, (list, tuple)) or len(batch) < 2:
-            raise TypeError("AttackModule needs batches of (images, labels)")
-        x, y = batch[0], batch[1]
-        if len(y) == 0:
-            raise ValueError(
-                f"AttackModule got an empty batch (batch {batch_idx}: 0 images) from the predict dataloader"
-            )
-        indices = self._batch_indices(batch_idx, len(y))
-        self.seen_indices.update(indices)
-        if not self.owns_batch(batch_idx):
-            return {"skipped": "other rank"}
-        if self.batch_finished(indices):
-            return {"skipped": "finished"}
+        claimed = self.claim_batch(batch, batch_idx)
+        if isinstance(claimed, dict):
+            return claimed
+        x, y, indices = claimed
         cut_short = sorted(i for i in indices if (self._finished.get(i) or (0, len(indices)))[1] < len(indices))
         if cut_short:
             log.warning(

@@ -286,15 +286,18 @@ def _from_records(records: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) 
     )
 
 
-def load_adversarial(path: str | os.PathLike, merged_name: str = MERGED_NAME) -> AdversarialSet:
-    """Load the adversarial examples of a run: a merged file, or an output folder (its merged file
-    plus any shards not merged yet, de-duplicated; the metadata from ``meta.json`` if present)."""
+def read_records(
+    path: str | os.PathLike, merged_name: str = MERGED_NAME, what: str = "adversarial examples"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The records of a run, sorted by dataset index and de-duplicated, and its metadata: from a merged file, or
+    from an output folder (its merged file plus any shards not merged yet; the metadata from ``meta.json`` if
+    present). ``what`` names the results in the errors."""
     path = Path(path)
     if path.is_file():
         obj = read_file(path)
-        return _from_records(obj["records"], obj.get("meta") or {})
+        return dict(obj["records"]), dict(obj.get("meta") or {})
     if not path.is_dir():
-        raise FileNotFoundError(f"no adversarial examples at {str(path)!r} (give an output folder or a merged file)")
+        raise FileNotFoundError(f"no {what} at {str(path)!r} (give an output folder or a merged file)")
     merged = path / merged_name
     parts, meta = [], {}
     if merged.is_file():
@@ -303,8 +306,13 @@ def load_adversarial(path: str | os.PathLike, merged_name: str = MERGED_NAME) ->
         meta = obj.get("meta") or {}
     parts += [read_file(p)["records"] for p in list_shards(path)]
     if not parts:
-        raise FileNotFoundError(f"{str(path)!r} holds no adversarial examples ({merged_name} or shard_*.pt)")
+        raise FileNotFoundError(f"{str(path)!r} holds no {what} ({merged_name} or shard_*.pt)")
     if (path / META_NAME).is_file():
         meta = read_meta(path / META_NAME)
-    records = dedupe_sort(concat_records(parts))
-    return _from_records(records, meta)
+    return dedupe_sort(concat_records(parts)), dict(meta)
+
+
+def load_adversarial(path: str | os.PathLike, merged_name: str = MERGED_NAME) -> AdversarialSet:
+    """Load the adversarial examples of a run: a merged file, or an output folder (its merged file
+    plus any shards not merged yet, de-duplicated; the metadata from ``meta.json`` if present)."""
+    return _from_records(*read_records(path, merged_name))
