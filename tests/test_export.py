@@ -241,3 +241,43 @@ def test_export_errors_are_one_clear_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["export", "--help"])
     assert exit_info.value.code == 0 and "--adversarial" in capsys.readouterr().out
+
+
+def test_export_takes_robustness_files_and_torchvision_specs(tmp_path):
+    torch.manual_seed(0)
+    net = build_model("lenet", 10, 1, 16).net
+    mean, std = torch.tensor([0.4]).view(1, 1, 1), torch.tensor([0.25]).view(1, 1, 1)
+    state = {  # DataParallel(AttackerModel(net)) as MadryLab robustness saves it
+        **{f"module.model.{k}": v for k, v in net.state_dict().items()},
+        **{f"module.attacker.model.{k}": v for k, v in net.state_dict().items()},
+        "module.normalizer.new_mean": mean,
+        "module.normalizer.new_std": std,
+    }
+    torch.save({"model": state, "epoch": 3}, tmp_path / "robust.pt")
+    spec = json.dumps({"arch": "lenet", "weights": str(tmp_path / "robust.pt")})
+    cli_main(
+        ["export", spec, str(tmp_path / "robust_lenet.pt"), "--input-shape", "1", "16", "16", "--num-classes", "10"]
+    )
+    exported = load_classifier(str(tmp_path / "robust_lenet.pt"))
+    x = torch.rand(3, 1, 16, 16)
+    torch.testing.assert_close(exported.model(x), net.eval()((x - 0.4) / 0.25))
+    assert (exported.mean, exported.std) == ([pytest.approx(0.4)], [pytest.approx(0.25)])
+    tv = {"arch": "torchvision:squeezenet1_1", "num_classes": 4, "mean": [0.5] * 3, "std": [0.2] * 3}
+    torch.manual_seed(5)  # random init (no weights): the same seed builds the same network below
+    cli_main(
+        [
+            "export",
+            yaml.safe_dump(tv, default_flow_style=True),
+            str(tmp_path / "sq.pt"),
+            "--input-shape",
+            "3",
+            "32",
+            "32",
+        ]
+    )
+    torch.manual_seed(5)
+    original = load_classifier(tv, input_shape=(3, 32, 32))
+    again = load_classifier(str(tmp_path / "sq.pt"))
+    images = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(again.model(images), original.model(images), rtol=0, atol=0)
+    assert again.metadata()["arch"] == "torchvision:squeezenet1_1" and again.input_shape == (3, 32, 32)
