@@ -13,6 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
+import lit_advgame.predict.export as export_module
 from lit_advgame.cli import main as cli_main
 from lit_advgame.data import ImageFolderDataModule
 from lit_advgame.evaluation import evaluate_transfer
@@ -129,7 +130,7 @@ def test_pngs_read_back_equal_the_run_and_transfer_the_same(tmp_path, capsys):
         assert getattr(cells[0], key) == getattr(cells[1], key), key
 
 
-def test_float_runs_are_rounded_to_within_half_a_level_and_resume(tmp_path):
+def test_float_runs_are_rounded_to_within_half_a_level_and_resume(tmp_path, monkeypatch):
     run, _ = _attack_run(tmp_path, quantize=False)
     folder = tmp_path / "pngs"
     export_adversarial_pngs(run, folder)
@@ -139,13 +140,32 @@ def test_float_runs_are_rounded_to_within_half_a_level_and_resume(tmp_path):
     _, x_back, _ = _read_back(folder)
     assert (x_back - adv.x_adv).abs().max() <= 0.5 / 255 + 1e-6  # round(255·x): nearest level
     assert torch.equal(x_back, torch.round(adv.x_adv * 255) / 255)
-    # resumable: a deleted PNG is written again, the others are kept as they are
+    # resumable: an export killed after 3 images leaves 3 complete PNGs (no partial one); the next one writes the rest
     pngs = sorted(folder.rglob("*.png"))
-    stamps = {p: p.stat().st_mtime_ns for p in pngs}
-    pngs[4].unlink()
-    manifest = export_adversarial_pngs(run, folder)
-    assert manifest["written_this_export"] == 1 and sorted(folder.rglob("*.png")) == pngs
-    assert all(p.stat().st_mtime_ns == stamps[p] for p in pngs if p != pngs[4])
+    contents = {p: p.read_bytes() for p in pngs}
+    again = tmp_path / "again"
+    saved = export_module._save_png
+    calls = []
+
+    def dies_after_three(image, fh):
+        calls.append(1)
+        if len(calls) > 3:
+            raise KeyboardInterrupt
+        saved(image, fh)
+
+    monkeypatch.setattr(export_module, "_save_png", dies_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        export_adversarial_pngs(run, again)
+    monkeypatch.setattr(export_module, "_save_png", saved)
+    assert len(list(again.rglob("*.png"))) == 3 and not list(again.rglob(".*.tmp"))
+    assert json.loads((again / MANIFEST_NAME).read_text())["complete"] is False
+    stamps = {p: p.stat().st_mtime_ns for p in again.rglob("*.png")}
+    manifest = export_adversarial_pngs(run, again)
+    assert manifest["written_this_export"] == 6 and manifest["complete"]
+    assert {p.relative_to(again): p.read_bytes() for p in again.rglob("*.png")} == {
+        p.relative_to(folder): b for p, b in contents.items()
+    }
+    assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())  # kept as they were
     with pytest.raises(FileExistsError, match="another attack run or with other options"):
         export_adversarial_pngs(run, folder, within_eps=True)
     (tmp_path / "busy").mkdir()

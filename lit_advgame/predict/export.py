@@ -352,6 +352,9 @@ def export_adversarial_pngs(
         raise ValueError(f"within_eps keeps δ in an L∞ ball; the run's norm is {norm_name!r} (eps {eps!r})")
     identity = _run_identity(adv, within_eps)
     _check_resumable(folder, identity)
+    if not (folder / MANIFEST_NAME).is_file():  # marks the folder as this export's before any PNG is written
+        started = {"format": PNG_EXPORT_FORMAT, "version": PNG_EXPORT_VERSION, "identity": identity, "complete": False}
+        atomic_write_text(folder / MANIFEST_NAME, json.dumps(started, indent=1, default=str) + "\n")
 
     info = dataset_info(adv.meta) if class_names is None else DatasetInfo(note="class_names given")
     folders = _class_folder_names(adv.label, info, class_names)
