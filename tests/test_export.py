@@ -200,7 +200,12 @@ def test_rounding_can_leave_the_ball_by_under_half_a_level_and_within_eps_keeps_
     levels = quantize_within_ball(adv.x, adv.x_adv, EPS)
     assert ((levels.float() / 255 - adv.x).abs() <= EPS + 1e-6).all()
     assert ((levels.float() - adv.x_adv * 255).abs() <= 1.0 + 1e-4).all()  # one level from the rounded one at most
-    assert export_adversarial_pngs(_synthetic(3, offset=0.4), tmp_path / "in")["quantization"]["num_outside_eps"] == 0
+    assert manifest["num_classes"] == 12 and manifest["num_class_folders"] == 3
+    digits = _synthetic(3, offset=0.4)  # x_adv = (k + 16.4)/255 rounds to k + 16: inside
+    digits.meta["data"] = {"class": "lit_advgame.data.DigitsDataModule", "hparams": {}}
+    manifest = export_adversarial_pngs(digits, tmp_path / "in")
+    assert manifest["quantization"]["num_outside_eps"] == 0 and manifest["quantization"]["max_excess"] == 0
+    assert manifest["num_classes"] == 10 and manifest["class_folders"] == "label index"  # the data's count, no names
     with pytest.raises(ValueError, match="within_eps keeps δ in an L∞ ball; the run's norm is 'l2'"):
         l2 = _synthetic(3, 0.0)
         l2.meta["config"] = {"norm": "l2"}

@@ -405,6 +405,8 @@ def export_adversarial_pngs(
         "seed": adv.meta.get("seed"),
         "num_images": len(adv),
         "image_shape": [channels, height, width],
+        "num_classes": len(folders),
+        "num_class_folders": len(set(adv.label.tolist())),
         "class_folders": "class names of the run's DataModule" if info.class_names or class_names else "label index",
         "class_names_note": info.note,
         "quantization": quantization,
@@ -412,7 +414,7 @@ def export_adversarial_pngs(
             f"ImageFolderDataModule(root=<this folder>, val_dir='.', layout='class_folders', "
             f"class_index=<this folder>/{CLASS_INDEX_NAME}, image_size={height}, eval_resize='resize')"
             + ("" if height == width else " (the module serves square images; these are not)")
-            + (" serves 3 channels (grey PNGs are read as RGB)" if channels == 1 else "")
+            + ("; it serves 3 channels (grey PNGs are read as RGB)" if channels == 1 else "")
         ),
         "written_this_export": written,
         "identity": identity,
@@ -500,7 +502,7 @@ def run(args: argparse.Namespace) -> str:
             )
         return (
             f"{args.out}: {manifest['num_images']} PNGs ({manifest['written_this_export']} written now) in "
-            f"{len(json.loads((Path(args.out) / CLASS_INDEX_NAME).read_text()))} class folders{check}"
+            f"{manifest['num_class_folders']} class folders{check}"
         )
     if args.class_names is not None or args.within_eps:
         raise ValueError("--class-names and --within-eps apply to --adversarial")
