@@ -245,6 +245,12 @@ def test_export_subcommand_writes_a_classifier_file_with_metadata(tmp_path, caps
     again = torch.load(tmp_path / "spec.pt", map_location="cpu", weights_only=True)
     assert again["source"]["weights"] == str(out) and again["metrics"] == {} and again["input_shape"] == [1, 16, 16]
     torch.testing.assert_close(load_classifier(str(tmp_path / "spec.pt")).model(x), model(x), rtol=0, atol=0)
+    moved = tmp_path / "moved.ckpt"  # a checkpoint whose data is gone exports with --no-metrics
+    raw = torch.load(ckpt, weights_only=True)
+    raw["datamodule_hyper_parameters"] = {"_class_path": "lit_advgame.data.ImageFolderDataModule", "root": "/no/data"}
+    torch.save(raw, moved)
+    export_main([str(moved), str(tmp_path / "moved.pt"), "--no-metrics"])
+    assert torch.load(tmp_path / "moved.pt", weights_only=True)["data"]["init_args"] == {"root": "/no/data"}
     export_main([str(out), str(tmp_path / "copy.pt"), "--no-metrics"])
     copy = torch.load(tmp_path / "copy.pt", map_location="cpu", weights_only=True)
     assert copy["metrics"] == stored["metrics"] and copy["data"] == stored["data"]

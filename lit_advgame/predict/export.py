@@ -170,7 +170,8 @@ def export_model(
             ``DigitsDataModule``, with the stored hyper-parameters), a classifier file's stored data (its metrics
             are kept), none for a dict spec.
         input_shape, num_classes: for a dict spec without data (a checkpoint stores them; given, they are checked).
-        metrics: measure ``val_acc``/``test_acc`` on the data (``False``: store the data config only).
+        metrics: measure ``val_acc``/``test_acc`` on the data (``False``: store the data config only, without
+            building the DataModule unless a dict spec needs its shape or normalization).
     """
     data, extra, kept = _stored_data(spec)
     if data_class is None and data_args is not None and not data:
@@ -180,7 +181,9 @@ def export_model(
         if data_args is not None:
             data["init_args"] = dict(data_args)
         kept = None
-    datamodule = import_class(data["class_path"])(**data["init_args"]) if data and kept is None else None
+    # the data is built to measure the accuracy, or for a dict spec's shape and normalization
+    needed = data and kept is None and (metrics or isinstance(spec, Mapping))
+    datamodule = import_class(data["class_path"])(**data["init_args"]) if needed else None
     shape = input_shape if input_shape is not None else getattr(datamodule, "input_shape", None)
     classes = num_classes if num_classes is not None else getattr(datamodule, "num_classes", None)
     if isinstance(spec, Mapping) and "path" not in spec and shape is None:
