@@ -206,6 +206,12 @@ def test_rounding_can_leave_the_ball_by_under_half_a_level_and_within_eps_keeps_
     manifest = export_adversarial_pngs(digits, tmp_path / "in")
     assert manifest["quantization"]["num_outside_eps"] == 0 and manifest["quantization"]["max_excess"] == 0
     assert manifest["num_classes"] == 10 and manifest["class_folders"] == "label index"  # the data's count, no names
+    named = export_adversarial_pngs(_synthetic(3, 0.0), tmp_path / "named", class_names=["cat", "dog", "eel"])
+    assert named["class_folders"] == "class_names given" and (tmp_path / "named" / "eel" / "000002.png").is_file()
+    with pytest.raises(FileExistsError, match="other options"):  # other folder names: not the same export
+        export_adversarial_pngs(_synthetic(3, 0.0), tmp_path / "named", class_names=["a", "b", "c"])
+    with pytest.raises(ValueError, match="class_names lists 2 classes but the run has label 2"):
+        export_adversarial_pngs(_synthetic(3, 0.0), tmp_path / "few", class_names=["cat", "dog"])
     with pytest.raises(ValueError, match="within_eps keeps δ in an L∞ ball; the run's norm is 'l2'"):
         l2 = _synthetic(3, 0.0)
         l2.meta["config"] = {"norm": "l2"}

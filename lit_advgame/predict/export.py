@@ -49,6 +49,7 @@ with other options. The manifests are written (atomically) last, with ``complete
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import io
 import json
@@ -279,7 +280,8 @@ def _image_names(adv: AdversarialSet, info: DatasetInfo) -> list[str]:
         return [f"{i:0{width}d}" for i in index]
     stems = [Path(info.files[i]).stem for i in index]
     keys = list(zip(adv.label.tolist(), stems))
-    return [f"{stem}_{i}" if keys.count(key) > 1 else stem for i, stem, key in zip(index, stems, keys)]
+    counts = collections.Counter(keys)
+    return [f"{stem}_{i}" if counts[key] > 1 else stem for i, stem, key in zip(index, stems, keys)]
 
 
 def quantize_within_ball(x: torch.Tensor, x_adv: torch.Tensor, eps: float) -> torch.Tensor:
@@ -302,9 +304,10 @@ def _save_png(image: torch.Tensor, fh: Any) -> None:
     Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(fh, format="PNG")
 
 
-def _run_identity(adv: AdversarialSet, within_eps: bool) -> dict[str, Any]:
-    """What a resumed export must share with the folder's: the run's metadata and the options."""
-    return {"meta": json.loads(json.dumps(adv.meta, default=str)), "within_eps": bool(within_eps)}
+def _run_identity(adv: AdversarialSet, within_eps: bool, folders: Sequence[str]) -> dict[str, Any]:
+    """What a resumed export must share with the folder's: the run's metadata, the options and the class folders."""
+    meta = json.loads(json.dumps(adv.meta, default=str))
+    return {"meta": meta, "within_eps": bool(within_eps), "class_folders": list(folders)}
 
 
 def _check_resumable(folder: Path, identity: Mapping[str, Any]) -> None:
@@ -353,15 +356,14 @@ def export_adversarial_pngs(
     norm_name, eps = config.get("norm"), adv.meta.get("resolved_eps")
     if within_eps and (norm_name != "linf" or eps is None):
         raise ValueError(f"within_eps keeps δ in an L∞ ball; the run's norm is {norm_name!r} (eps {eps!r})")
-    identity = _run_identity(adv, within_eps)
+    info = dataset_info(adv.meta)
+    folders = _class_folder_names(adv.label, info, class_names)
+    names = _image_names(adv, info)
+    identity = _run_identity(adv, within_eps, folders)
     _check_resumable(folder, identity)
     if not (folder / MANIFEST_NAME).is_file():  # marks the folder as this export's before any PNG is written
         started = {"format": PNG_EXPORT_FORMAT, "version": PNG_EXPORT_VERSION, "identity": identity, "complete": False}
         atomic_write_text(folder / MANIFEST_NAME, json.dumps(started, indent=1, default=str) + "\n")
-
-    info = dataset_info(adv.meta) if class_names is None else DatasetInfo(note="class_names given")
-    folders = _class_folder_names(adv.label, info, class_names)
-    names = _image_names(adv, info)
     levels = quantize_within_ball(adv.x, adv.x_adv, float(eps)) if within_eps else quantize(adv.x_adv)
 
     rows, written = [], 0
@@ -410,7 +412,13 @@ def export_adversarial_pngs(
         "image_shape": [channels, height, width],
         "num_classes": len(folders),
         "num_class_folders": len(set(adv.label.tolist())),
-        "class_folders": "class names of the run's DataModule" if info.class_names or class_names else "label index",
+        "class_folders": (
+            "class_names given"
+            if class_names is not None
+            else "class names of the run's DataModule"
+            if info.class_names
+            else "label index"
+        ),
         "class_names_note": info.note,
         "quantization": quantization,
         "read_back": (
