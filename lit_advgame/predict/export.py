@@ -511,6 +511,8 @@ def run(args: argparse.Namespace) -> str:
                 f"; max ‖δ‖ after quantization {q['max_delta_norm_png']:.6g} (ε {q['eps']:.6g}), "
                 f"{q['num_outside_eps']} outside the ε-ball"
             )
+            if q["num_outside_eps"] and q.get("norm") == "linf" and not args.within_eps:
+                check += " by < 0.5/255 (rounding; --within-eps keeps them inside)"
         return (
             f"{args.out}: {manifest['num_images']} PNGs ({manifest['written_this_export']} written now) in "
             f"{manifest['num_class_folders']} class folders{check}"
