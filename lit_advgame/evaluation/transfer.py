@@ -131,9 +131,9 @@ def _target_input_size(spec: ModelSpec) -> tuple[ModelSpec, tuple[int, int] | No
 
 
 def load_targets(targets: ModelSpec | Sequence[ModelSpec], image_shape: Sequence[int]) -> list[LoadedModel]:
-    """Load the target models, each at its own input size (see the module docstring): a target whose size differs
-    from the images' (``image_shape``, C×H×W) gets a :class:`ResizedInput` model. Names must be distinct; the
-    number of channels must be the images'."""
+    """Load the target models, each with its own input shape (see the module docstring): a file's stored one (checked
+    against a spec's ``input_size``), else the spec's ``input_size``, else the images' (``image_shape``, C×H×W).
+    Names must be distinct; the number of channels must be the images'."""
     specs = [targets] if isinstance(targets, (str, os.PathLike, Mapping)) else targets
     if not isinstance(specs, (list, tuple)) or len(specs) == 0:
         raise ValueError(f"target models must be a model spec or a non-empty list of them; got {targets!r}")
