@@ -38,6 +38,10 @@ restores them. Evaluation options kept out of the hyper-parameters (e.g. Randomi
 
 Errors: a bad config, argument, file or checkpoint prints one ``error: <message>`` line and exits with
 status 2; ``LIT_ADVGAME_DEBUG=1`` shows the full traceback (see :mod:`lit_advgame.utils.errors`).
+
+``lit-advgame export`` (not a Lightning subcommand) writes a classifier file from any checkpoint or model spec, or
+with ``--adversarial`` a predict run's adversarial examples as 8-bit PNGs (:mod:`lit_advgame.predict.export`;
+``lit-advgame export --help``).
 """
 
 from __future__ import annotations
@@ -74,6 +78,9 @@ only initialises a network that the checkpoint's state then replaces, and the no
 (linked from the data, which may be split differently at test time) are buffers of the model's first layer,
 restored from the checkpoint's state."""
 
+EXPORT_SUBCOMMAND = "export"
+"""``lit-advgame export ...``: handled by :mod:`lit_advgame.predict.export`, not by LightningCLI."""
+
 VERSION_PATTERN = re.compile(r"^version_(\d+)$")
 
 RUN_HELP = (
@@ -84,6 +91,11 @@ RUN_HELP = (
     "if there is none. --ckpt_path with model arguments that differ from the checkpoint's hyper-parameters "
     "is an error listing them (never a silent swap). Errors print one 'error: ...' line and exit with "
     f"status 2; {DEBUG_ENV}=1 shows the traceback."
+)
+EXPORT_HELP = (
+    "Also: `lit-advgame export MODEL OUT.pt` writes a classifier file (weights and metadata) from any checkpoint "
+    "or model spec; `lit-advgame export --adversarial RUN FOLDER` writes a predict run's adversarial examples as "
+    "8-bit PNGs (see `lit-advgame export --help`)."
 )
 
 
@@ -430,7 +442,7 @@ def build_cli(args: Any = None, run: bool = True) -> AdvGameCLI:
         save_config_callback=RunConfigCallback,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={
-            "description": f"lit-advgame: game-theoretic adversarial robustness. {RUN_HELP}",
+            "description": f"lit-advgame: game-theoretic adversarial robustness. {RUN_HELP} {EXPORT_HELP}",
             **{sub: subcommand_help for sub in ("fit", "validate", "test", "predict")},
         }
         if run
@@ -447,6 +459,13 @@ def main(args: Any = None) -> None:
     exits with status 2; ``LIT_ADVGAME_DEBUG=1`` lets the exception propagate with its traceback.
     Pretrained torchvision weights missing from torchvision's cache are downloaded unless
     ``LIT_ADVGAME_ALLOW_DOWNLOAD=0`` (:func:`~lit_advgame.models.torchvision_models.downloads_allowed`)."""
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, (list, tuple)) and argv and argv[0] == EXPORT_SUBCOMMAND:
+        from lit_advgame.predict.export import main as export_main
+
+        with allow_downloads_by_default():
+            export_main([str(a) for a in argv[1:]])
+        return
     with allow_downloads_by_default():
         run_reporting_user_errors(lambda: build_cli(args))
 

@@ -409,3 +409,62 @@ def test_report_files_follow_the_umask(setup, tmp_path, umask):
     assert any(p.name.startswith("events.out.tfevents") for p in files)
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+
+
+# ----------------------------------------------------------------------------- targets at their own input size
+def _resized_margins(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, size: int) -> torch.Tensor:
+    """The reference: torchvision's v2 resize (bilinear, antialiased), clamped to [0, 1], then the target."""
+    from torchvision.transforms.v2.functional import InterpolationMode, resize
+
+    resized = resize(images, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True).clamp(0, 1)
+    with torch.no_grad():
+        return margins(model(resized), labels)
+
+
+def test_each_target_is_evaluated_at_its_own_input_size(setup, tmp_path, capsys):
+    """A 24x24 target on 16x16 examples: images resized to 24x24 (clean and adversarial); the 16x16 target is not.
+    (Before: 'trained on inputs of shape (1, 24, 24)'.)"""
+    paths, adv, run = setup
+    torch.manual_seed(1)
+    big = build_model("mlp", 10, 1, 24, mean=[0.3], std=[0.3])  # an MLP: it takes only 24x24 inputs
+    export_classifier(big, tmp_path / "t_big.pt", arch="mlp", num_classes=10, input_shape=(1, 24, 24))
+    targets = [str(tmp_path / "t_big.pt"), str(paths["t_mlp"])]
+    report = evaluate_transfer(adv, targets, subset="all", loo=False, interaction=False, device="cpu")
+    clean = _resized_margins(big.eval(), adv.x, adv.label, 24)
+    fooled = _resized_margins(big, adv.x_adv, adv.label, 24)
+    cell = report.rows[0].targets["t_big"]
+    assert cell.success == pytest.approx(float((fooled > 0).float().mean()))
+    assert cell.clean_accuracy == pytest.approx(float((clean < 0).float().mean()))
+    assert cell.utility == pytest.approx(float((fooled - clean).mean()), abs=1e-5)
+    assert report.settings["image_size"] == [16, 16] and report.settings["resized_targets"] == {"t_big": [24, 24]}
+    assert "antialias=True" in report.settings["resize"]
+    assert "resized to each target's input size: t_big 24×24" in report.markdown()
+    # the same through the CLI: an explicit input_size in a JSON spec, and the progress line says so
+    spec = json.dumps({"path": str(tmp_path / "t_big.pt"), "name": "big", "input_size": [24, 24]})
+    args = [str(run), "--targets", spec, "--output", str(tmp_path / "cli"), "--no-interaction", "--device", "cpu"]
+    assert evaluation_main([*args, "--no-tensorboard", "--subset", "all", "--no-loo"]) == 0
+    err = capsys.readouterr().err
+    assert "target 1/1 'big': success" in err and "resized 16×16 -> 24×24" in err
+    data = json.loads((tmp_path / "cli" / "report.json").read_text())
+    assert data["rows"][0]["targets"]["big"]["success"] == pytest.approx(cell.success)
+
+
+def test_a_dict_target_takes_its_input_size_and_bad_sizes_fail_clearly(setup, tmp_path):
+    paths, adv, _ = setup
+    torch.manual_seed(2)
+    net = build_model("small_cnn", 10, 1, 20, mean=[0.3], std=[0.3])
+    torch.save(net.net.state_dict(), tmp_path / "plain.pt")
+    spec = {"arch": "small_cnn", "weights": str(tmp_path / "plain.pt"), "mean": [0.3], "std": [0.3], "num_classes": 10}
+    report = evaluate_transfer(adv, {**spec, "input_size": 20}, subset="all", loo=False, interaction=False)
+    fooled = _resized_margins(net.eval(), adv.x_adv, adv.label, 20)
+    assert report.rows[0].targets["plain"].success == pytest.approx(float((fooled > 0).float().mean()))
+    same = evaluate_transfer(adv, spec, subset="all", loo=False, interaction=False)  # no size: the images' own
+    assert same.settings["resized_targets"] == {}
+    with pytest.raises(ValueError, match=r"input_size must be a positive int or \[height, width\]; got 0"):
+        evaluate_transfer(adv, {**spec, "input_size": 0}, interaction=False)
+    with pytest.raises(ValueError, match=r"trained on inputs of shape \(1, 16, 16\)"):  # a file's size is its own
+        evaluate_transfer(adv, {"path": str(paths["t_mlp"]), "input_size": 24}, interaction=False)
+    rgb = build_model("small_cnn", 10, 3, 16)
+    export_classifier(rgb, tmp_path / "rgb.pt", arch="small_cnn", num_classes=10, input_shape=(3, 16, 16))
+    with pytest.raises(ValueError, match="target 'rgb' takes 3-channel images but the attack run's have 1"):
+        evaluate_transfer(adv, str(tmp_path / "rgb.pt"), interaction=False)

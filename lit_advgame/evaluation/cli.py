@@ -5,7 +5,10 @@
 ``RUN`` is an attack run folder written by ``lit-advgame predict`` with an ``AdversarialWriter``
 (or a merged ``adversarial.pt``); targets are classifier files, Lightning checkpoints of any
 lit_advgame training module (``--members`` scores an ensemble's members too), or JSON dicts such as
-``'{"arch": "lenet", "weights": "w.pt"}'`` (see :mod:`lit_advgame.classifiers`).
+``'{"arch": "lenet", "weights": "w.pt"}'`` (see :mod:`lit_advgame.classifiers`). Each target is evaluated at its
+own input size (its stored input shape, or ``input_size`` in a JSON spec: ``'{"path": "inc_v3.pt", "input_size":
+299}'``); the images are resized to it where it differs (bilinear, antialiased; see
+:mod:`lit_advgame.evaluation.transfer`).
 Prints a progress line per run and target with its time to stderr (``--quiet``: none), writes
 ``report.{json,csv,md}``, ``utility_vs_interaction.png`` and TensorBoard events to ``DIR`` and prints
 the Markdown tables.
@@ -42,7 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m lit_advgame.evaluation", description="Transfer evaluation of saved adversarial examples."
     )
     parser.add_argument("runs", nargs="+", help="attack run folders (or merged adversarial.pt files)")
-    parser.add_argument("--targets", nargs="+", required=True, type=parse_spec, help="target model specs")
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        required=True,
+        type=parse_spec,
+        help="target model specs: paths or JSON dicts; a dict may give its input_size (int or [H, W]), else a "
+        "target's stored input shape is used, and the images are resized to it where it differs",
+    )
     parser.add_argument("--output", required=True, help="output folder of the report")
     parser.add_argument(
         "--members", action="store_true", help="also score each member of an ensemble target (as <name>_member<i>)"

@@ -168,6 +168,13 @@ class TransferReport:
                 f"Interaction: E_ij[I_ij(δ)] on the source, grid {interaction['grid']}, form `{interaction['form']}`, "
                 f"{interaction['num_samples']} samples, value `{interaction['value']}`, scale `{interaction['scale']}`."
             )
+        resized = self.settings.get("resized_targets")
+        if resized:
+            sizes = ", ".join(f"{name} {'×'.join(map(str, size))}" for name, size in resized.items())
+            parts.append(
+                f"Images ({'×'.join(map(str, self.settings.get('image_size') or []))}) resized to each target's input "
+                f"size: {sizes} ({self.settings.get('resize')})."
+            )
         for metric, caption in METRICS.items():
             if metric == "success_loo" and all(math.isnan(v) for r in self.matrix("success_loo") for v in r):
                 continue

@@ -19,6 +19,14 @@ and per row, on the source model(s):
   :func:`lit_advgame.interactions.perturbation_interaction_estimate` (by default the paper's form:
   single players, ``margin_max``, the 1/(n−1) factor) on a fixed grid for all rows, seeded.
 
+Each target is evaluated at its own input size: its metadata's ``input_shape`` (a checkpoint or classifier file), or
+``input_size`` given in its spec (``{"path": "inc_v3.pt", "input_size": 299}``; a dict spec without it takes the
+images' size). When that differs from the images' size, the clean and adversarial images are resized to it before
+the target sees them (:class:`ResizedInput`: torchvision's ``resize``, bilinear with antialiasing, on the float
+images, clamped to [0, 1]), as the IR paper's official code resizes its saved 8-bit PNGs to each target's resolution
+(PIL's bilinear ``resize``, which antialiases when it shrinks; it resizes the 8-bit image, so its result is 8-bit
+again, while here the resized images stay float). The report's settings list the resized targets.
+
 Examples are those the source classifies correctly (``subset="source_correct"``, the paper's
 protocol: its 1000 images are correctly classified by all sources), or ``"all"``, or
 ``"both_correct"`` (source and that target). Rates are averaged with torchmetrics ``MeanMetric``.
@@ -39,8 +47,17 @@ import scipy.stats
 import torch
 from torch import nn
 from torchmetrics.aggregation import MeanMetric
+from torchvision.transforms.v2.functional import InterpolationMode, resize
+from typing_extensions import override
 
-from lit_advgame.classifiers import LoadedModel, ModelSpec, load_classifiers, with_members
+from lit_advgame.classifiers import (
+    LoadedModel,
+    ModelSpec,
+    check_distinct_names,
+    load_classifier,
+    load_classifiers,
+    with_members,
+)
 from lit_advgame.evaluation.loo import loo_success_rate
 from lit_advgame.evaluation.report import TransferReport
 from lit_advgame.evaluation.results import RowResult, TargetResult
@@ -74,6 +91,78 @@ def _stderr(values: torch.Tensor) -> float:
     if values.numel() < 2:
         return float("nan")
     return float(scipy.stats.sem(values.detach().double().cpu().numpy().ravel(), ddof=1))
+
+
+#: how images are resized to a target's input size (written to the report's settings)
+RESIZE_METHOD = (
+    "torchvision.transforms.v2.functional.resize, bilinear, antialias=True, on the float images, clamped to [0, 1] "
+    "(the IR official code: PIL bilinear resize of the 8-bit PNGs)"
+)
+
+
+class ResizedInput(nn.Module):
+    """``model`` evaluated at ``size`` (H, W): images are resized to it first (see :data:`RESIZE_METHOD`)."""
+
+    def __init__(self, model: nn.Module, size: Sequence[int]) -> None:
+        super().__init__()
+        self.model = model
+        self.size = [int(size[0]), int(size[1])]
+
+    @override
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if list(x.shape[-2:]) != self.size:
+            x = resize(x, self.size, interpolation=InterpolationMode.BILINEAR, antialias=True).clamp(0.0, 1.0)
+        return self.model(x)
+
+
+def _target_input_size(spec: ModelSpec) -> tuple[ModelSpec, tuple[int, int] | None]:
+    """A target spec without its ``input_size`` entry, and that size as (H, W) (``None`` if not given)."""
+    if not isinstance(spec, Mapping) or "input_size" not in spec:
+        return spec, None
+    size = spec["input_size"]
+    sizes = [size, size] if isinstance(size, int) else size
+    if (
+        not isinstance(sizes, (list, tuple))
+        or len(sizes) != 2
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sizes)
+    ):
+        raise ValueError(f"target input_size must be a positive int or [height, width]; got {size!r}")
+    return {k: v for k, v in spec.items() if k != "input_size"}, (int(sizes[0]), int(sizes[1]))
+
+
+def load_targets(targets: ModelSpec | Sequence[ModelSpec], image_shape: Sequence[int]) -> list[LoadedModel]:
+    """Load the target models, each with its own input shape (see the module docstring): a file's stored one (checked
+    against a spec's ``input_size``), else the spec's ``input_size``, else the images' (``image_shape``, C×H×W).
+    Names must be distinct; the number of channels must be the images'."""
+    specs = [targets] if isinstance(targets, (str, os.PathLike, Mapping)) else targets
+    if not isinstance(specs, (list, tuple)) or len(specs) == 0:
+        raise ValueError(f"target models must be a model spec or a non-empty list of them; got {targets!r}")
+    loaded = []
+    for spec in specs:
+        spec, size = _target_input_size(spec)
+        is_file = not isinstance(spec, Mapping) or "path" in spec
+        # a file stores its input shape (checked against a given size); a dict spec takes the given or images' size
+        shape = (image_shape[0], *size) if size is not None else (None if is_file else tuple(image_shape))
+        target = load_classifier(spec, input_shape=shape)
+        own = tuple(target.input_shape) if target.input_shape is not None else tuple(image_shape)
+        if own[0] != image_shape[0]:
+            raise ValueError(
+                f"target {target.name!r} takes {own[0]}-channel images but the attack run's have {image_shape[0]} "
+                "channels; only the image size is adapted to a target"
+            )
+        loaded.append(dataclasses.replace(target, input_shape=own))
+    check_distinct_names(loaded, "target models")
+    return loaded
+
+
+def _resized(targets: Sequence[LoadedModel], image_shape: Sequence[int]) -> list[LoadedModel]:
+    """``targets`` whose input size differs from the images' with a :class:`ResizedInput` model."""
+    return [
+        dataclasses.replace(t, model=ResizedInput(t.model, t.input_shape[1:]))
+        if tuple(t.input_shape[1:]) != tuple(image_shape[1:])
+        else t
+        for t in targets
+    ]
 
 
 #: run metadata that does not change the adversarial examples (ignored when runs share a label)
@@ -183,7 +272,8 @@ def _step_success(
     adv: AdversarialSet, target: LoadedModel, model: nn.Module, batch_size: int, device
 ) -> torch.Tensor | None:
     names = adv.step_score_names
-    if "step_scores" in adv.records and target.name in names:
+    # per-step scores recorded at predict time are at the images' size: not those of a resized target
+    if "step_scores" in adv.records and target.name in names and not isinstance(model, ResizedInput):
         return adv.records["step_scores"][:, :, names.index(target.name)].float() > 0
     scores = candidate_margins(model, adv, batch_size, device)
     return None if scores is None else scores > 0
@@ -259,9 +349,13 @@ def evaluate_row(
         row.targets[target.name] = cell
         if progress is not None:
             loo_text = "" if math.isnan(cell.success_loo) else f", LOO {_pct_text(cell.success_loo)}"
+            size_text = ""
+            if isinstance(model, ResizedInput):
+                size_text = f" resized {'×'.join(map(str, adv.x.shape[-2:]))} -> {'×'.join(map(str, model.size))}"
             progress(
                 f"transfer: {position}{name!r} -> target {number}/{len(targets)} {target.name!r}: success "
-                f"{_pct_text(cell.success)}{loo_text} on {cell.num_images} images ({time.perf_counter() - start:.1f}s)"
+                f"{_pct_text(cell.success)}{loo_text} on {cell.num_images} images{size_text} "
+                f"({time.perf_counter() - start:.1f}s)"
             )
     return row
 
@@ -287,7 +381,9 @@ def evaluate_transfer(
     Args:
         adversarial: one run or a list of runs (rows of the report).
         targets: target model specs: classifier files, Lightning ``.ckpt`` files of any lit_advgame training
-            module (ensembles included) or dicts (see :mod:`lit_advgame.classifiers`).
+            module (ensembles included) or dicts (see :mod:`lit_advgame.classifiers`); a dict may add
+            ``input_size`` (int or [H, W]). Each target is evaluated at its own input size, the images resized to
+            it where it differs (see the module docstring).
         members: also score each member of an ensemble target, as the targets ``<name>_member<i>`` after it
             (so a report shows both the ensemble and each member).
         labels: row labels (default: each run's ``name``). Runs that share a label must be the same
@@ -319,9 +415,10 @@ def evaluate_transfer(
     for s in sets[1:]:
         if tuple(s.x.shape[1:]) != shape:
             raise ValueError(f"attack runs hold images of different shapes: {shape} vs {tuple(s.x.shape[1:])}")
-    loaded = load_classifiers(targets, "target models", input_shape=shape)
+    loaded = load_targets(targets, shape)
     if members:
         loaded = with_members(loaded, "target models")
+    loaded = _resized(loaded, shape)
     for target in loaded:
         target.model.to(device)
     options = None
@@ -371,7 +468,11 @@ def evaluate_transfer(
         "loo": loo,
         "interaction": None if options is None else {**INTERACTION_DEFAULTS, **options},
         "success": "target margin max_{k!=y} z_k - z_y > 0",
+        "image_size": list(shape[1:]),
+        "resized_targets": {t.name: t.model.size for t in loaded if isinstance(t.model, ResizedInput)},
     }
+    if settings["resized_targets"]:
+        settings["resize"] = RESIZE_METHOD
     report = TransferReport(rows=rows, targets=[t.name for t in loaded], settings=settings, title=title)
     if output_dir is not None:
         report.save(output_dir, tensorboard=tensorboard)
