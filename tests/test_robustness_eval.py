@@ -205,6 +205,12 @@ def test_result_table_json_and_scalars(evaluated, tmp_path):
     assert metrics["robustness/num_images"] == 6.0 and "robustness/cost/seconds" in metrics
 
 
+def _test_with_the_fragment(*args: str) -> None:
+    """`lit-advgame test` of the (untrained) standard digits model with configs/robustness_digits.yaml."""
+    configs = [str(CONFIGS / "standard_digits.yaml"), str(CONFIGS / "robustness_digits.yaml")]
+    main(["test", "--config", configs[0], "--config", configs[1], *args])
+
+
 # ------------------------------------------------------------------------------------------------ errors
 def test_a_missing_extra_names_the_install_command(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "torchattacks", None)  # import torchattacks -> ImportError
@@ -217,15 +223,7 @@ def test_a_missing_extra_names_the_install_command(monkeypatch, capsys):
     assert robust_accuracy(model, (x, y), eps=EPS, attacks=["pgd"]).num_images == 6  # PGD needs no extra
     assert MissingExtraError in USER_ERRORS
     with pytest.raises(SystemExit) as exc:
-        main(
-            [
-                "test",
-                "--config",
-                str(CONFIGS / "standard_digits.yaml"),
-                "--config",
-                str(CONFIGS / "robustness_digits.yaml"),
-            ]
-        )
+        _test_with_the_fragment()
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: AutoAttack needs") and '".[eval]"' in err[0]
@@ -266,22 +264,9 @@ def test_bad_arguments_are_clear_errors():
 def test_lit_advgame_test_writes_json_markdown_and_scalars(tmp_path, monkeypatch):
     """`lit-advgame test` with the config fragment, under the default inference mode (the callback leaves it)."""
     monkeypatch.chdir(tmp_path)
-    main(
-        [
-            "test",
-            "--config",
-            str(CONFIGS / "standard_digits.yaml"),
-            "--config",
-            str(CONFIGS / "robustness_digits.yaml"),
-            "--trainer.inference_mode",
-            "true",
-            "--trainer.limit_test_batches",
-            "1",
-            "--trainer.callbacks.max_images",
-            "6",
-            "--trainer.enable_progress_bar",
-            "false",
-        ]
+    _test_with_the_fragment(
+        *("--trainer.inference_mode", "true", "--trainer.limit_test_batches", "1"),
+        *("--trainer.callbacks.max_images", "6", "--trainer.enable_progress_bar", "false"),
     )
     run = tmp_path / "runs" / "standard_digits" / "version_0"
     saved = json.loads((run / "robustness.json").read_text())
