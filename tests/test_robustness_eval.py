@@ -177,14 +177,22 @@ def test_batches_and_max_images_and_model_specs():
     assert whole.accuracy["clean"] == result.accuracy["clean"]
 
 
-def test_an_ensemble_module_is_attacked_through_its_output():
-    from lit_advgame.training import Ensemble
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [("Ensemble", {"num_members": 2}), ("AdversarialTraining", {"method": "trades"}), ("RandomizedSmoothing", {})],
+)
+def test_a_training_module_is_attacked_through_its_classifier(name, kwargs):
+    """The classifier contract: an ensemble through its output, TRADES' network, smoothing's base classifier."""
+    from lit_advgame import training
 
-    module = Ensemble(num_members=2, arch="mlp", num_classes=4, input_shape=(1, 6, 6))
+    module = getattr(training, name)(arch="mlp", num_classes=4, input_shape=(1, 6, 6), **kwargs)
+    assert RobustAccuracy.classifier(module) is module.classifier
     _, x, y = _tiny_problem()
-    result = robust_accuracy(module, (x, y), eps=0.05, attacks=["pgd"])
-    assert result.model == "Ensemble" and RobustAccuracy.classifier(module) is module.classifier
-    assert result.accuracy["pgd"] <= result.accuracy["clean"]
+    result = robust_accuracy(module, (x, y), eps=0.05, attacks=["pgd"], return_adversarial=True)
+    assert result.model == name and result.accuracy["pgd"] <= result.accuracy["clean"]
+    with torch.no_grad():
+        expected = module.classifier(x).argmax(dim=1) == y
+    assert torch.equal(result.correct["clean"], expected)
 
 
 # ------------------------------------------------------------------------------------------------ reporting
