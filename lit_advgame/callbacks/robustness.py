@@ -105,6 +105,10 @@ class RobustAccuracy(Callback):
         budget = None if self.max_images is None else math.ceil(self.max_images / trainer.world_size)
         self._evaluator = RobustnessEvaluator(self.classifier(pl_module), self.settings, max_images=budget)
         self.result = None
+        s = self.settings
+        attacks = " and ".join(s.describe(attack) for attack in s.attacks)
+        images = "every test image" if self.max_images is None else f"at most {self.max_images} test images"
+        rank_zero_info(f"{type(self).__name__}: {attacks} at {s.norm} ε = {s.eps:.6g} on {images}")
 
     @override
     def on_test_batch_end(
