@@ -205,7 +205,11 @@ def test_result_table_json_and_scalars(evaluated, tmp_path):
     assert saved["attacks"]["autoattack"] == "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square)"
     assert saved["versions"]["torchattacks"] == torchattacks.__version__
     table = md_path.read_text()
-    assert "| PGD-20 (α = 0.00625, 1 restart) |" in table and "|   after Square |" in table
+    assert "| PGD-20 (α = 0.00625, 1 restart) |" in table and "| ↳ after Square |" in table
+    seconds = result.seconds
+    assert seconds["total"] == seconds["pgd"] + seconds["autoattack"]
+    parts = [seconds[f"autoattack/{name}"] for name in ("apgd-ce", "apgd-t", "fab-t", "square")]
+    assert all(part >= 0 for part in parts) and sum(parts) <= seconds["autoattack"]
     assert f"| clean | {100 * 5 / 6:.1f} ± " in table
     metrics = result.metrics()
     assert metrics["robustness/autoattack_acc"] == result.accuracy["autoattack"]

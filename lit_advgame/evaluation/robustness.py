@@ -264,12 +264,13 @@ def _predictions(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _cascade(
     model: nn.Module, attacks: Iterable[tuple[str, Any]], x: torch.Tensor, y: torch.Tensor, robust: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
     """Run ``attacks`` (name, callable ``attack(x, y) -> x_adv``) one after the other, each on the images still
-    robust: the robust mask at the end, the adversarial images (the clean image where no attack succeeded) and
-    the robust mask after each named attack (AutoAttack's ``run_standard_evaluation`` loop)."""
-    robust, x_adv, after = robust.clone(), x.clone(), {}
+    robust: the robust mask at the end, the adversarial images (the clean image where no attack succeeded), the
+    robust mask after each named attack and its seconds (AutoAttack's ``run_standard_evaluation`` loop)."""
+    robust, x_adv, after, seconds = robust.clone(), x.clone(), {}, {}
     for name, attack in attacks:
+        start = time.perf_counter()
         index = robust.nonzero().flatten()
         if index.numel():
             adv = attack(x[index], y[index]).detach()
@@ -277,14 +278,15 @@ def _cascade(
             x_adv[index[fooled]] = adv[fooled].to(x_adv.dtype)
             robust[index[fooled]] = False
         after[name] = robust.clone()
-    return robust, x_adv, after
+        seconds[name] = time.perf_counter() - start
+    return robust, x_adv, after, seconds
 
 
 @dataclass
 class BatchOutcome:
     """One batch of an evaluation: per image, whether it is robust under each key of
     :meth:`RobustnessSettings.accuracy_keys` (CPU bool tensors), the adversarial images of each attack (on the
-    images' device, when kept) and the seconds each attack took."""
+    images' device, when kept) and the seconds each attack (and AutoAttack component) took."""
 
     correct: dict[str, torch.Tensor]
     x_adv: dict[str, torch.Tensor]
@@ -321,7 +323,7 @@ class RobustnessEvaluator:
         self.torchattacks = require_torchattacks() if "autoattack" in settings.attacks else None
         self.keys = settings.accuracy_keys()
         self.counts = dict.fromkeys(self.keys, 0)
-        self.seconds = dict.fromkeys(settings.attacks, 0.0)
+        self.seconds = dict.fromkeys([*settings.attacks, *(f"autoattack/{name}" for name in settings.components)], 0.0)
         self.num_images = 0
         self.batches = 0
         self.kept: list[BatchOutcome] = []
@@ -363,11 +365,12 @@ class RobustnessEvaluator:
         for attack in self.settings.attacks:
             start = time.perf_counter()
             if attack == "pgd":
-                masks["pgd"], x_adv["pgd"], _ = _cascade(self.model, self._pgd_restarts(key), x, y, clean)
+                masks["pgd"], x_adv["pgd"], _, _ = _cascade(self.model, self._pgd_restarts(key), x, y, clean)
             else:
-                robust, x_adv["autoattack"], after = self._autoattack(x, y, clean, logits.shape[1], key)
+                robust, x_adv["autoattack"], after, times = self._autoattack(x, y, clean, logits.shape[1], key)
                 masks["autoattack"] = robust
                 masks.update({f"autoattack/{name}": mask for name, mask in after.items()})
+                seconds.update({f"autoattack/{name}": value for name, value in times.items()})
             seconds[attack] = time.perf_counter() - start
         if len(self.settings.attacks) > 1:
             masks["worst_case"] = torch.stack([masks[attack] for attack in self.settings.attacks]).all(dim=0)
@@ -380,7 +383,7 @@ class RobustnessEvaluator:
 
     def _autoattack(
         self, x: torch.Tensor, y: torch.Tensor, clean: torch.Tensor, num_classes: int, key: tuple[int, ...]
-    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
         needed = max(MIN_CLASSES.get(name, 2) for name in self.settings.components)
         if num_classes < needed:
             raise ValueError(
@@ -422,7 +425,7 @@ class RobustnessEvaluator:
             settings=self.settings,
             num_images=num_images,
             accuracy={name: counts[name] / num_images for name in self.keys},
-            seconds={**seconds, "total": sum(seconds.values())},
+            seconds={**seconds, "total": sum(seconds[attack] for attack in self.settings.attacks)},
             versions=versions,
             model=model_name,
             x_adv=x_adv,
@@ -441,7 +444,8 @@ class RobustnessResult:
         accuracy: ``clean``, each attack (``pgd``, ``autoattack``), ``worst_case`` (robust against every attack;
             with more than one) and ``autoattack/<component>``, the robust accuracy after each AutoAttack component
             (cumulative: the last one equals ``autoattack``).
-        seconds: wall-clock seconds of each attack and their ``total``.
+        seconds: wall-clock seconds of each attack (and of each AutoAttack component, ``autoattack/<component>``)
+            and their ``total``.
         versions: the versions of torch and (with AutoAttack) torchattacks.
         model: a display name of the model (or ``None``).
         x_adv: with ``return_adversarial``, each attack's adversarial images (the clean image where it failed).
@@ -498,7 +502,7 @@ class RobustnessResult:
         ]
         for key, value in self.accuracy.items():
             if key.startswith("autoattack/"):
-                label = f"  after {_COMPONENT_TITLES[key.split('/', 1)[1]]}"
+                label = f"↳ after {_COMPONENT_TITLES[key.split('/', 1)[1]]}"
             else:
                 label = s.describe(key)
             seconds = self.seconds.get(key)
