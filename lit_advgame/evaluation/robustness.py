@@ -121,7 +121,8 @@ class RobustnessSettings:
 
     Args:
         norm: ``"linf"`` or ``"l2"``.
-        eps: radius ε > 0 in pixel units (images in [0, 1]); a fraction string such as ``"8/255"`` is read as one.
+        eps: radius ε > 0 in pixel units (images in [0, 1]); a fraction string such as ``"8/255"`` (YAML: ``8/255``)
+            is read as that number.
         attacks: the attacks, of ``"pgd"`` and ``"autoattack"`` (at least one, each once).
         pgd: the PGD-k settings (:class:`~lit_advgame.attacks.pgd_settings.PGDSettings`, in YAML a mapping such as
             ``{steps: 50, step_size: 0.01}``); its norm and ε are the evaluation's (leave them unset).
@@ -136,7 +137,7 @@ class RobustnessSettings:
     """
 
     norm: Norm = "linf"
-    eps: float = 8 / 255
+    eps: float | str = 8 / 255
     attacks: tuple[RobustnessAttack, ...] = ("pgd", "autoattack")
     pgd: PGDSettings = DEFAULT_PGD
     restarts: int = 1
