@@ -148,7 +148,7 @@ class RobustAccuracy(Callback):
             model_name=type(pl_module).__name__,
         )
         for name, value in self.result.metrics(self.prefix).items():
-            pl_module.log(name, value, rank_zero_only=True)  # the same value on every process
+            pl_module.log(name, value, sync_dist=True)  # already summed: the mean of equal values
         folder = trainer.log_dir  # a collective call under DDP: every rank makes it
         if trainer.is_global_zero:
             if folder is not None:

@@ -515,7 +515,9 @@ class RobustnessResult:
     def save(self, folder: str | Path, name: str = "robustness") -> tuple[Path, Path]:
         """Write ``<name>.json`` and ``<name>.md`` into ``folder`` (atomically); return their paths."""
         folder = Path(folder)
-        json_path = atomic_write_text(folder / f"{name}.json", json.dumps(self.to_dict(), indent=2) + "\n")
+        json_path = atomic_write_text(
+            folder / f"{name}.json", json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
+        )
         md_path = atomic_write_text(folder / f"{name}.md", self.to_markdown())
         return json_path, md_path
 
