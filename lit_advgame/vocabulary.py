@@ -201,6 +201,15 @@ TransferSubset = Literal["source_correct", "all", "both_correct"]
 """Examples a transfer evaluation counts."""
 TRANSFER_SUBSETS = choices(TransferSubset)
 
+RobustnessAttack = Literal["pgd", "autoattack"]
+"""Attacks of a robust-accuracy evaluation (:mod:`lit_advgame.evaluation.robustness`)."""
+ROBUSTNESS_ATTACKS = choices(RobustnessAttack)
+
+AutoAttackVersion = Literal["standard", "plus", "rand"]
+"""AutoAttack versions (Croce & Hein, ICML 2020): the standard four attacks, the six of "plus", or the two
+EOT attacks of "rand" (for randomized defenses)."""
+AUTOATTACK_VERSIONS = choices(AutoAttackVersion)
+
 
 _IMPORTED = ("annotations", "Any", "Literal", "get_args", "get_origin")
 __all__ = [name for name in dir() if not name.startswith("_") and name not in _IMPORTED]

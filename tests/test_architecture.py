@@ -254,6 +254,8 @@ VOCABULARY_SOURCES = [
     ("TRS_VARIANTS", "lit_advgame.ensembles.trs", "VARIANTS"),
     ("BATCHNORM_MODES", "lit_advgame.ensembles.trs", "BN_MODES"),
     ("TRANSFER_SUBSETS", "lit_advgame.evaluation.transfer", "SUBSETS"),
+    ("ROBUSTNESS_ATTACKS", "lit_advgame.evaluation.robustness", "ROBUSTNESS_ATTACKS"),
+    ("AUTOATTACK_VERSIONS", "lit_advgame.evaluation.robustness", "AUTOATTACK_COMPONENTS"),
 ]
 
 

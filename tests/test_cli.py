@@ -142,7 +142,7 @@ def test_fit_with_ddp_on_two_cpu_processes(tmp_path):
     assert "val/acc" in scalars and "test/acc" in scalars
 
 
-FRAGMENTS = {"callbacks_digits.yaml"}  # extra --config files, not complete configs
+FRAGMENTS = {"callbacks_digits.yaml", "robustness_digits.yaml"}  # extra --config files, not complete configs
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name not in FRAGMENTS))

@@ -5,6 +5,8 @@
 * :class:`DisentanglementCallback` -- ``D^(m)`` per order (Ren et al., Eq. 4).
 * :class:`TransferabilityCallback` -- the intra-ensemble transfer matrix (DVERGE protocol).
 * :class:`PerturbationInteractionCallback` -- ``E_ij[I_ij(δ)]`` of adversarial perturbations (Wang et al., ICLR 2021).
+* :class:`RobustAccuracy` -- PGD-k and AutoAttack robust accuracy of the tested model, at the end of ``trainer.test``
+  (:mod:`lit_advgame.callbacks.robustness`).
 
 All run at the end of validation epochs on a fixed, seeded probe set, on global rank 0 only, and log
 with the **epoch** as step (see :mod:`lit_advgame.callbacks.base`). In a config::
@@ -31,6 +33,7 @@ from lit_advgame.callbacks.multi_order import MultiOrderInteractionCallback
 from lit_advgame.callbacks.perturbation import PerturbationInteractionCallback
 from lit_advgame.callbacks.probe_attack import AttackOutcome, ProbeAttack
 from lit_advgame.callbacks.probes import classifier_of, members_of
+from lit_advgame.callbacks.robustness import RobustAccuracy
 from lit_advgame.callbacks.transferability import TransferabilityCallback
 
 __all__ = [
@@ -42,6 +45,7 @@ __all__ = [
     "PerturbationInteractionCallback",
     "ProbeAttack",
     "ProbeCallback",
+    "RobustAccuracy",
     "TransferabilityCallback",
     "classifier_of",
     "log_figures",

@@ -4,7 +4,8 @@
   selected, Appendix K), transfer utility (Section 3.2), interaction inside each perturbation
   (Eq. 4), white-box success -> :class:`TransferReport` (Markdown in the shape of Table 1, CSV,
   JSON, TensorBoard, the utility-vs-interaction figure of Figure 1);
-* :mod:`.loo` -- O(N·T) leave-one-out step selection.
+* :mod:`.loo` -- O(N·T) leave-one-out step selection;
+* :func:`robust_accuracy` -- white-box robust accuracy under PGD-k and AutoAttack (:mod:`.robustness`).
 
     python -m lit_advgame.evaluation runs/attacks/quickstart --targets checkpoints/digits_lenet.pt \\
         --output runs/transfer/quickstart
@@ -17,6 +18,7 @@ from lit_advgame.evaluation.loo import (
     loo_success_rate,
 )
 from lit_advgame.evaluation.report import TransferReport, pearson
+from lit_advgame.evaluation.robustness import RobustnessResult, RobustnessSettings, robust_accuracy
 from lit_advgame.evaluation.scores import batched_margins, candidate_margins
 from lit_advgame.evaluation.transfer import (
     INTERACTION_DEFAULTS,
@@ -31,6 +33,8 @@ from lit_advgame.evaluation.transfer import (
 __all__ = [
     "INTERACTION_DEFAULTS",
     "SUBSETS",
+    "RobustnessResult",
+    "RobustnessSettings",
     "RowResult",
     "TargetResult",
     "TransferReport",
@@ -44,4 +48,5 @@ __all__ = [
     "loo_success_rate",
     "measure_interaction",
     "pearson",
+    "robust_accuracy",
 ]

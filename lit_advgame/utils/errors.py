@@ -21,7 +21,13 @@ DEBUG_ENV = "LIT_ADVGAME_DEBUG"
 
 USER_ERROR_EXIT_CODE = 2
 
+
+class MissingExtraError(ImportError):
+    """An optional dependency (a pip extra of the package) is not installed; the message gives the install command."""
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (
+    MissingExtraError,
     ValueError,
     TypeError,
     KeyError,
