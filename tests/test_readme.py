@@ -110,8 +110,11 @@ def stand_ins() -> dict[str, object]:
     return {"model": model, "x": x, "y": y, "x_adv": x_adv}
 
 
-def test_readme_python_blocks_run(stand_ins, capsys):
-    """Each block runs unedited (tracebacks point at README.md lines); then the README's comments are checked."""
+def test_readme_python_blocks_run(stand_ins, capsys, tmp_path, monkeypatch):
+    """Each block runs unedited (tracebacks point at README.md lines) in a temporary folder (the repository's
+    checkpoints linked in; what the blocks write stays out of the tree); then the README's comments are checked."""
+    (tmp_path / "checkpoints").symlink_to(REPO_ROOT / "checkpoints", target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {"__name__": "readme_example", **stand_ins}
     x = stand_ins["x"]
     blocks = python_blocks()
@@ -136,6 +139,12 @@ def test_readme_python_blocks_run(stand_ins, capsys):
     assert float((x_adv - x).abs().max()) <= 16 / 255 + 1e-6
     assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
     assert "hybridir" in namespace["available_presets"]()
+
+    # Robust accuracy: "robustness.json + robustness.md", robust accuracy never above clean
+    accuracy = namespace["result"].accuracy
+    assert accuracy["worst_case"] <= min(accuracy["pgd"], accuracy["autoattack"]) <= accuracy["clean"]
+    assert (tmp_path / "runs" / "eval" / "robustness.json").is_file()
+    assert "autoattack" in namespace["table"].lower()
 
 
 def readme_paths(text: str) -> dict[str, set[str]]:
