@@ -246,9 +246,15 @@ def test_bad_penalty_settings_name_the_argument(options, error, match):
 
 
 def test_bad_game_inputs_name_the_argument():
-    module = StandardClassifier(**SMALL, penalty={**PENALTY, "grid": 32})
+    # checked when the module is built (input_shape is known), before any training
     with pytest.raises(ValueError, match="penalty: grid 32x32 is larger than the image"):
-        module.add_penalty(torch.zeros(()), torch.rand(2, 1, 16, 16), torch.tensor([0, 1]))
+        StandardClassifier(**SMALL, penalty={**PENALTY, "grid": 32})
+    with pytest.raises(ValueError, match=r"penalty: interaction order 20 is outside \[0, n-2\] = \[0, 14\]"):
+        StandardClassifier(**SMALL, penalty={**PENALTY, "order_band": [0, 20]})
+    # and at step time, for images of another size than input_shape
+    module = StandardClassifier(**SMALL, penalty={**PENALTY, "grid": 16})
+    with pytest.raises(ValueError, match="penalty: grid 16x16 is larger than the image"):
+        module.add_penalty(torch.zeros(()), torch.rand(2, 1, 8, 8), torch.tensor([0, 1]))
     game = _tiny_game()
     with pytest.raises(ValueError, match=r"interaction order 5 is outside \[0, n-2\]"):
         InteractionStrength(order_band=[0, 5]).estimate(game, 0)

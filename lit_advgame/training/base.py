@@ -93,6 +93,8 @@ class ClassifierModule(pl.LightningModule):
         input_shape = tuple(int(s) for s in input_shape)
         if len(input_shape) != 3:
             raise ValueError(f"input_shape must be (C, H, W); got {input_shape}")
+        if penalty_settings is not None:
+            penalty_settings.check_input(input_shape)
         self.save_hyperparameters(ignore=list(self.hparams_ignore))
         self.model = self.build_network()
         #: the :class:`InteractionPenalty` given as ``penalty`` (``None``: none)

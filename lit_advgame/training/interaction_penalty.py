@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from lit_advgame.interactions.game import InputGame
+from lit_advgame.interactions.players import grid_player_map
 from lit_advgame.interactions.strength import InteractionStrength, StrengthEstimate
 from lit_advgame.utils.checks import check_choice, check_int, check_positive
 from lit_advgame.utils.seeding import derive_seed
@@ -96,6 +97,15 @@ class InteractionPenalty(InteractionStrength):
         out = dataclasses.asdict(self)
         out["grid"] = list(self.grid) if isinstance(self.grid, tuple) else self.grid
         return out
+
+    def check_input(self, input_shape: tuple[int, int, int]) -> None:
+        """Check the grid fits images of ``input_shape`` ``(C, H, W)`` and the order band its players (at build)."""
+        _, height, width = input_shape
+        try:
+            num_players = int(grid_player_map(height, width, self.grid).max()) + 1
+            self.check_game(num_players)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"penalty: {err}") from err
 
     @property
     def active(self) -> bool:
