@@ -147,6 +147,14 @@ PairKind = Literal["neighbour", "uniform"]
 """How player pairs (i, j) are drawn: grid neighbours (the reference code's) or uniformly."""
 PAIR_KINDS = choices(PairKind)
 
+StrengthTarget = Literal["interaction", "shapley"]
+"""What the interaction-strength estimate averages: ``|I(i, j)|`` of pairs or ``|φ(i)|`` of players (L_Shapley)."""
+STRENGTH_TARGETS = choices(StrengthTarget)
+
+StrengthEstimator = Literal["plug_in", "split"]
+"""How ``|mean Δ|`` is estimated: the plug-in ``|mean|`` (biased up) or the split-sample product (unbiased square)."""
+STRENGTH_ESTIMATORS = choices(StrengthEstimator)
+
 PerturbationForm = Literal["coalition", "single"]
 """Form of the perturbation interaction: coalitions of grid cells (the IR loss) or single players."""
 PERTURBATION_FORMS = choices(PerturbationForm)

@@ -5,6 +5,8 @@
 * :class:`DisentanglementCallback` -- ``D^(m)`` per order (Ren et al., Eq. 4).
 * :class:`TransferabilityCallback` -- the intra-ensemble transfer matrix (DVERGE protocol).
 * :class:`PerturbationInteractionCallback` -- ``E_ij[I_ij(δ)]`` of adversarial perturbations (Wang et al., ICLR 2021).
+* :class:`InteractionStrengthCallback` -- interaction strength ``E|I(i, j)|`` (and per order), a generalization
+  monitor (Zhang et al., ICLR 2021).
 * :class:`RobustAccuracy` -- PGD-k and AutoAttack robust accuracy of the tested model, at the end of ``trainer.test``
   (:mod:`lit_advgame.callbacks.robustness`).
 
@@ -29,6 +31,7 @@ release, with a ``DeprecationWarning``).
 from lit_advgame.callbacks.base import ProbeCallback, log_figures, log_scalars
 from lit_advgame.callbacks.disentanglement import DisentanglementCallback
 from lit_advgame.callbacks.game_settings import GameCallback, GameSettings
+from lit_advgame.callbacks.interaction_strength import InteractionStrengthCallback
 from lit_advgame.callbacks.multi_order import MultiOrderInteractionCallback
 from lit_advgame.callbacks.perturbation import PerturbationInteractionCallback
 from lit_advgame.callbacks.probe_attack import AttackOutcome, ProbeAttack
@@ -41,6 +44,7 @@ __all__ = [
     "DisentanglementCallback",
     "GameCallback",
     "GameSettings",
+    "InteractionStrengthCallback",
     "MultiOrderInteractionCallback",
     "PerturbationInteractionCallback",
     "ProbeAttack",

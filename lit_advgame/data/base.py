@@ -22,6 +22,7 @@ from typing_extensions import override
 
 from lit_advgame.utils.checks import check_choice, check_int
 from lit_advgame.utils.hparams import save_builtin_hyperparameters
+from lit_advgame.utils.seeding import derive_seed
 from lit_advgame.vocabulary import SPLITS, Split
 
 
@@ -56,6 +57,9 @@ class ImageDataModule(pl.LightningDataModule):
         predict_limit: serve only the first ``predict_limit`` examples of that split (all when ``None``;
             a limit beyond the split size serves the whole split, with a warning).
         pin_memory: pin DataLoader memory (useful when training on a GPU).
+        train_subset: train on a fixed random subset of this many training examples (drawn once from ``seed``,
+            the same for the augmented view; ``None``, the default: the whole split), e.g. 200 for an
+            over-fitting setting. The ``"train"`` split (probes drawn from it too) is then that subset.
 
     Attributes:
         mean: per-channel normalization mean (length C).
@@ -77,6 +81,7 @@ class ImageDataModule(pl.LightningDataModule):
         predict_split: Split = "test",
         predict_limit: PositiveInt | None = None,
         pin_memory: bool = False,
+        train_subset: PositiveInt | None = None,
     ) -> None:
         super().__init__()
         # jsonargparse checks the types when a config is parsed; these checks serve Python callers
@@ -86,6 +91,8 @@ class ImageDataModule(pl.LightningDataModule):
         check_choice(predict_split, "predict_split", SPLITS)
         if predict_limit is not None:
             check_int(predict_limit, "predict_limit", minimum=1)
+        if train_subset is not None:
+            check_int(train_subset, "train_subset", minimum=1)
         save_builtin_hyperparameters(self)  # the init arguments of this class and of the subclasses calling it
         # plain values (jsonargparse passes PositiveInt/NonNegativeInt instances)
         self.batch_size = int(batch_size)
@@ -94,6 +101,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.predict_split = predict_split
         self.predict_limit = None if predict_limit is None else int(predict_limit)
         self.pin_memory = bool(pin_memory)
+        self.train_subset = None if train_subset is None else int(train_subset)
         self._splits: dict[str, Dataset | None] | None = None
         self._train_augmented: Dataset | None = None
         self._shuffle_generator: torch.Generator | None = None
@@ -115,8 +123,22 @@ class ImageDataModule(pl.LightningDataModule):
         """Load the splits (once; later calls are no-ops)."""
         if self._splits is None:
             splits, augmented = self._load_splits()
+            if self.train_subset is not None and splits.get("train") is not None:
+                splits, augmented = self._subsample_train(splits, augmented)
             self._splits = {name: splits.get(name) for name in SPLITS}
             self._train_augmented = augmented
+
+    def _subsample_train(
+        self, splits: dict[str, Dataset | None], augmented: Dataset | None
+    ) -> tuple[dict[str, Dataset | None], Dataset | None]:
+        """Keep ``train_subset`` training examples (a seeded random choice, the same for the augmented view)."""
+        train = splits["train"]
+        if self.train_subset > len(train):
+            raise ValueError(f"train_subset={self.train_subset} exceeds the {len(train)} examples of the train split")
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, "train_subset"))
+        keep = torch.randperm(len(train), generator=generator)[: self.train_subset].sort().values.tolist()
+        splits = {**splits, "train": Subset(train, keep)}
+        return splits, None if augmented is None else Subset(augmented, keep)
 
     def dataset(self, split: str, augmented: bool = False) -> Dataset:
         """The dataset of ``split``; ``augmented=True`` gives the training view with augmentation

@@ -19,7 +19,9 @@ passes) and as the functions they back (``generator=`` is the random state), chu
   :func:`attacking_utility`) -- ``ΔI^(m)``, ``ΔJ^(m)``, shares;
 * :class:`DisentanglementApproximator` / :func:`disentanglement` -- ``D^(m)``;
 * :class:`ShapleyApproximator` / :func:`shapley_values`, :class:`MultiOrderShapleyApproximator` /
-  :func:`multi_order_shapley`.
+  :func:`multi_order_shapley`;
+* :class:`InteractionStrength` / :func:`interaction_strength` -- ``E_{i≠j}|I(i, j)|`` (or ``E|φ(i)|``, an order
+  band), differentiable w.r.t. the model's parameters (the interaction penalty of training).
 
 Every result's ``values`` / ``stderr`` are aggregated over the images; per-image numbers are
 ``per_image`` (see :mod:`~lit_advgame.interactions.results`).
@@ -120,6 +122,7 @@ from lit_advgame.interactions.shapley import (
     multi_order_shapley,
     shapley_values,
 )
+from lit_advgame.interactions.strength import InteractionStrength, StrengthEstimate, interaction_strength
 from lit_advgame.interactions.values import VALUE_NAMES, ValueFunction, resolve_value
 from lit_advgame.utils.seeding import make_generator
 
@@ -135,6 +138,7 @@ __all__ = [
     "DisentanglementResult",
     "ExactInteractions",
     "InputGame",
+    "InteractionStrength",
     "InteractionChangeApproximator",
     "InteractionChangeResult",
     "MaskedGame",
@@ -150,6 +154,7 @@ __all__ = [
     "PerturbationInteractionResult",
     "ShapleyApproximator",
     "ShapleyResult",
+    "StrengthEstimate",
     "ValueFunction",
     "all_coalitions",
     "all_pairs",
@@ -166,6 +171,7 @@ __all__ = [
     "grid_player_map",
     "grid_shape",
     "interaction_change",
+    "interaction_strength",
     "make_baseline",
     "make_generator",
     "multi_order_from_samples",

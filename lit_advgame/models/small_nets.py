@@ -31,12 +31,15 @@ def _check_min_size(name: str, input_size: tuple[int, int] | None, minimum: int)
 class SmallCNN(nn.Module):
     """conv(w)-ReLU-pool, conv(2w)-ReLU-pool, conv(2w)-ReLU, adaptive avg-pool to 2x2, linear.
 
-    ``width=32`` gives about 56k parameters for 10 classes; works for any input >= 8x8.
+    ``width=32`` gives about 56k parameters for 10 classes; works for any input >= 8x8. ``dropout > 0`` adds
+    ``nn.Dropout(dropout)`` before the linear layer (``0``, the default: no dropout layer at all).
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 1, width: int = 32) -> None:
+    def __init__(self, num_classes: int, in_channels: int = 1, width: int = 32, dropout: float = 0.0) -> None:
         super().__init__()
         check_int(width, "width", minimum=1)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be a probability in [0, 1); got {dropout!r}")
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1),
             nn.ReLU(),
@@ -48,10 +51,11 @@ class SmallCNN(nn.Module):
             nn.ReLU(),
         )
         self.pool = nn.AdaptiveAvgPool2d(2)
+        self.dropout = nn.Dropout(float(dropout)) if dropout > 0 else nn.Identity()
         self.classifier = nn.Linear(2 * width * 4, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+        return self.classifier(self.dropout(torch.flatten(self.pool(self.features(x)), 1)))
 
 
 class MLP(nn.Module):
@@ -140,9 +144,11 @@ class VGGSmall(nn.Module):
 
 
 @register_model("small_cnn")
-def small_cnn(num_classes: int, in_channels: int, input_size: tuple[int, int] | None, width: int = 32) -> SmallCNN:
+def small_cnn(
+    num_classes: int, in_channels: int, input_size: tuple[int, int] | None, width: int = 32, dropout: float = 0.0
+) -> SmallCNN:
     _check_min_size("small_cnn", input_size, 8)
-    return SmallCNN(num_classes, in_channels, width=width)
+    return SmallCNN(num_classes, in_channels, width=width, dropout=dropout)
 
 
 @register_model("mlp")

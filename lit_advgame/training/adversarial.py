@@ -290,6 +290,7 @@ class AdversarialTraining(ClassifierModule):
         eps = self.current_eps(batch_idx)
         seed = self._derived_seed(f"train/epoch{self.current_epoch}/batch{batch_idx}")
         loss, parts = self.adversarial_objective(x, y, eps, seed)
+        loss = self.add_penalty(loss, x, y)
         n = len(y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
         self.log("train/eps", eps, on_step=True, on_epoch=False, batch_size=n)

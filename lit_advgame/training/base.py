@@ -33,6 +33,7 @@ from typing_extensions import override
 
 from lit_advgame.models import build_model
 from lit_advgame.models.normalize import find_normalizer
+from lit_advgame.training.interaction_penalty import InteractionPenalty
 from lit_advgame.training.schedules import RunLengthSchedule
 from lit_advgame.utils.checks import check_choice
 from lit_advgame.vocabulary import SchedulerInterval
@@ -61,6 +62,10 @@ class ClassifierModule(pl.LightningModule):
             without ``T_max``) anneals over the whole run, ``trainer.max_epochs`` epochs (see :meth:`run_length`).
         scheduler_interval: step the scheduler every ``"epoch"`` or ``"step"``.
         scheduler_monitor: metric monitored by ``ReduceLROnPlateau``.
+        penalty: optional interaction penalty added to the training loss,
+            :class:`~lit_advgame.training.interaction_penalty.InteractionPenalty` (YAML: a mapping such as
+            ``penalty: {weight: 1.0, grid: 4, num_samples: 16}``); logs ``train/penalty`` (the unweighted
+            estimate) and ``train/penalty_forward_passes``. ``None`` (default) or ``weight: 0``: plain training.
     """
 
     hparams_ignore: tuple[str, ...] = ("optimizer", "lr_scheduler")
@@ -79,14 +84,21 @@ class ClassifierModule(pl.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: SchedulerInterval = "epoch",
         scheduler_monitor: str = "val/loss",
+        penalty: InteractionPenalty | None = None,
     ) -> None:
         super().__init__()
         check_choice(scheduler_interval, "scheduler_interval", ("epoch", "step"))
+        penalty_settings = None if penalty is None else InteractionPenalty.coerce(penalty, "penalty")
+        penalty = None if penalty_settings is None else penalty_settings.as_dict()  # hyper-parameters: a plain dict
         input_shape = tuple(int(s) for s in input_shape)
         if len(input_shape) != 3:
             raise ValueError(f"input_shape must be (C, H, W); got {input_shape}")
+        if penalty_settings is not None:
+            penalty_settings.check_input(input_shape)
         self.save_hyperparameters(ignore=list(self.hparams_ignore))
         self.model = self.build_network()
+        #: the :class:`InteractionPenalty` given as ``penalty`` (``None``: none)
+        self.penalty = penalty_settings
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
@@ -147,10 +159,30 @@ class ClassifierModule(pl.LightningModule):
         logits = self(x)
         return nn.functional.cross_entropy(logits, y), logits
 
+    def add_penalty(self, loss: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``loss + λ · penalty`` on the clean batch ``(x, y)`` when an active :attr:`penalty` is set (else ``loss``
+        itself); logs ``train/penalty`` and ``train/penalty_forward_passes`` when attached to a Trainer."""
+        if self.penalty is None or not self.penalty.active:
+            return loss
+        attached = self.attached_trainer() is not None
+        rank, step = (self.global_rank, self.global_step) if attached else (0, 0)
+        estimate = self.penalty(self.classifier, x, y, self.penalty.step_generator(rank, step))
+        if attached:
+            self.log("train/penalty", estimate.value.detach(), on_step=True, on_epoch=True, batch_size=len(y))
+            self.log(
+                "train/penalty_forward_passes",
+                float(estimate.forward_passes),
+                on_step=True,
+                on_epoch=False,
+                batch_size=len(y),
+            )
+        return loss + self.penalty.weight * estimate.value.to(loss.dtype)
+
     @override
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss, logits = self.training_loss(x, y)
+        loss = self.add_penalty(loss, x, y)
         self.train_acc(logits.detach(), y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
