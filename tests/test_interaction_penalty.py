@@ -180,11 +180,13 @@ def test_strength_callback_logs_with_the_epoch_as_step(tmp_path):
     )  # fmt: skip
     trainer.fit(StandardClassifier(**SMALL), loader, loader)
     scalars = read_scalars(logger.log_dir)
-    for tag in ("strength/sii", "strength/sii_stderr", "strength/noise_floor", "strength/r0.20", "strength/r0.90"):
+    margins = ("zz_margin/strength/sii/lower", "zz_margin/strength/sii/upper")  # value -/+ 1 SE (TensorBoard layout)
+    for tag in ("strength/sii", *margins, "strength/noise_floor", "strength/r0.20", "strength/r0.90"):
         assert [step for step, _ in scalars[tag]] == [0, 1], tag
+    assert "strength/sii_stderr" in callback.last_metrics and not any(t.endswith("_stderr") for t in scalars)
     assert all(value > 0 for _, value in scalars["strength/sii"])
     # 4 probes x (1 + 2 orders) estimates x 2 pairs x 4 contexts x 4 coalitions
-    assert callback.last_metrics["strength/cost/forward_passes"] == 4 * 3 * 2 * 4 * 4
+    assert callback.last_metrics["zz_cost/strength/forward_passes"] == 4 * 3 * 2 * 4 * 4
 
 
 # ----------------------------------------------------------------------------- configs and data

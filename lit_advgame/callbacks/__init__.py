@@ -10,7 +10,7 @@
 * :class:`RobustAccuracy` -- PGD-k and AutoAttack robust accuracy of the tested model, at the end of ``trainer.test``
   (:mod:`lit_advgame.callbacks.robustness`).
 
-All run at the end of validation epochs on a fixed, seeded probe set, on global rank 0 only, and log
+The probe callbacks run at the end of validation epochs on a fixed, seeded probe set, on global rank 0 only, and log
 with the **epoch** as step (see :mod:`lit_advgame.callbacks.base`). In a config::
 
     trainer:
