@@ -254,6 +254,8 @@ VOCABULARY_SOURCES = [
     ("TRS_VARIANTS", "lit_advgame.ensembles.trs", "VARIANTS"),
     ("BATCHNORM_MODES", "lit_advgame.ensembles.trs", "BN_MODES"),
     ("TRANSFER_SUBSETS", "lit_advgame.evaluation.transfer", "SUBSETS"),
+    ("DETECTOR_KINDS", "lit_advgame.defenses.detection", "DETECTOR_KINDS"),
+    ("DETECTOR_STATISTICS", "lit_advgame.defenses.detection", "DETECTOR_STATISTICS"),
 ]
 
 
