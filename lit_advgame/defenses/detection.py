@@ -195,6 +195,9 @@ def detection_auc(normal: torch.Tensor, adversarial: torch.Tensor) -> float:
     the AUC depends only on the order of the scores, and ranks keep torchmetrics from reading scores outside
     ``[0, 1]`` as logits (its sigmoid would tie large scores). 1: every adversarial score is above every normal one;
     0.5: no separation; below 0.5: adversarial scores are lower.
+
+    >>> detection_auc(torch.tensor([0.1, 0.4, 35.0]), torch.tensor([0.4, 50.0, 70.0]))  # ties count one half
+    0.8333333...
     """
     normal, adversarial = _check_scores(normal, "normal"), _check_scores(adversarial, "adversarial")
     scores = torch.cat([normal, adversarial])

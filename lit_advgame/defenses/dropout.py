@@ -54,7 +54,11 @@ def check_dropout_rate(rate: float, name: str = "rate") -> float:
 def dropout_keep_count(num_players: int, rate: float) -> int:
     """``k = ⌊(1-α)n⌋`` players kept at dropout rate α (Ren et al., NeurIPS 2021, supplement H), robust to float
     rounding: a product within ``1e-9`` (relative) of an integer counts as that integer, so ``α = 0.9, n = 10``
-    keeps 1 player (the float product is ``0.9999999999999998``)."""
+    keeps 1 player (the float product is ``0.9999999999999998``).
+
+    >>> dropout_keep_count(10, 0.9), dropout_keep_count(10, 0.25), dropout_keep_count(7, 0.3)
+    (1, 7, 4)
+    """
     check_int(num_players, "num_players", minimum=1)
     kept = (1.0 - check_dropout_rate(rate)) * num_players
     nearest = round(kept)
