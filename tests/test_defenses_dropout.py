@@ -193,6 +193,9 @@ def test_early_stopped_pgd_stops_each_image_at_its_first_successful_step():
     assert torch.equal(result.x_adv, candidates[first, torch.arange(6)])
     assert result.num_steps_run == int(first.max()) < 40  # the attack ended once every image had stopped
     assert result.forward_passes == 6 * (1 + result.num_steps_run) + int((first + 1).sum())
+    with torch.inference_mode():  # as in Lightning's predict loop
+        inside = EarlyStoppedAttack(Attack(model, **kwargs)).run(x.clone(), y.clone())
+    assert torch.equal(inside.x_adv, result.x_adv) and torch.equal(inside.steps, result.steps)
 
 
 def test_early_stopped_pgd_keeps_the_last_iterate_of_images_that_never_succeed():

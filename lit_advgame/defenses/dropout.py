@@ -315,7 +315,13 @@ class EarlyStoppedAttack:
         return self.run(x, y, target).x_adv
 
     def run(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None) -> EarlyStoppedResult:
-        """Attack ``x`` (``(B, C, H, W)`` in [0, 1]) with true labels ``y`` (and ``target`` when targeted)."""
+        """Attack ``x`` (``(B, C, H, W)`` in [0, 1]) with true labels ``y`` (and ``target`` when targeted).
+
+        Works inside ``torch.inference_mode()`` (e.g. Lightning's predict loop): its state is made outside it."""
+        with torch.inference_mode(False):
+            return self._run(x, y, target)
+
+    def _run(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> EarlyStoppedResult:
         attack = self.attack
         check_images(x, "x", allow_empty=False)
         check_labels(y, x.shape[0], None, "y")
