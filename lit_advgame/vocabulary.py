@@ -163,6 +163,18 @@ InteractionScale = Literal["reference", "paper"]
 """Scale of the perturbation interaction: the reference code's, or the paper's 1/(n−1) factor."""
 INTERACTION_SCALES = choices(InteractionScale)
 
+# ----------------------------------------------------------------------------- defenses
+DetectorKind = Literal["ml_loo", "shapley", "interaction"]
+"""Attribution-based detectors of adversarial examples (Ren et al., NeurIPS 2021, §4.3 and supplement G): ML-LOO's
+leave-one-out scores ``φ^(n-1)(i)``, multi-order Shapley values ``φ^(m)(i)`` or multi-order interactions
+``I^(m)_ij`` (:mod:`lit_advgame.defenses.detection`)."""
+DETECTOR_KINDS = choices(DetectorKind)
+
+DetectorStatistic = Literal["iqr", "mean", "mean_abs", "std"]
+"""How a detector turns the attributions of one image (over players or pairs) into one score: the inter-quartile
+range (ML-LOO's statistic), the mean, the mean absolute value or the standard deviation."""
+DETECTOR_STATISTICS = choices(DetectorStatistic)
+
 # ----------------------------------------------------------------------------- training
 SchedulerInterval = Literal["epoch", "step"]
 """When a learning-rate scheduler steps."""

@@ -256,6 +256,8 @@ VOCABULARY_SOURCES = [
     ("TRANSFER_SUBSETS", "lit_advgame.evaluation.transfer", "SUBSETS"),
     ("ROBUSTNESS_ATTACKS", "lit_advgame.evaluation.robustness", "ROBUSTNESS_ATTACKS"),
     ("AUTOATTACK_VERSIONS", "lit_advgame.evaluation.robustness", "AUTOATTACK_COMPONENTS"),
+    ("DETECTOR_KINDS", "lit_advgame.defenses.detection", "DETECTOR_KINDS"),
+    ("DETECTOR_STATISTICS", "lit_advgame.defenses.detection", "DETECTOR_STATISTICS"),
 ]
 
 
