@@ -59,6 +59,11 @@ LABELS = {
 }
 
 
+def uses_ir(method: str) -> bool:
+    """Whether the preset ``method`` has the interaction-reduction term (``*+ir`` and HybridIR)."""
+    return method.endswith("+ir") or method == "hybridir"
+
+
 def checkpoint(arch: str) -> dict:
     """The model spec of checkpoints/digits_<arch>.pt, named by its architecture."""
     path = ROOT / "checkpoints" / f"digits_{arch}.pt"
@@ -168,14 +173,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    base = {
-        "eps": args.eps,
-        "step_size": args.step_size,
-        "steps": args.steps,
-        "ir_grid": args.ir_grid,
-        "ir_num_samples": args.ir_samples,
-        "ir_group_size": args.ir_group_size,
-    }
+    base = {"eps": args.eps, "step_size": args.step_size, "steps": args.steps}
+    # the IR estimator's options go only to presets with the IR term (the others reject them as having no effect)
+    ir_options = {"ir_grid": args.ir_grid, "ir_num_samples": args.ir_samples, "ir_group_size": args.ir_group_size}
     # VR+IR keeps the paper's halving of steps relative to the others (App. M.1: 50 instead of 100)
     vr_ir = {"steps": max(1, args.steps // 2)}
     interaction = {"grid": args.ir_grid, "form": "single", "num_samples": args.ir_grid**2}
@@ -188,7 +188,7 @@ def main() -> None:
         for method in args.methods:
             if method in SKIP_ONLY and source == "small_cnn":
                 continue
-            overrides = {**base, **(vr_ir if method == "vr+ir" else {})}
+            overrides = {**base, **(ir_options if uses_ir(method) else {}), **(vr_ir if method == "vr+ir" else {})}
             name = f"{source}/{LABELS[method]}"
             main_runs.append(
                 run_attack(out / "attacks" / source / method.replace("+", "_"), source, method, overrides, name, args)
@@ -201,7 +201,8 @@ def main() -> None:
             for lam in args.lambdas:
                 # λ = 0 is PGD from the same zero start (the IR term would be computed and multiplied by 0)
                 preset = "pgd" if lam == 0 else "pgd+ir"
-                overrides = {**base, "loss": loss, "random_start": False, **({"ir_lambda": lam} if lam else {})}
+                ir = {**ir_options, "ir_lambda": lam} if lam else {}
+                overrides = {**base, "loss": loss, "random_start": False, **ir}
                 name = f"{source}/PGD+IR λ={lam:g} {loss}"
                 folder = out / "attacks" / source / f"sweep_{loss}_lambda{lam:g}"
                 sweep_runs.append(run_attack(folder, source, preset, overrides, name, args))

@@ -69,6 +69,42 @@ def test_stratified_split_zero_test_and_errors():
         stratified_split(torch.tensor([0, 1, 2]), 0.1, 0.1)
 
 
+def test_stratified_split_is_sklearns_train_test_split_twice():
+    from sklearn.model_selection import train_test_split
+
+    labels = torch.arange(300) % 3
+    labels[:40] = 0  # unequal classes
+    train, val, test = stratified_split(labels, 0.15, 0.2, seed=11)
+    y = labels.numpy()
+    rest, ref_test = train_test_split(np.arange(300), test_size=60, stratify=y, random_state=11)
+    ref_train, ref_val = train_test_split(rest, test_size=45, stratify=y[rest], random_state=11)
+    for got, ref in ((train, ref_train), (val, ref_val), (test, ref_test)):
+        assert got.tolist() == sorted(ref.tolist())
+
+
+def test_stratified_split_per_class_proportions_and_seed_beyond_numpy_range():
+    labels = torch.cat([torch.zeros(600), torch.ones(300), torch.full((100,), 2)]).long()
+    train, val, test = stratified_split(labels, 0.1, 0.3, seed=2**32 + 7)
+    for idx, fraction in ((train, 0.6), (val, 0.1), (test, 0.3)):
+        counts = torch.bincount(labels[idx], minlength=3)
+        assert counts.tolist() == [round(600 * fraction), round(300 * fraction), round(100 * fraction)]
+    # the seed is taken mod 2**32 (NumPy's seed range): large seeds work and are documented as such
+    same = stratified_split(labels, 0.1, 0.3, seed=7)
+    assert all(torch.equal(a, b) for a, b in zip((train, val, test), same))
+    assert len(stratified_split(labels, 0.1, 0.3, seed=2**70)[1]) == 100
+
+
+def test_stratified_split_clear_errors_for_classes_too_small_to_stratify():
+    labels = torch.cat([torch.arange(40) % 3, torch.tensor([3])])  # class 3 has one example
+    with pytest.raises(ValueError, match="labels: .*class 3 has a single example"):
+        stratified_split(labels, 0.2, 0.2)
+    with pytest.raises(ValueError, match="labels: .*class 3 has a single example"):
+        stratified_split(labels, 0.2, 0.0)
+    # 10 classes but a val split of 3 examples: names the fractions and the sizes
+    with pytest.raises(ValueError, match=r"30 examples of 10 classes .*val_fraction=0.1, test_fraction=0.0 .*val=3"):
+        stratified_split(torch.arange(30) % 10, 0.1, 0.0)
+
+
 # --------------------------------------------------------------------------- digits
 @pytest.mark.parametrize("image_size", [16, 28])
 @pytest.mark.parametrize("channels", [1, 3])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from sklearn.model_selection import train_test_split
 
 
 def _check_fraction(value: float, name: str, *, allow_zero: bool) -> float:
@@ -32,11 +34,12 @@ def stratified_split(
     """Split ``range(len(labels))`` into disjoint, covering (train, val, test) index tensors.
 
     Exactly ``round(N * test_fraction)`` examples go to test and ``round(N * val_fraction)``
-    to val; the rest to train. The split is stratified: every example gets its quantile
-    ``(j + 0.5) / n_c`` inside a seeded random permutation of its class ``c`` (``n_c``
-    examples); examples sorted by quantile (ties broken by a seeded random key) are dealt
-    to test, then val, then train, so each class is spread over the splits in proportion
-    to its size (up to rounding). The result depends only on ``labels`` and ``seed``.
+    to val; the rest to train. The split is stratified by scikit-learn's
+    ``train_test_split(stratify=...)`` (a ``StratifiedShuffleSplit``), twice: test is split off
+    all examples, then val off the rest, each class in proportion to its size (up to rounding),
+    with ``random_state = seed mod 2**32`` (NumPy's seed range). The result depends only on
+    ``labels`` and ``seed``. Every class needs at least two examples, and each split at least
+    as many examples as there are classes (a ``ValueError`` says which does not hold).
 
     Returns three sorted int64 index tensors. ``test_fraction`` may be 0 (empty test split).
 
@@ -56,16 +59,23 @@ def stratified_split(
             f"cannot split {n} examples with val_fraction={val_fraction}, test_fraction={test_fraction}: "
             f"sizes would be train={n_train}, val={n_val}, test={n_test} (each must be >= 1)"
         )
-    generator = torch.Generator().manual_seed(int(seed))
-    quantile = torch.empty(n, dtype=torch.float64)
-    for c in torch.unique(labels).tolist():
-        members = torch.nonzero(labels == c).flatten()
-        order = members[torch.randperm(members.numel(), generator=generator)]
-        quantile[order] = (torch.arange(members.numel(), dtype=torch.float64) + 0.5) / members.numel()
-    # Sort by quantile, ties in random order: shuffle first, then a stable sort by quantile.
-    shuffled = torch.randperm(n, generator=generator)
-    order = shuffled[torch.argsort(quantile[shuffled], stable=True)]
-    test_idx = order[:n_test]
-    val_idx = order[n_test : n_test + n_val]
-    train_idx = order[n_test + n_val :]
-    return train_idx.sort().values, val_idx.sort().values, test_idx.sort().values
+    y = labels.numpy()
+    classes, counts = np.unique(y, return_counts=True)
+    if counts.min() < 2:
+        raise ValueError(
+            f"labels: cannot stratify by class, class {int(classes[counts.argmin()])} has a single example "
+            "(every class needs at least 2)"
+        )
+    random_state = int(seed) % 2**32
+    rest, test = np.arange(n), np.arange(0)
+    try:
+        if n_test > 0:
+            rest, test = train_test_split(rest, test_size=n_test, stratify=y, random_state=random_state)
+        train, val = train_test_split(rest, test_size=n_val, stratify=y[rest], random_state=random_state)
+    except ValueError as err:  # a split smaller than the number of classes, or a class all used up by test
+        raise ValueError(
+            f"cannot split {n} examples of {len(classes)} classes stratified by class with "
+            f"val_fraction={val_fraction}, test_fraction={test_fraction} (train={n_train}, val={n_val}, "
+            f"test={n_test}): {err}"
+        ) from err
+    return tuple(torch.from_numpy(np.sort(part)).long() for part in (train, val, test))
