@@ -88,8 +88,8 @@ def test_per_image_numbers_equal_the_functional_estimators_on_each_image_alone()
             assert records["num_forward_passes"][b, k] == result.num_forward_passes
     # per image: a sub-batch gives the same records as the whole batch
     part = analysis.analyze_batch(x[3:5], y[3:5], [13, 14])
-    for key, value in part.items():
-        assert torch.equal(value, records[key][3:5]), key
+    for key, value in part.items():  # bit-equal; NaN where a model misclassifies the clean image
+        torch.testing.assert_close(value, records[key][3:5], rtol=0, atol=0, equal_nan=True, msg=key)
 
 
 @needs_checkpoints
