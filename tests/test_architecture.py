@@ -254,6 +254,10 @@ VOCABULARY_SOURCES = [
     ("TRS_VARIANTS", "lit_advgame.ensembles.trs", "VARIANTS"),
     ("BATCHNORM_MODES", "lit_advgame.ensembles.trs", "BN_MODES"),
     ("TRANSFER_SUBSETS", "lit_advgame.evaluation.transfer", "SUBSETS"),
+    ("SINGLETON_REWARDS", "lit_advgame.attributions.pixel_interactions", "SINGLETON_REWARDS"),
+    ("REWARD_ESTIMATORS", "lit_advgame.attributions.pixel_interactions", "REWARD_ESTIMATORS"),
+    ("TAYLOR_RULES", "lit_advgame.attributions.pixel_interactions", "TAYLOR_RULES"),
+    ("SINGLETON_REWARDS", "lit_advgame.attributions.components", "SINGLETON_REWARDS"),
 ]
 
 
