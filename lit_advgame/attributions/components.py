@@ -34,22 +34,17 @@ when more than half of its pixels are, as ``generate_info.py``), :func:`foregrou
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
-from lit_advgame.attributions.pixel_interactions import (
-    DEFAULT_SUBPLAYERS,
-    TaylorRewardApproximator,
-    derived_game,
-)
-from lit_advgame.interactions.budget import DEFAULT_MAX_FORWARD_PASSES
+from lit_advgame.attributions.pixel_interactions import TaylorRewardApproximator, derived_game
 from lit_advgame.interactions.game import PerturbationGame
 from lit_advgame.interactions.players import grid_player_map
 from lit_advgame.interactions.results import ResultMixin
 from lit_advgame.utils.checks import check_choice, check_int
 from lit_advgame.utils.seeding import make_generator
-from lit_advgame.vocabulary import SINGLETON_REWARDS, SingletonReward, TaylorRule
+from lit_advgame.vocabulary import SINGLETON_REWARDS, SingletonReward
 
 
 def check_fraction(value: float, name: str) -> None:
@@ -71,8 +66,8 @@ class ComponentSettings:
         max_size: players per component at the last step (``stop = 64`` for 4 x 4 super-pixels).
         groups_per_round: random parts each first-step pattern is split into (``GROUPS = 2``).
         singleton: ``φ_i`` of Eq. 5 (``"full_game"`` or ``"members_absent"``, see the module docstring).
-        num_subplayers, num_permutations, rule: the Taylor estimator (Eq. 7–9; reference 10, 1, ``"reference"``).
-        max_forward_passes: budget of each reward run.
+        estimator: the Taylor reward estimator (Eq. 7–9; the reference's ``K = 10``, one order, ``"reference"``
+            rule); its budget applies to each reward run, its ``random_state`` is replaced by this one's.
         random_state: seeds the removal orders, the splits of the patterns and the order of candidates.
     """
 
@@ -84,10 +79,7 @@ class ComponentSettings:
     max_size: int = 64
     groups_per_round: int = 2
     singleton: SingletonReward = "full_game"
-    num_subplayers: int = DEFAULT_SUBPLAYERS
-    num_permutations: int = 1
-    rule: TaylorRule = "reference"
-    max_forward_passes: int | None = DEFAULT_MAX_FORWARD_PASSES
+    estimator: TaylorRewardApproximator = field(default_factory=TaylorRewardApproximator)
     random_state: int | torch.Generator | None = None
 
     def __post_init__(self) -> None:
@@ -97,13 +89,8 @@ class ComponentSettings:
         for name in ("first_keep", "keep", "coverage"):
             check_fraction(getattr(self, name), name)
         check_choice(self.singleton, "singleton", SINGLETON_REWARDS)
-        self.estimator()  # checks the estimator's settings
-
-    def estimator(self, random_state: int | torch.Generator | None = None) -> TaylorRewardApproximator:
-        """The Taylor reward estimator of these settings (Eq. 7–9)."""
-        return TaylorRewardApproximator(
-            self.num_subplayers, self.num_permutations, self.rule, self.max_forward_passes, random_state
-        )
+        if not isinstance(self.estimator, TaylorRewardApproximator):
+            raise TypeError(f"estimator must be a TaylorRewardApproximator; got {type(self.estimator).__name__}")
 
     @property
     def window(self) -> tuple[int, int]:
@@ -165,7 +152,7 @@ class _Extractor:
     def __init__(self, game: PerturbationGame, settings: ComponentSettings, generator: torch.Generator | None):
         self.game, self.settings, self.generator = game, settings, generator
         self.n = game.num_players
-        self.taylor = settings.estimator(generator)
+        self.taylor = replace(settings.estimator, random_state=generator)
         self.centres = _centres(game)
 
     def rewards(self, groups: torch.Tensor, outside: torch.Tensor) -> torch.Tensor:

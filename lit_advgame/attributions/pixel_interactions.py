@@ -119,14 +119,8 @@ def check_outside(outside: float | torch.Tensor, groups: torch.Tensor, name: str
 
 
 def _shapley_result(per_image: torch.Tensor, per_image_stderr: torch.Tensor, count: int, passes: int) -> ShapleyResult:
-    return ShapleyResult(
-        values=per_image.mean(dim=0),
-        stderr=combine_stderr(per_image_stderr, dim=0),
-        per_image=per_image,
-        per_image_stderr=per_image_stderr,
-        num_permutations=count,
-        num_forward_passes=passes,
-    )
+    aggregated = (per_image.mean(dim=0), combine_stderr(per_image_stderr, dim=0))
+    return ShapleyResult(*aggregated, per_image, per_image_stderr, num_permutations=count, num_forward_passes=passes)
 
 
 @dataclass

@@ -7,6 +7,7 @@ import torch
 
 from lit_advgame.attributions import (
     ComponentSettings,
+    TaylorRewardApproximator,
     component_effects,
     extract_components,
     foreground_mask_from_image,
@@ -32,8 +33,9 @@ def planted_game():
 
 
 def settings(**overrides) -> ComponentSettings:
-    options = {"q": 4, "patch_grid": 1, "max_size": 4, "singleton": "members_absent", "num_subplayers": 4}
-    return ComponentSettings(**{**options, "rule": "removal", "random_state": 0, **overrides})
+    estimator = TaylorRewardApproximator(num_subplayers=4, rule="removal")  # K = 4: fast; "removal": low variance
+    options = {"q": 4, "patch_grid": 1, "max_size": 4, "singleton": "members_absent", "estimator": estimator}
+    return ComponentSettings(**{**options, "random_state": 0, **overrides})
 
 
 def test_first_step_recovers_planted_interacting_blocks():
@@ -95,12 +97,13 @@ def test_foreground_share_counts_pixels_of_each_component():
         ({"max_size": 2}, "max_size must be"),
         ({"groups_per_round": 0}, "groups_per_round must be"),
         ({"singleton": "alone"}, "singleton"),
-        ({"num_subplayers": 0}, "num_subplayers"),
     ],
 )
 def test_bad_settings_name_the_argument(overrides, match):
     with pytest.raises(ValueError, match=match):
         settings(**overrides)
+    with pytest.raises(TypeError, match="estimator must be a TaylorRewardApproximator"):
+        settings(estimator="taylor")
 
 
 def test_components_need_a_grid_game():
