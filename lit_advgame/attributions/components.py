@@ -37,6 +37,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 
 from lit_advgame.attributions.pixel_interactions import TaylorRewardApproximator, derived_game
 from lit_advgame.interactions.game import PerturbationGame
@@ -146,6 +147,44 @@ def _centres(game: PerturbationGame) -> torch.Tensor:
     return sums / torch.bincount(pmap, minlength=game.num_players).unsqueeze(1)
 
 
+def patch_windows(
+    grid: tuple[int, int], settings: ComponentSettings
+) -> list[tuple[torch.Tensor, list[list[list[int]]]]]:
+    """First-step candidates: per patch, its players and its windows of ``q`` players grouped by their offset
+    modulo twice the window (each group disjoint and spread out)."""
+    rows, cols = grid
+    patch_of = grid_player_map(rows, cols, settings.patch_grid).flatten()
+    a, b = settings.window
+    out = []
+    for patch in range(int(patch_of.max()) + 1):
+        windows: dict[tuple[int, int], list[list[int]]] = {}
+        for r in range(rows - a + 1):
+            for c in range(cols - b + 1):
+                cells = [(r + i) * cols + c + j for i in range(a) for j in range(b)]
+                if all(int(patch_of[p]) == patch for p in cells):
+                    windows.setdefault((r % (2 * a), c % (2 * b)), []).append(cells)
+        out.append(((patch_of == patch).nonzero().flatten(), list(windows.values())))
+    return out
+
+
+def first_step_cost(grid: tuple[int, int], settings: ComponentSettings) -> int:
+    """Masked inputs (each a forward and a backward pass) of the first step on one image (the later steps, on
+    fewer and larger components, cost less)."""
+    k, extra = settings.estimator.num_subplayers, int(settings.estimator.rule != "reference")
+    games = settings.q if settings.singleton == "members_absent" else 0  # extra games per round
+    total = 0
+    for inside, windows in patch_windows(grid, settings):
+        if settings.singleton == "full_game" and windows:
+            total += inside.numel() * k + extra
+        for pattern in windows:
+            size = math.ceil(len(pattern) / settings.groups_per_round)
+            for part in range(0, len(pattern), size):
+                chosen = len(pattern[part : part + size])
+                groups = inside.numel() - (settings.q - 1) * chosen
+                total += (groups * k + extra) * (1 + games)
+    return total * settings.estimator.num_permutations
+
+
 class _Extractor:
     """The steps of :func:`extract_components` on the one-image game ``game``."""
 
@@ -200,20 +239,10 @@ class _Extractor:
     # ------------------------------------------------------------------ first step
     def first_step(self) -> tuple[list[torch.Tensor], list[float], list[float]]:
         settings = self.settings
-        rows, cols = _grid_of(self.game)
-        patch_of = grid_player_map(rows, cols, settings.patch_grid).flatten()
-        a, b = settings.window
         components, rewards, interactions = [], [], []
-        for patch in range(int(patch_of.max()) + 1):
-            inside = (patch_of == patch).nonzero().flatten()
-            windows: dict[tuple[int, int], list[list[int]]] = {}
-            for r in range(rows - a + 1):
-                for c in range(cols - b + 1):
-                    cells = [(r + i) * cols + c + j for i in range(a) for j in range(b)]
-                    if all(int(patch_of[p]) == patch for p in cells):
-                        windows.setdefault((r % (2 * a), c % (2 * b)), []).append(cells)
+        for inside, windows in patch_windows(_grid_of(self.game), settings):
             candidates, merged, singles_sum = [], [], []
-            for pattern in windows.values():
+            for pattern in windows:
                 order = torch.randperm(len(pattern), generator=self.generator).tolist()
                 size = math.ceil(len(pattern) / settings.groups_per_round)
                 for part in range(0, len(pattern), size):
@@ -298,7 +327,12 @@ def extract_components(game: PerturbationGame, settings: ComponentSettings | Non
     settings = ComponentSettings() if settings is None else settings
     if not isinstance(settings, ComponentSettings):
         raise TypeError(f"settings must be a ComponentSettings; got {type(settings).__name__}")
-    _grid_of(game)
+    grid = _grid_of(game)
+    per_image = first_step_cost(grid, settings)
+    rank_zero_info(
+        f"perturbation components: {game.num_images} images x about {per_image:,} masked inputs (forward and "
+        f"backward) in the first step on {grid[0]}x{grid[1]} players; later steps cost less"
+    )
     generator = make_generator(settings.random_state)
     component_map = torch.full((game.num_images, game.num_players), -1, dtype=torch.long)
     all_rewards, all_interactions, all_steps = [], [], []

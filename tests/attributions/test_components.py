@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -13,6 +15,7 @@ from lit_advgame.attributions import (
     foreground_mask_from_image,
     foreground_share,
 )
+from lit_advgame.attributions.components import first_step_cost
 from lit_advgame.interactions import PerturbationGame
 from tests.attributions.games import LEVEL, PolynomialModel, polynomial_game
 
@@ -38,8 +41,12 @@ def settings(**overrides) -> ComponentSettings:
     return ComponentSettings(**{**options, "random_state": 0, **overrides})
 
 
-def test_first_step_recovers_planted_interacting_blocks():
+def test_first_step_recovers_planted_interacting_blocks(caplog):
+    caplog.set_level(logging.INFO)
     result = extract_components(planted_game(), settings())
+    # the announced cost is the cost (one step only: max_size = q)
+    assert result.num_forward_passes == first_step_cost((GRID, GRID), settings())
+    assert f"{result.num_forward_passes:,} masked inputs" in caplog.text
     found = {tuple(sorted(c.tolist())) for c in result.components(0)}
     assert set(BLOCKS) <= found
     # each planted block has I[S] = a(S) = 1 (members absent; Taylor with K=4 overshoots by ~6 %), the top ranks
@@ -126,6 +133,7 @@ def test_components_need_a_grid_game():
 def test_full_game_singletons_do_not_rank_the_planted_blocks_first():
     # under "full_game" interactions inside a candidate cancel (I[block] = 0): windows that cut blocks rank first
     result = extract_components(planted_game(), settings(singleton="full_game"))
+    assert result.num_forward_passes == first_step_cost((GRID, GRID), settings(singleton="full_game"))
     found = {tuple(sorted(c.tolist())) for c in result.components(0)}
     assert not set(BLOCKS) <= found
     assert float(result.interactions[0].abs().max()) > 0.2
