@@ -20,7 +20,8 @@ Protocol:
 * foreground: pixels of the clean digit above 0.5; a component is in the foreground when more than half of its
   pixels are.
 
-Outputs (``--out``): ``results.json`` and the Markdown table printed to stdout (also ``table.md``).
+Outputs (``--out``): ``results.json``, the Markdown table printed to stdout (also ``table.md``) and
+``components_<model>_<i>.png`` (image, |δ|, components coloured by their effect) for the first 4 probes.
 
 Example::
 
@@ -41,6 +42,7 @@ from lit_advgame.attributions import (
     ComponentSettings,
     TaylorRewardApproximator,
     component_effects,
+    component_figure,
     extract_components,
     foreground_mask_from_image,
     foreground_share,
@@ -125,6 +127,17 @@ def main(argv: list[str] | None = None) -> None:
             "seconds": round(time.time() - began, 1),
         }
         print(name, results["models"][name], flush=True)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for b in range(min(4, index.numel())):
+            figure = component_figure(
+                x[index][b],
+                deltas[name][0][index][b],
+                game.player_map,
+                components.component_map[b],
+                effects.decreases_true[b],
+            )
+            figure.savefig(out / f"components_{name}_{b}.png")
     table = [
         "| model | components / image | share in foreground | share mainly decreasing the true class | mean L2 of δ |",
         "|---|---|---|---|---|",
@@ -135,7 +148,6 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['share_decreasing_true']:.3f} | {r['l2_perturbation']:.2f} |"
         )
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "table.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))

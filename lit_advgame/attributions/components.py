@@ -37,6 +37,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 import torch
+from matplotlib.figure import Figure
 from pytorch_lightning.utilities import rank_zero_info
 
 from lit_advgame.attributions.pixel_interactions import TaylorRewardApproximator, derived_game
@@ -456,3 +457,43 @@ def foreground_share(
         inside = torch.bincount(owner[(owner >= 0) & mask[b].flatten()], minlength=count).double()
         shares.append(inside / total.clamp(min=1))
     return shares
+
+
+def component_figure(
+    image: torch.Tensor,
+    delta: torch.Tensor,
+    player_map: torch.Tensor,
+    component_map: torch.Tensor,
+    decreases_true: torch.Tensor,
+) -> Figure:
+    """Image, perturbation magnitude and components of one image (ICCV 2021, Fig. 4), as a Matplotlib figure for
+    TensorBoard's ``add_figure`` or ``savefig``.
+
+    ``image``, ``delta``: ``(C, H, W)``; ``player_map`` ``(H, W)``; ``component_map`` ``(n,)`` (``-1``: none);
+    ``decreases_true`` ``(m,)`` (:attr:`ComponentEffects.decreases_true` of the image). Components that mainly decrease
+    the true class are drawn in reds, those that mainly increase the target in blues (one shade per component).
+    """
+    from matplotlib import colormaps
+
+    owner = component_map.cpu()[player_map.cpu()]  # (H, W) component of every pixel
+    count = int(owner.max()) + 1
+    if decreases_true.numel() != count:
+        raise ValueError(f"decreases_true must have one flag per component ({count}); got {decreases_true.numel()}")
+    colours = torch.ones(*owner.shape, 3)
+    for c in range(count):
+        shade = 0.45 + 0.4 * (c + 1) / (count + 1)
+        cmap = colormaps["Reds" if bool(decreases_true[c]) else "Blues"]
+        colours[owner == c] = torch.tensor(cmap(shade)[:3], dtype=torch.float32)
+    fig = Figure(figsize=(7.5, 2.8), dpi=100)
+    axes = fig.subplots(1, 3)
+    pictures = [
+        ("image", image.detach().cpu().permute(1, 2, 0).squeeze(-1).clamp(0, 1), "gray"),
+        ("|δ| (sum over channels)", delta.detach().cpu().abs().sum(dim=0), "magma"),
+        (f"{count} components (red: ℓ↓, blue: t↑)", colours, None),
+    ]
+    for ax, (title, picture, cmap) in zip(axes, pictures):
+        ax.imshow(picture.numpy(), cmap=cmap, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.set_axis_off()
+    fig.tight_layout(pad=0.4)
+    return fig

@@ -11,6 +11,7 @@ from lit_advgame.attributions import (
     ComponentSettings,
     TaylorRewardApproximator,
     component_effects,
+    component_figure,
     extract_components,
     foreground_mask_from_image,
     foreground_share,
@@ -77,6 +78,17 @@ def test_component_effects_tell_true_class_decrease_from_target_increase():
     assert torch.allclose(effects.delta_target[0], torch.tensor([0.0, 1.0], dtype=torch.float64))
     assert effects.decreases_true[0].tolist() == [True, False]
     assert effects.share_decreasing_true() == 0.5
+    figure = component_figure(
+        game.absent[0], game.delta[0], game.player_map, component_map[0], effects.decreases_true[0]
+    )
+    colours = figure.axes[2].images[0].get_array()
+    (row, col), corner = divmod(a[0], GRID), (0, 0)
+    assert colours[row, col, 0] > colours[row, col, 2]  # block A decreases the true class: red
+    row, col = divmod(b[0], GRID)
+    assert colours[row, col, 2] > colours[row, col, 0]  # block B increases the target: blue
+    assert colours[corner].tolist() == [1.0, 1.0, 1.0]  # no component: white
+    with pytest.raises(ValueError, match="one flag per component"):
+        component_figure(game.absent[0], game.delta[0], game.player_map, component_map[0], torch.tensor([True]))
 
 
 def test_foreground_share_counts_pixels_of_each_component():
