@@ -42,7 +42,7 @@ from pytorch_lightning.utilities import rank_zero_info
 
 from lit_advgame.attributions.pixel_interactions import TaylorRewardApproximator, derived_game
 from lit_advgame.interactions.game import PerturbationGame
-from lit_advgame.interactions.players import grid_player_map
+from lit_advgame.interactions.players import grid_player_map, grid_shape
 from lit_advgame.interactions.results import ResultMixin
 from lit_advgame.utils.checks import check_choice, check_int
 from lit_advgame.utils.seeding import make_generator
@@ -154,7 +154,10 @@ def patch_windows(
     """First-step candidates: per patch, its players and its windows of ``q`` players grouped by their offset
     modulo twice the window (each group disjoint and spread out)."""
     rows, cols = grid
-    patch_of = grid_player_map(rows, cols, settings.patch_grid).flatten()
+    patches = grid_shape(settings.patch_grid)
+    if patches[0] > rows or patches[1] > cols:
+        raise ValueError(f"patch_grid={settings.patch_grid!r} has more patches than the {rows}x{cols} players per side")
+    patch_of = grid_player_map(rows, cols, patches).flatten()
     a, b = settings.window
     out = []
     for patch in range(int(patch_of.max()) + 1):

@@ -113,7 +113,9 @@ def check_groups(groups: torch.Tensor, game: PerturbationGame, name: str = "grou
 def check_outside(outside: float | torch.Tensor, groups: torch.Tensor, name: str = "outside") -> torch.Tensor:
     """Weights ``(B, n)`` in [0, 1] of the players outside the game (``groups == -1``)."""
     weights = torch.as_tensor(outside, dtype=torch.float64).cpu()
-    if weights.dim() > 2 or not bool(((weights >= 0) & (weights <= 1)).all()):
+    if weights.shape not in ((), groups.shape[1:], groups.shape):
+        raise ValueError(f"{name} must be a float, (n,) or (B, n) = {tuple(groups.shape)}; got {tuple(weights.shape)}")
+    if not bool(((weights >= 0) & (weights <= 1)).all()):
         raise ValueError(f"{name} must be a weight in [0, 1] (a float, (n,) or (B, n)); got {outside!r}")
     return weights.expand(groups.shape).clone()
 

@@ -140,6 +140,8 @@ def test_components_need_a_grid_game():
     )
     with pytest.raises(ValueError, match="players form a grid"):
         extract_components(game, settings())
+    with pytest.raises(ValueError, match="patch_grid=16 has more patches"):
+        extract_components(planted_game(), settings(patch_grid=16))
 
 
 def test_full_game_singletons_do_not_rank_the_planted_blocks_first():

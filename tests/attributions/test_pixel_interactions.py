@@ -145,6 +145,8 @@ def test_bad_input_names_the_argument():
         group_rewards(game, torch.tensor([0, 1, -2, 0]))
     with pytest.raises(ValueError, match="outside must be a weight in"):
         group_rewards(game, torch.tensor([0, 1, -1, 0]), 1.5)
+    with pytest.raises(ValueError, match="outside must be a float, \\(n,\\) or \\(B, n\\)"):
+        group_rewards(game, torch.tensor([0, 1, -1, 0]), torch.ones(3))
     with pytest.raises(ValueError, match="outside must be 0 or 1"):
         group_rewards(game, torch.tensor([0, 1, -1, 0]), 0.5, estimator="exact")
     with pytest.raises(ValueError, match="estimator"):
