@@ -175,6 +175,24 @@ DetectorStatistic = Literal["iqr", "mean", "mean_abs", "std"]
 range (ML-LOO's statistic), the mean, the mean absolute value or the standard deviation."""
 DETECTOR_STATISTICS = choices(DetectorStatistic)
 
+# ----------------------------------------------------------------------------- attributions
+SingletonReward = Literal["full_game", "members_absent"]
+"""How ``φ_i`` of ``I[S] = φ'_S − Σ_{i∈S} φ_i`` (Wang et al., ICCV 2021, Eq. 5) is taken: in the full game
+(Eq. 6 and the official code) or with the other members of ``S`` absent (:mod:`lit_advgame.attributions`)."""
+SINGLETON_REWARDS = choices(SingletonReward)
+
+RewardEstimator = Literal["taylor", "exact", "permutation"]
+"""Estimators of the rewards ``φ_i``, ``φ'_S`` of perturbation pixels: the paper's gradient (Taylor) approximation
+over sub-players (ICCV 2021, Eq. 7–9), the exact oracle (few players) or the engine's permutation sampling."""
+REWARD_ESTIMATORS = choices(RewardEstimator)
+
+TaylorRule = Literal["reference", "trapezoid", "removal"]
+"""How a random sub-player removal order turns gradients into rewards (ICCV 2021, Eq. 7–9): every state credits
+every group (Eq. 9) at the ``nK`` states after each removal (``reference``, the official code) or over all
+``nK + 1`` states with half-weight ends (``trapezoid``); or each removal credits only the removed sub-player (Eq. 7
+by permutation sampling, ``removal``: the gradient averaged over the states before and after the removal)."""
+TAYLOR_RULES = choices(TaylorRule)
+
 # ----------------------------------------------------------------------------- training
 SchedulerInterval = Literal["epoch", "step"]
 """When a learning-rate scheduler steps."""

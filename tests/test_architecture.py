@@ -258,6 +258,10 @@ VOCABULARY_SOURCES = [
     ("AUTOATTACK_VERSIONS", "lit_advgame.evaluation.robustness", "AUTOATTACK_COMPONENTS"),
     ("DETECTOR_KINDS", "lit_advgame.defenses.detection", "DETECTOR_KINDS"),
     ("DETECTOR_STATISTICS", "lit_advgame.defenses.detection", "DETECTOR_STATISTICS"),
+    ("SINGLETON_REWARDS", "lit_advgame.attributions.pixel_interactions", "SINGLETON_REWARDS"),
+    ("REWARD_ESTIMATORS", "lit_advgame.attributions.pixel_interactions", "REWARD_ESTIMATORS"),
+    ("TAYLOR_RULES", "lit_advgame.attributions.pixel_interactions", "TAYLOR_RULES"),
+    ("SINGLETON_REWARDS", "lit_advgame.attributions.components", "SINGLETON_REWARDS"),
 ]
 
 
