@@ -201,6 +201,15 @@ TransferSubset = Literal["source_correct", "all", "both_correct"]
 """Examples a transfer evaluation counts."""
 TRANSFER_SUBSETS = choices(TransferSubset)
 
+# ----------------------------------------------------------------------------- defenses
+RecoverySubset = Literal["all", "fooled"]
+"""Images a recoverability summary averages over: all attacked images, or those the attack fooled."""
+RECOVERY_SUBSETS = choices(RecoverySubset)
+
+RankRounding = Literal["round", "floor", "ceil"]
+"""How an SVD rank reduction turns ``fraction · k`` into a whole rank (at least 1)."""
+RANK_ROUNDINGS = choices(RankRounding)
+
 
 _IMPORTED = ("annotations", "Any", "Literal", "get_args", "get_origin")
 __all__ = [name for name in dir() if not name.startswith("_") and name not in _IMPORTED]

@@ -254,6 +254,8 @@ VOCABULARY_SOURCES = [
     ("TRS_VARIANTS", "lit_advgame.ensembles.trs", "VARIANTS"),
     ("BATCHNORM_MODES", "lit_advgame.ensembles.trs", "BN_MODES"),
     ("TRANSFER_SUBSETS", "lit_advgame.evaluation.transfer", "SUBSETS"),
+    ("RECOVERY_SUBSETS", "lit_advgame.defenses.recovery", "RECOVERY_SUBSETS"),
+    ("RANK_ROUNDINGS", "lit_advgame.defenses.rank", "RANK_ROUNDINGS"),
 ]
 
 
