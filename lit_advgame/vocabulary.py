@@ -210,6 +210,10 @@ RankRounding = Literal["round", "floor", "ceil"]
 """How an SVD rank reduction turns ``fraction · k`` into a whole rank (at least 1)."""
 RANK_ROUNDINGS = choices(RankRounding)
 
+SmoothedOutput = Literal["expected_log_prob", "smoothed_log_prob"]
+"""What a base classifier under Gaussian noise outputs for a game: ``E_ε[log p]`` or ``log E_ε[p]``."""
+SMOOTHED_OUTPUTS = choices(SmoothedOutput)
+
 
 _IMPORTED = ("annotations", "Any", "Literal", "get_args", "get_origin")
 __all__ = [name for name in dir() if not name.startswith("_") and name not in _IMPORTED]

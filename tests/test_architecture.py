@@ -256,6 +256,7 @@ VOCABULARY_SOURCES = [
     ("TRANSFER_SUBSETS", "lit_advgame.evaluation.transfer", "SUBSETS"),
     ("RECOVERY_SUBSETS", "lit_advgame.defenses.recovery", "RECOVERY_SUBSETS"),
     ("RANK_ROUNDINGS", "lit_advgame.defenses.rank", "RANK_ROUNDINGS"),
+    ("SMOOTHED_OUTPUTS", "lit_advgame.defenses.smoothed", "SMOOTHED_OUTPUTS"),
 ]
 
 

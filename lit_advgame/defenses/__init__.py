@@ -6,6 +6,8 @@
 * Rank reduction (Jere et al. 2020; Figure 6 right): :func:`svd_rank_reduce`, :func:`kept_rank`,
   :func:`rank_reduced_game`, :class:`RankReductionApproximator` / :func:`rank_reduction_interactions` --
   paired ``I^(m)`` of normal and adversarial images before and after reduction to ``k/4`` and ``k/16``.
+* Smoothed models (supplement I, Figure 10): :class:`NoisyLogProbabilities`, :func:`smoothed_game` -- the value
+  ``E_ε[log p(y | x_S + ε)]`` of a base classifier under seeded Gaussian noise, for every multi-order estimator.
 """
 
 from lit_advgame.defenses.rank import (
@@ -24,6 +26,7 @@ from lit_advgame.defenses.recovery import (
     recoverability,
     recoverability_table,
 )
+from lit_advgame.defenses.smoothed import NoisyLogProbabilities, smoothed_game
 
 __all__ = [
     "PAPER_FRACTIONS",
@@ -38,4 +41,6 @@ __all__ = [
     "compare_recoverability",
     "recoverability",
     "recoverability_table",
+    "NoisyLogProbabilities",
+    "smoothed_game",
 ]
