@@ -35,7 +35,13 @@ from pathlib import Path
 import torch
 
 from lit_advgame.data import DigitsDataModule
-from lit_advgame.defenses import compare_recoverability, rank_reduction_interactions, recoverability_table
+from lit_advgame.defenses import (
+    PAPER_FRACTIONS,
+    Recoverability,
+    compare_recoverability,
+    rank_reduction_interactions,
+    recoverability_table,
+)
 from lit_advgame.interactions import InputGame
 from lit_advgame.predict import load_classifier
 
@@ -105,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{x.shape[0]} test digits classified correctly by both models", flush=True)
 
     settings = {"eps": args.eps, "step_size": args.step_size, "steps": args.steps, "seed": args.seed}
+    cost = Recoverability(**settings).num_forward_passes(x.shape[0])
+    print(f"recoverability: {cost:,} forward-backward passes per model", flush=True)
     recovery = compare_recoverability(models, x, y, **settings)
     tables = ["### Recoverability (all images)", "", recoverability_table(recovery), ""]
     tables += ["### Recoverability (images the attack fooled)", "", recoverability_table(recovery, "fooled"), ""]
@@ -127,6 +135,12 @@ def main(argv: list[str] | None = None) -> None:
     for name, model in models.items():
         fooled = recovery[name].fooled.nonzero().squeeze(1)[: args.rank_images]
         game = {"grid": args.grid, "batch_size": 512}
+        if fooled.numel() < 2:
+            print(f"rank reduction, {name}: skipped, only {fooled.numel()} fooled image(s)", flush=True)
+            continue
+        games = 2 * (1 + len(PAPER_FRACTIONS))
+        planned = games * fooled.numel() * (11 * args.num_pairs * args.num_contexts * 4 + 1)
+        print(f"rank reduction, {name}: at most {planned:,} masked forward passes ({games} paired games)", flush=True)
         normal = InputGame(model, x[fooled], y[fooled], **game)
         adversarial = InputGame(model, recovery[name].x_adv[fooled], y[fooled], **game)
         result = rank_reduction_interactions(
