@@ -18,6 +18,12 @@ training, L∞ ε = 0.1; ``scripts/interactions_standard_vs_at.py --retrain`` re
   of the true class. The paper: reduction changes the high-order interactions of adversarial examples much more
   than those of normal samples.
 
+With ``--smoothed``, a third model: the base classifier of randomized smoothing (``configs/smoothing_digits.yaml``,
+σ = 0.25; trained into ``--out`` when its checkpoint is missing, test/certification skipped) under its noise,
+:class:`lit_advgame.defenses.NoisyLogProbabilities` (``E_ε[log p(· | x + ε)]`` from ``--noise-draws`` seeded
+draws, the same draws for every input): both attacks run on it (gradients through the noise average), and its
+games take ``v(S) = E_ε[log p(y | x_S + ε)]`` (supplement I, Figure 10).
+
 Outputs (``--out``): ``results.json`` and ``tables.md`` (also printed).
 
 Example::
@@ -29,6 +35,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,6 +47,7 @@ import torch
 from lit_advgame.data import DigitsDataModule
 from lit_advgame.defenses import (
     PAPER_FRACTIONS,
+    NoisyLogProbabilities,
     Recoverability,
     compare_recoverability,
     rank_reduction_interactions,
@@ -46,6 +57,7 @@ from lit_advgame.interactions import InputGame
 from lit_advgame.predict import load_classifier
 
 REPO = Path(__file__).resolve().parents[1]
+SMOOTHING_CONFIG = REPO / "configs" / "smoothing_digits.yaml"
 CHECKPOINTS = {
     "standard": REPO / "checkpoints" / "digits_small_cnn.pt",
     "adversarial": REPO / "checkpoints" / "digits_small_cnn_at.pt",
@@ -64,10 +76,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grid", type=int, default=8)
     p.add_argument("--num-pairs", type=int, default=6)
     p.add_argument("--num-contexts", type=int, default=10)
+    p.add_argument("--smoothed", action="store_true", help="add the randomized-smoothing base classifier")
+    p.add_argument("--noise-draws", type=int, default=8, help="noise draws of the smoothed model's value")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--out", default="runs/defenses_recovery_rank_digits")
     return p.parse_args(argv)
+
+
+def smoothed_model(out: Path, num_draws: int, seed: int) -> NoisyLogProbabilities:
+    """The smoothing base classifier under its noise; ``configs/smoothing_digits.yaml`` is trained when missing."""
+    ckpt = out / "smoothing_digits.ckpt"
+    if not ckpt.is_file():
+        with tempfile.TemporaryDirectory(prefix="smoothing_digits_") as work:
+            cmd = [sys.executable, "-m", "lit_advgame", "fit", "--config", str(SMOOTHING_CONFIG)]
+            cmd += [
+                "--trainer.accelerator",
+                "cpu",
+                "--trainer.enable_progress_bar",
+                "false",
+                "--test_after_fit",
+                "false",
+            ]
+            print("training:", " ".join(cmd), flush=True)
+            subprocess.run(cmd, cwd=work, check=True)
+            best = sorted((Path(work) / "runs" / "smoothing_digits").glob("version_*/checkpoints/epoch*.ckpt"))
+            if not best:
+                raise RuntimeError("randomized-smoothing training wrote no epoch*.ckpt checkpoint")
+            shutil.copy(best[-1], ckpt)
+    sigma = float(torch.load(ckpt, weights_only=False, map_location="cpu")["hyper_parameters"]["sigma"])
+    return NoisyLogProbabilities(load_classifier(str(ckpt)).model, sigma, num_draws, seed)
 
 
 def _fmt(value: float, stderr: float) -> str:
@@ -100,6 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     models = {name: load_classifier(str(path)).model for name, path in CHECKPOINTS.items()}
+    if args.smoothed:
+        models["smoothed"] = smoothed_model(out, args.noise_draws, args.seed)
     data_cfg = torch.load(CHECKPOINTS["standard"], weights_only=True)["data"]["init_args"]
     data = DigitsDataModule(**data_cfg).dataset("test")
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[: args.candidates]
@@ -108,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         keep = torch.stack([m(x).argmax(1) == y for m in models.values()]).all(dim=0)
     x, y = x[keep], y[keep]
-    print(f"{x.shape[0]} test digits classified correctly by both models", flush=True)
+    print(f"{x.shape[0]} test digits classified correctly by every model", flush=True)
 
     settings = {"eps": args.eps, "step_size": args.step_size, "steps": args.steps, "seed": args.seed}
     cost = Recoverability(**settings).num_forward_passes(x.shape[0])
@@ -134,13 +174,16 @@ def main(argv: list[str] | None = None) -> None:
     }
     for name, model in models.items():
         fooled = recovery[name].fooled.nonzero().squeeze(1)[: args.rank_images]
-        game = {"grid": args.grid, "batch_size": 512}
         if fooled.numel() < 2:
             print(f"rank reduction, {name}: skipped, only {fooled.numel()} fooled image(s)", flush=True)
             continue
         games = 2 * (1 + len(PAPER_FRACTIONS))
         planned = games * fooled.numel() * (11 * args.num_pairs * args.num_contexts * 4 + 1)
-        print(f"rank reduction, {name}: at most {planned:,} masked forward passes ({games} paired games)", flush=True)
+        noisy = isinstance(model, NoisyLogProbabilities)  # its outputs are E_ε[log p]: v(S) is the "logit" of y
+        if noisy:
+            planned *= model.forward_multiplier
+        print(f"rank reduction, {name}: at most {planned:,} forward passes ({games} paired games)", flush=True)
+        game = {"grid": args.grid, "batch_size": 512, "value": "logit" if noisy else "log_prob"}
         normal = InputGame(model, x[fooled], y[fooled], **game)
         adversarial = InputGame(model, recovery[name].x_adv[fooled], y[fooled], **game)
         result = rank_reduction_interactions(
