@@ -156,20 +156,21 @@ def main(argv: list[str] | None = None) -> None:
     recovery = compare_recoverability(models, x, y, **settings)
     tables = ["### Recoverability (all images)", "", recoverability_table(recovery), ""]
     tables += ["### Recoverability (images the attack fooled)", "", recoverability_table(recovery, "fooled"), ""]
-    diff = recovery["adversarial"].difference(recovery["standard"])
-    tables.append(
-        "Paired AT − standard on the same images: "
-        f"closer {_fmt(diff['closer'], diff['closer_stderr'])}, "
-        f"E‖x − x̂‖₂ {_fmt(diff['recovered_distance'], diff['recovered_distance_stderr'])}, "
-        f"gain {_fmt(diff['gain'], diff['gain_stderr'])}"
-    )
+    differences = {name: recovery[name].difference(recovery["standard"]) for name in models if name != "standard"}
+    for name, diff in differences.items():
+        tables.append(
+            f"Paired {name} − standard on the same images: "
+            f"closer {_fmt(diff['closer'], diff['closer_stderr'])}, "
+            f"E‖x − x̂‖₂ {_fmt(diff['recovered_distance'], diff['recovered_distance_stderr'])}, "
+            f"gain {_fmt(diff['gain'], diff['gain_stderr'])}"
+        )
     print("\n".join(tables), flush=True)
 
     results = {
         "settings": vars(args),
         "recovery": {k: r.summary() for k, r in recovery.items()},
         "recovery_fooled": {k: r.summary("fooled") for k, r in recovery.items()},
-        "recovery_difference": diff,
+        "recovery_difference": differences,
         "rank_reduction": {},
     }
     for name, model in models.items():
