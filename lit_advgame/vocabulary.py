@@ -247,6 +247,18 @@ AutoAttackVersion = Literal["standard", "plus", "rand"]
 """AutoAttack versions (Croce & Hein, ICML 2020): the standard four attacks, the six of "plus", or the two
 EOT attacks of "rand" (for randomized defenses)."""
 AUTOATTACK_VERSIONS = choices(AutoAttackVersion)
+# ----------------------------------------------------------------------------- defenses: recovery, rank, smoothing
+RecoverySubset = Literal["all", "fooled"]
+"""Images a recoverability summary averages over: all attacked images, or those the attack fooled."""
+RECOVERY_SUBSETS = choices(RecoverySubset)
+
+RankRounding = Literal["round", "floor", "ceil"]
+"""How an SVD rank reduction turns ``fraction · k`` into a whole rank (at least 1)."""
+RANK_ROUNDINGS = choices(RankRounding)
+
+SmoothedOutput = Literal["expected_log_prob", "smoothed_log_prob"]
+"""What a base classifier under Gaussian noise outputs for a game: ``E_ε[log p]`` or ``log E_ε[p]``."""
+SMOOTHED_OUTPUTS = choices(SmoothedOutput)
 
 
 _IMPORTED = ("annotations", "Any", "Literal", "get_args", "get_origin")

@@ -262,6 +262,9 @@ VOCABULARY_SOURCES = [
     ("REWARD_ESTIMATORS", "lit_advgame.attributions.pixel_interactions", "REWARD_ESTIMATORS"),
     ("TAYLOR_RULES", "lit_advgame.attributions.pixel_interactions", "TAYLOR_RULES"),
     ("SINGLETON_REWARDS", "lit_advgame.attributions.components", "SINGLETON_REWARDS"),
+    ("RECOVERY_SUBSETS", "lit_advgame.defenses.recovery", "RECOVERY_SUBSETS"),
+    ("RANK_ROUNDINGS", "lit_advgame.defenses.rank", "RANK_ROUNDINGS"),
+    ("SMOOTHED_OUTPUTS", "lit_advgame.defenses.smoothed", "SMOOTHED_OUTPUTS"),
 ]
 
 

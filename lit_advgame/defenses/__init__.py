@@ -6,6 +6,14 @@
 * :mod:`~lit_advgame.defenses.dropout` (Table 1, supplement H): pixel dropout with neighbour filling, cutout, the
   early-stopped attack, the correction ratio, and Eq. 20 (what the dropout average keeps of each order) checked
   with the exact oracle.
+* Recoverability (supplement I.10, Table 4): :class:`Recoverability`, :func:`recoverability`,
+  :func:`compare_recoverability`, :func:`recoverability_table` -- untargeted PGD to ``x_adv``, then a targeted
+  PGD with the same parameters from ``x_adv`` back to the true label; ``‖x̂ − x‖₂`` vs ``‖x_adv − x‖₂``.
+* Rank reduction (Jere et al. 2020; Figure 6 right): :func:`svd_rank_reduce`, :func:`kept_rank`,
+  :func:`rank_reduced_game`, :class:`RankReductionApproximator` / :func:`rank_reduction_interactions` --
+  paired ``I^(m)`` of normal and adversarial images before and after reduction to ``k/4`` and ``k/16``.
+* Smoothed models (supplement I, Figure 10): :class:`NoisyLogProbabilities`, :func:`smoothed_game` -- the value
+  ``E_ε[log p(y | x_S + ε)]`` of a base classifier under seeded Gaussian noise, for every multi-order estimator.
 """
 
 from lit_advgame.defenses.detection import (
@@ -36,20 +44,44 @@ from lit_advgame.defenses.dropout import (
     dropout_value_from_interactions,
     neighbour_fill,
 )
+from lit_advgame.defenses.rank import (
+    PAPER_FRACTIONS,
+    RankReductionApproximator,
+    RankReductionResult,
+    kept_rank,
+    rank_reduced_game,
+    rank_reduction_interactions,
+    svd_rank_reduce,
+)
+from lit_advgame.defenses.recovery import (
+    Recoverability,
+    RecoveryResult,
+    compare_recoverability,
+    recoverability,
+    recoverability_table,
+)
+from lit_advgame.defenses.smoothed import NoisyLogProbabilities, smoothed_game
 
 __all__ = [
-    "DEFAULT_STATISTICS",
     "AttributionDetector",
     "CorrectionResult",
     "Cutout",
+    "DEFAULT_STATISTICS",
     "DetectionResult",
     "DetectorScores",
     "EarlyStoppedAttack",
     "EarlyStoppedResult",
     "LeaveOneOutScores",
+    "NoisyLogProbabilities",
+    "PAPER_FRACTIONS",
     "PixelDropout",
+    "RankReductionApproximator",
+    "RankReductionResult",
+    "Recoverability",
+    "RecoveryResult",
     "attribution_statistic",
     "check_dropout_rate",
+    "compare_recoverability",
     "correction_ratio",
     "detect",
     "detection_auc",
@@ -58,8 +90,15 @@ __all__ = [
     "dropout_order_fractions",
     "dropout_removed_by_order",
     "dropout_value_from_interactions",
+    "kept_rank",
     "leave_one_out_scores",
     "ml_loo_game",
     "neighbour_fill",
+    "rank_reduced_game",
+    "rank_reduction_interactions",
+    "recoverability",
+    "recoverability_table",
     "shapley_from_interactions",
+    "smoothed_game",
+    "svd_rank_reduce",
 ]
