@@ -155,6 +155,22 @@ InteractionScale = Literal["reference", "paper"]
 """Scale of the perturbation interaction: the reference code's, or the paper's 1/(n−1) factor."""
 INTERACTION_SCALES = choices(InteractionScale)
 
+# ----------------------------------------------------------------------------- attributions
+EpsSearch = Literal["scan", "bisection"]
+"""How the L∞ cost attack finds the smallest ε of its grid for which BIM succeeds: the reference's increasing
+scan, or bisection over the grid (assumes success is monotone in ε)."""
+EPS_SEARCHES = choices(EpsSearch)
+
+FailurePolicy = Literal["cap", "drop", "resample"]
+"""What a regional attribution does with a failed restricted attack: value cost(∅) (``cap``), leave the sample
+out (``drop``), or draw a replacement sample (``resample``)."""
+FAILURE_POLICIES = choices(FailurePolicy)
+
+RegionalEstimator = Literal["exact", "stratified", "permutation"]
+"""Estimators of the regional Shapley attributions: all 2^n coalitions, the reference's size-stratified
+sampling, or permutation sampling."""
+REGIONAL_ESTIMATORS = choices(RegionalEstimator)
+
 # ----------------------------------------------------------------------------- training
 SchedulerInterval = Literal["epoch", "step"]
 """When a learning-rate scheduler steps."""

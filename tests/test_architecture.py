@@ -254,6 +254,10 @@ VOCABULARY_SOURCES = [
     ("TRS_VARIANTS", "lit_advgame.ensembles.trs", "VARIANTS"),
     ("BATCHNORM_MODES", "lit_advgame.ensembles.trs", "BN_MODES"),
     ("TRANSFER_SUBSETS", "lit_advgame.evaluation.transfer", "SUBSETS"),
+    ("EPS_SEARCHES", "lit_advgame.attributions.cost", "EPS_SEARCHES"),
+    ("NORMS", "lit_advgame.attributions.cost", "COST_ATTACKS"),
+    ("FAILURE_POLICIES", "lit_advgame.attributions.regional", "FAILURE_POLICIES"),
+    ("REGIONAL_ESTIMATORS", "lit_advgame.attributions.regional", "ESTIMATORS"),
 ]
 
 
