@@ -48,7 +48,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -456,8 +456,45 @@ def _group_terms(values: torch.Tensor, member: torch.Tensor, population: int) ->
     return mean, square_se
 
 
+class _SampledRegionalShapley:
+    """The loop of the sampled estimators: budget, announcement, one estimate per image, the result.
+
+    Subclasses are dataclasses with ``max_attacks`` and ``random_state`` and define ``name``,
+    ``attacks_per_image(n)`` and ``estimate_image(game, image, generator, resample_rounds)``.
+    """
+
+    name: ClassVar[str] = ""
+    max_attacks: int | None
+    random_state: int | torch.Generator | None
+
+    def attacks_per_image(self, num_players: int) -> int:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def estimate_image(
+        self, game: CostGame, image: int, generator: torch.Generator | None, resample_rounds: int
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:  # pragma: no cover - overridden
+        """``φ`` (n,), its standard errors (n,) and the number of dropped samples of one image."""
+        raise NotImplementedError
+
+    def approximate(self, game: CostGame) -> RegionalAttribution:
+        game = _check_game(game)
+        generator = make_generator(self.random_state)
+        n, batch = game.num_players, game.num_images
+        resample_rounds = game.max_resamples if game.on_failure == "resample" else 0
+        planned = batch * (self.attacks_per_image(n) * (1 + resample_rounds) + 2)
+        _check_budget(planned, self.max_attacks, f"{self.name} attributions of {n} regions")
+        game.announce(planned, f"{self.name} regional attributions")
+        before = (game.num_attacks, game.num_steps)
+        per_image = torch.empty(batch, n, dtype=torch.float64)
+        stderr = torch.empty_like(per_image)
+        dropped = torch.zeros(batch, dtype=torch.long)
+        for b in range(batch):
+            per_image[b], stderr[b], dropped[b] = self.estimate_image(game, b, generator, resample_rounds)
+        return _result(game, self.name, per_image, stderr, dropped, before)
+
+
 @dataclass
-class StratifiedRegionalShapley:
+class StratifiedRegionalShapley(_SampledRegionalShapley):
     """The reference's size-stratified estimator (``cal_shap.py``), every sample reused for every player.
 
     ``φ_i = (1/n) Σ_{k=0}^{n−1} [mean_{|T|=k+1, i∈T} cost(T) − mean_{|S|=k, i∉S} cost(S)]``: Eq. 4
@@ -483,54 +520,48 @@ class StratifiedRegionalShapley:
         check_int(self.samples_per_size, "samples_per_size", minimum=1)
         check_int(self.chain_sizes, "chain_sizes", minimum=0)
 
-    def approximate(self, game: CostGame) -> RegionalAttribution:
-        game = _check_game(game)
-        generator = make_generator(self.random_state)
-        n, batch = game.num_players, game.num_images
-        resample_rounds = game.max_resamples if game.on_failure == "resample" else 0
-        planned = batch * ((n - 1) * self.samples_per_size * (1 + resample_rounds) + 2)
-        _check_budget(planned, self.max_attacks, f"stratified attributions of {n} regions")
-        game.announce(planned, "stratified regional attributions")
-        before = (game.num_attacks, game.num_steps)
-        per_image = torch.empty(batch, n, dtype=torch.float64)
-        stderr = torch.empty_like(per_image)
-        dropped = torch.zeros(batch, dtype=torch.long)
-        for b in range(batch):
-            rows = stratified_coalitions(n, self.samples_per_size, self.chain_sizes, generator)
-            values, ok = (t[0] for t in game.values(rows.unsqueeze(0), images=[b]))
-            sizes = rows.sum(dim=1)
-            for _ in range(resample_rounds):
-                redo = (~ok & (sizes > 0) & (sizes < n)).nonzero().flatten()
-                if redo.numel() == 0:
-                    break
-                for k in sizes[redo].unique().tolist():
-                    at_k = redo[sizes[redo] == k]
-                    rows[at_k] = sample_subsets(torch.empty(at_k.numel(), 0, dtype=torch.long), k, n, generator).cpu()
-                new_values, new_ok = game.values(rows[redo].unsqueeze(0), images=[b])
-                values[redo], ok[redo] = new_values[0], new_ok[0]
-            valid = ok if game.on_failure != "cap" else torch.ones_like(ok)
-            dropped[b] = int((~valid).sum())
-            terms, square_se = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
-            for k in range(n):
-                population = math.comb(n - 1, k)
-                upper = valid & (sizes == k + 1)
-                lower = valid & (sizes == k)
-                mean_with, se_with = _group_terms(values[upper], rows[upper], population)
-                mean_without, se_without = _group_terms(values[lower], ~rows[lower], population)
-                terms += mean_with - mean_without
-                square_se += se_with + se_without
-            per_image[b], stderr[b] = terms / n, square_se.sqrt() / n
-        if torch.isnan(per_image).any():
+    name: ClassVar[str] = "stratified"
+
+    def attacks_per_image(self, num_players: int) -> int:
+        return (num_players - 1) * self.samples_per_size
+
+    def estimate_image(
+        self, game: CostGame, image: int, generator: torch.Generator | None, resample_rounds: int
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        n = game.num_players
+        rows = stratified_coalitions(n, self.samples_per_size, self.chain_sizes, generator)
+        values, ok = (t[0] for t in game.values(rows.unsqueeze(0), images=[image]))
+        sizes = rows.sum(dim=1)
+        for _ in range(resample_rounds):
+            redo = (~ok & (sizes > 0) & (sizes < n)).nonzero().flatten()
+            if redo.numel() == 0:
+                break
+            for k in sizes[redo].unique().tolist():
+                at_k = redo[sizes[redo] == k]
+                rows[at_k] = sample_subsets(torch.empty(at_k.numel(), 0, dtype=torch.long), k, n, generator).cpu()
+            new_values, new_ok = game.values(rows[redo].unsqueeze(0), images=[image])
+            values[redo], ok[redo] = new_values[0], new_ok[0]
+        valid = ok if game.on_failure != "cap" else torch.ones_like(ok)
+        terms, square_se = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+        for k in range(n):
+            population = math.comb(n - 1, k)
+            upper = valid & (sizes == k + 1)
+            lower = valid & (sizes == k)
+            mean_with, se_with = _group_terms(values[upper], rows[upper], population)
+            mean_without, se_without = _group_terms(values[lower], ~rows[lower], population)
+            terms += mean_with - mean_without
+            square_se += se_with + se_without
+        if torch.isnan(terms).any():
             log.warning(
                 "stratified regional attributions: some φ are NaN (a size group without samples for a region); "
                 "raise samples_per_size (now %d) or use chains (chain_sizes)",
                 self.samples_per_size,
             )
-        return _result(game, "stratified", per_image, stderr, dropped, before)
+        return terms / n, square_se.sqrt() / n, int((~valid).sum())
 
 
 @dataclass
-class PermutationRegionalShapley:
+class PermutationRegionalShapley(_SampledRegionalShapley):
     """Permutation sampling (Castro et al. 2009), as :class:`~lit_advgame.interactions.ShapleyApproximator`.
 
     Each uniform random order of the regions gives ``n + 1`` prefix coalitions and one unbiased sample
@@ -550,41 +581,34 @@ class PermutationRegionalShapley:
     def __post_init__(self) -> None:
         check_int(self.num_permutations, "num_permutations", minimum=2)
 
-    def approximate(self, game: CostGame) -> RegionalAttribution:
-        game = _check_game(game)
-        generator = make_generator(self.random_state)
-        n, batch, count = game.num_players, game.num_images, self.num_permutations
-        resample_rounds = game.max_resamples if game.on_failure == "resample" else 0
-        planned = batch * (count * (n - 1) * (1 + resample_rounds) + 2)
-        _check_budget(planned, self.max_attacks, f"{count} permutations of {n} regions")
-        game.announce(planned, "permutation regional attributions")
-        before = (game.num_attacks, game.num_steps)
-        per_image = torch.empty(batch, n, dtype=torch.float64)
-        stderr = torch.empty_like(per_image)
-        dropped = torch.zeros(batch, dtype=torch.long)
-        sizes = torch.arange(n + 1).view(1, n + 1, 1)
-        for b in range(batch):
-            permutations = sample_permutations(1, count, n, generator)[0].cpu()
-            values, ok = self._prefix_values(game, b, permutations, sizes)
-            for _ in range(resample_rounds):
-                redo = (~ok).nonzero().flatten()
-                if redo.numel() == 0:
-                    break
-                permutations[redo] = sample_permutations(1, redo.numel(), n, generator)[0].cpu()
-                values[redo], ok[redo] = self._prefix_values(game, b, permutations[redo], sizes)
-            valid = ok if game.on_failure != "cap" else torch.ones_like(ok)
-            dropped[b] = int((~valid).sum())
-            steps = values[valid, 1:] - values[valid, :-1]
-            contributions = torch.zeros_like(steps).scatter_(1, permutations[valid], steps)
-            per_image[b], stderr[b] = mean_and_stderr(contributions, dim=0)
-        return _result(game, "permutation", per_image, stderr, dropped, before)
+    name: ClassVar[str] = "permutation"
+
+    def attacks_per_image(self, num_players: int) -> int:
+        return self.num_permutations * (num_players - 1)
+
+    def estimate_image(
+        self, game: CostGame, image: int, generator: torch.Generator | None, resample_rounds: int
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        n = game.num_players
+        permutations = sample_permutations(1, self.num_permutations, n, generator)[0].cpu()
+        values, ok = self._prefix_values(game, image, permutations)
+        for _ in range(resample_rounds):
+            redo = (~ok).nonzero().flatten()
+            if redo.numel() == 0:
+                break
+            permutations[redo] = sample_permutations(1, redo.numel(), n, generator)[0].cpu()
+            values[redo], ok[redo] = self._prefix_values(game, image, permutations[redo])
+        valid = ok if game.on_failure != "cap" else torch.ones_like(ok)
+        steps = values[valid, 1:] - values[valid, :-1]
+        contributions = torch.zeros_like(steps).scatter_(1, permutations[valid], steps)
+        mean, stderr = mean_and_stderr(contributions, dim=0)
+        return mean, stderr, int((~valid).sum())
 
     @staticmethod
-    def _prefix_values(
-        game: CostGame, image: int, permutations: torch.Tensor, sizes: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _prefix_values(game: CostGame, image: int, permutations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Values ``(T, n+1)`` of the prefixes of the permutations and whether all their attacks succeeded ``(T,)``."""
         count, n = permutations.shape
+        sizes = torch.arange(n + 1).view(1, n + 1, 1)
         prefixes = permutations.argsort(dim=1).unsqueeze(1) < sizes  # (T, n+1, n)
         values, success = game.values(prefixes.view(1, -1, n), images=[image])
         return values.view(count, n + 1), success.view(count, n + 1).all(dim=1)
