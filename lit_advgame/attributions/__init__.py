@@ -19,7 +19,9 @@ from lit_advgame.attributions.regional import (
     RegionalAttribution,
     RegionGrid,
     StratifiedRegionalShapley,
+    attribution_iou,
     regional_attributions,
+    regional_magnitudes,
 )
 
 __all__ = [
@@ -33,6 +35,8 @@ __all__ = [
     "RestrictedAttack",
     "RestrictedAttackResult",
     "StratifiedRegionalShapley",
+    "attribution_iou",
     "build_cost_attack",
     "regional_attributions",
+    "regional_magnitudes",
 ]

@@ -657,3 +657,36 @@ def regional_attributions(
         **(attack_options or {}),
     )
     return ESTIMATORS[estimator](**estimator_options).approximate(game)
+
+
+def regional_magnitudes(delta: torch.Tensor, grid: RegionGrid) -> torch.Tensor:
+    """``(B, L, L)`` the magnitude ``(Σ_{i∈Λ_uv} |δ_i|²)^{1/2}`` of a perturbation ``(B, C, H, W)`` in
+    each region (all channels; the border left out) (Wang et al., ICCV 2021, Sec. 4.1)."""
+    if delta.dim() != 4 or tuple(delta.shape[2:]) != (grid.height, grid.width):
+        raise ValueError(f"delta must have shape (B, C, {grid.height}, {grid.width}); got {tuple(delta.shape)}")
+    player = grid.player_map.to(delta.device).flatten()
+    inside = player >= 0
+    energy = delta.detach().pow(2).sum(dim=1).flatten(1)[:, inside].to(torch.float64)
+    sums = torch.zeros(delta.shape[0], grid.num_players, dtype=torch.float64, device=delta.device)
+    sums.index_add_(1, player[inside], energy)
+    return sums.sqrt().view(-1, grid.num_regions, grid.num_regions)
+
+
+def attribution_iou(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` ``IoU = Σ_uv min(φ'_uv, ψ'_uv) / Σ_uv max(φ'_uv, ψ'_uv)`` of two ``(B, L, L)`` maps after
+    min-max normalisation ``φ' = (φ − min φ) / (max φ − min φ)`` per image (Wang et al., ICCV 2021,
+    Sec. 4.1, Table 1). Pass importances (``RegionalAttribution.importance``, high = important) or
+    magnitudes (:func:`regional_magnitudes`); the orientation matters, as ``(1 − φ')`` changes the IoU.
+    A constant map normalises to zeros."""
+    if first.shape != second.shape or first.dim() < 2:
+        raise ValueError(
+            f"the two maps must have the same shape (B, L, L); got {tuple(first.shape)} and {tuple(second.shape)}"
+        )
+
+    def normalise(maps: torch.Tensor) -> torch.Tensor:
+        flat = maps.detach().flatten(1).to(torch.float64)
+        low, high = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
+        return (flat - low) / torch.where(high > low, high - low, 1.0)
+
+    a, b = normalise(first), normalise(second)
+    return torch.minimum(a, b).sum(dim=1) / torch.maximum(a, b).sum(dim=1)

@@ -14,7 +14,9 @@ from lit_advgame.attributions import (
     PermutationRegionalShapley,
     RegionGrid,
     StratifiedRegionalShapley,
+    attribution_iou,
     regional_attributions,
+    regional_magnitudes,
 )
 from lit_advgame.attributions.regional import stratified_coalitions
 from lit_advgame.interactions.exact import all_coalitions
@@ -229,3 +231,26 @@ def test_bad_settings_name_the_argument():
         StratifiedRegionalShapley().approximate(object())
     with pytest.raises(ValueError, match="grid is for 112x112 images"):
         CostGame(model, x, torch.tensor([0]), "linf", grid=RegionGrid(112, 112))
+
+
+def test_regional_magnitudes_and_the_iou_of_table_1():
+    grid = RegionGrid(SIZE, SIZE, 3, 1 / 3)
+    delta = torch.zeros(1, 2, SIZE, SIZE)
+    delta[0, 0, 0, :] = 5.0  # the border does not count
+    delta[0, 0, 1, 1] = 3.0  # region 0: sqrt(3² + 4²) = 5
+    delta[0, 1, 2, 2] = 4.0
+    delta[0, 1, 6, 6] = -2.0  # region 8
+    magnitudes = regional_magnitudes(delta, grid)
+    expected = torch.zeros(1, 3, 3, dtype=torch.float64)
+    expected[0, 0, 0], expected[0, 2, 2] = 5.0, 2.0
+    torch.testing.assert_close(magnitudes, expected)
+    maps = torch.rand(2, 3, 3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(attribution_iou(maps, 3 * maps + 1), torch.ones(2, dtype=torch.float64))
+    a = torch.tensor([[[0.0, 1.0], [0.5, 0.5]]])
+    b = torch.tensor([[[0.0, 0.5], [1.0, 0.5]]])
+    # normalised maps are themselves: Σmin = 0 + 0.5 + 0.5 + 0.5, Σmax = 0 + 1 + 1 + 0.5
+    torch.testing.assert_close(attribution_iou(a, b), torch.tensor([1.5 / 2.5], dtype=torch.float64))
+    with pytest.raises(ValueError, match="the two maps must have the same shape"):
+        attribution_iou(a, b[:, :1])
+    with pytest.raises(ValueError, match=r"delta must have shape \(B, C, 8, 8\)"):
+        regional_magnitudes(torch.zeros(1, 1, 6, 6), grid)
