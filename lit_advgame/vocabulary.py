@@ -156,6 +156,10 @@ InteractionScale = Literal["reference", "paper"]
 INTERACTION_SCALES = choices(InteractionScale)
 
 # ----------------------------------------------------------------------------- attributions
+CWBox = Literal["tanh", "clip"]
+"""How the L2 cost attack keeps x + δ in [0, 1]: Carlini–Wagner's tanh change of variables, or clipping δ."""
+CW_BOXES = choices(CWBox)
+
 EpsSearch = Literal["scan", "bisection"]
 """How the L∞ cost attack finds the smallest ε of its grid for which BIM succeeds: the reference's increasing
 scan, or bisection over the grid (assumes success is monotone in ε)."""

@@ -255,6 +255,7 @@ VOCABULARY_SOURCES = [
     ("BATCHNORM_MODES", "lit_advgame.ensembles.trs", "BN_MODES"),
     ("TRANSFER_SUBSETS", "lit_advgame.evaluation.transfer", "SUBSETS"),
     ("EPS_SEARCHES", "lit_advgame.attributions.cost", "EPS_SEARCHES"),
+    ("CW_BOXES", "lit_advgame.attributions.cost", "CW_BOXES"),
     ("NORMS", "lit_advgame.attributions.cost", "COST_ATTACKS"),
     ("FAILURE_POLICIES", "lit_advgame.attributions.regional", "FAILURE_POLICIES"),
     ("REGIONAL_ESTIMATORS", "lit_advgame.attributions.regional", "ESTIMATORS"),

@@ -41,7 +41,7 @@ from lit_advgame.utils.checks import (
     check_positive,
 )
 from lit_advgame.utils.modes import eval_mode
-from lit_advgame.vocabulary import EPS_SEARCHES, LOSSES, NORMS, EpsSearch, Loss, Norm
+from lit_advgame.vocabulary import CW_BOXES, EPS_SEARCHES, LOSSES, NORMS, CWBox, EpsSearch, Loss, Norm
 
 
 @dataclass
@@ -178,6 +178,11 @@ class L2CostAttack(RestrictedAttack):
         area_scaled_const: start from ``initial_const · (H·W) / |M|`` (the allowed area ``|M|`` in
             pixels), the reference's scaling: a smaller allowed area needs a larger constant.
         confidence: ``κ`` (0: reaching the target is enough).
+        box: how ``x + δ ∈ [0, 1]`` is kept: ``"tanh"`` (Carlini–Wagner's change of variables, the
+            reference) or ``"clip"`` (Adam on δ itself, clipped to the box after each step). The tanh
+            variable saturates at pixels exactly 0 or 1 (``atanh(±(1 − 10⁻⁶)) ≈ ±7.3``, far more than
+            200 steps of 0.025 from 0), so such pixels -- the background of digits and MNIST -- barely
+            move; use ``"clip"`` for such data.
     """
 
     binary_search_steps: int = 5
@@ -186,6 +191,7 @@ class L2CostAttack(RestrictedAttack):
     initial_const: float = 0.01
     area_scaled_const: bool = True
     confidence: float = 0.0
+    box: CWBox = "tanh"
 
     norm: ClassVar[str] = "l2"
 
@@ -196,6 +202,7 @@ class L2CostAttack(RestrictedAttack):
         check_positive(self.lr, "lr")
         check_positive(self.initial_const, "initial_const")
         check_positive(self.confidence, "confidence", allow_zero=True)
+        check_choice(self.box, "box", CW_BOXES)
 
     def steps_per_row(self) -> int:
         return self.binary_search_steps * self.steps
@@ -209,19 +216,25 @@ class L2CostAttack(RestrictedAttack):
         lower, upper = torch.zeros_like(const), torch.full_like(const, 1e10)
         best = torch.full((rows,), math.inf, dtype=x.dtype, device=x.device)
         best_delta = torch.zeros_like(x)
-        w_start = torch.atanh((2.0 * x - 1.0).clamp(-1 + 1e-6, 1 - 1e-6))
+        tanh = self.box == "tanh"
+        start = torch.atanh((2.0 * x - 1.0).clamp(-1 + 1e-6, 1 - 1e-6)) if tanh else torch.zeros_like(x)
         for _ in range(self.binary_search_steps):
-            w = w_start.clone().requires_grad_(True)
+            w = start.clone().requires_grad_(True)
             optimizer = torch.optim.Adam([w], lr=self.lr)
             found = torch.zeros(rows, dtype=torch.bool, device=x.device)
             for _ in range(self.steps):
-                delta = clip_to_box(mask * ((torch.tanh(w) + 1.0) / 2.0 - x), x)
+                # clip: w stays in the box (projected after each step); no clamp in the graph, whose
+                # gradient vanishes on the box's faces (at pixels exactly 0 or 1)
+                delta = clip_to_box(mask * ((torch.tanh(w) + 1.0) / 2.0 - x), x) if tanh else mask * w
                 logits = model(x + delta)
                 distance = delta.flatten(1).pow(2).sum(dim=1)
                 loss = distance + const * margin(logits, target).clamp_min(-self.confidence)
                 (grad,) = torch.autograd.grad(loss.sum(), w)
                 w.grad = grad
                 optimizer.step()
+                if not tanh:
+                    with torch.no_grad():
+                        w.copy_(clip_to_box(mask * w, x))
                 with torch.no_grad():
                     norms, hit = distance.sqrt(), reached_target(logits, target, self.confidence)
                     better = hit & (norms < best)

@@ -34,18 +34,32 @@ def _masks() -> torch.Tensor:
     return masks
 
 
-def test_l2_cost_matches_the_closed_form_on_a_linear_model(linear):
+@pytest.mark.parametrize("box", ["tanh", "clip"])
+def test_l2_cost_matches_the_closed_form_on_a_linear_model(linear, box):
     x, model = linear
     masks = _masks()
     g = model.g.view(1, SIZE, SIZE)
     expected = torch.stack([1.5 / (g * m).norm() for m in masks.float()]).double()
     # the box does not bind: the optimal δ = margin·g∘M/‖g∘M‖² stays inside [-0.5, 0.5]
     assert max(float((1.5 * g * m / (g * m).norm() ** 2).abs().max()) for m in masks.float()) < 0.45
-    result = L2CostAttack(steps=100, batch_size=3)(model, x, torch.tensor([0]), masks)
+    result = L2CostAttack(steps=100, batch_size=3, box=box)(model, x, torch.tensor([0]), masks)
     assert bool(result.success.all())
     torch.testing.assert_close(result.cost[0], expected, rtol=0.02, atol=0.0)  # stated tolerance: 2 %
     assert result.num_steps == 3 * 5 * 100
     assert bool((result.cost[0] >= expected * (1 - 1e-4)).all())  # never below the minimum
+
+
+def test_the_clip_box_moves_pixels_at_zero_where_tanh_saturates():
+    x = torch.zeros(1, 1, SIZE, SIZE)  # a black background, as digits and MNIST
+    weights = torch.stack(
+        [torch.rand(SIZE * SIZE, generator=torch.Generator().manual_seed(0)) * 0.1 + 0.05, torch.zeros(SIZE * SIZE)]
+    )
+    model = TwoClassLinear(x, margin=1.5, weights=weights)  # g > 0: the optimal δ is positive, the box does not bind
+    expected = 1.5 / model.g.norm()
+    clip = L2CostAttack(steps=100, box="clip")(model, x, torch.tensor([0]), torch.ones(1, SIZE, SIZE, dtype=torch.bool))
+    tanh = L2CostAttack(steps=100, box="tanh")(model, x, torch.tensor([0]), torch.ones(1, SIZE, SIZE, dtype=torch.bool))
+    torch.testing.assert_close(clip.cost[0, 0], expected.double(), rtol=0.02, atol=0.0)
+    assert not bool(tanh.success.all()) or float(tanh.cost[0, 0]) > 1.5 * float(expected)
 
 
 @pytest.mark.parametrize("search", ["scan", "bisection"])
@@ -71,7 +85,14 @@ def test_bisection_runs_fewer_bim_steps_than_the_scan(linear):
     assert LinfCostAttack().planned_steps(1) == 255 * 80
 
 
-@pytest.mark.parametrize("attack", [L2CostAttack(steps=30, binary_search_steps=3), LinfCostAttack(max_level=40)])
+@pytest.mark.parametrize(
+    "attack",
+    [
+        L2CostAttack(steps=30, binary_search_steps=3),
+        L2CostAttack(steps=30, binary_search_steps=3, box="clip"),
+        LinfCostAttack(max_level=40),
+    ],
+)
 def test_pixels_outside_the_mask_never_change_and_the_box_holds(attack):
     x = torch.rand(2, 1, 9, 9, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     model = TwoClassLinear(x[:1], margin=0.3, scale=0.5).double()
