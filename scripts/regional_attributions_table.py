@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-regions", type=int, default=4, help="L (16-px digits, beta 1/3: 2-px border, 12-px inner)")
     p.add_argument("--beta", type=float, default=1 / 3)
     p.add_argument("--estimator", choices=sorted(ESTIMATORS), default="stratified")
-    p.add_argument("--samples-per-size", type=int, default=16)
+    p.add_argument("--samples-per-size", type=int, default=16, help=">= L² so every singleton is sampled")
     p.add_argument("--chain-sizes", type=int, default=4)
     p.add_argument("--linf-search", choices=["scan", "bisection"], default="bisection")
     p.add_argument(

@@ -554,8 +554,10 @@ class StratifiedRegionalShapley(_SampledRegionalShapley):
         if torch.isnan(terms).any():
             log.warning(
                 "stratified regional attributions: some φ are NaN (a size group without samples for a region); "
-                "raise samples_per_size (now %d) or use chains (chain_sizes)",
+                "raise samples_per_size (now %d) to at least the %d regions with chain_sizes >= 2, so every "
+                "singleton and every (n-1)-subset is sampled",
                 self.samples_per_size,
+                n,
             )
         return terms / n, square_se.sqrt() / n, int((~valid).sum())
 
