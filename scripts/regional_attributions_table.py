@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--beta", type=float, default=1 / 3)
     p.add_argument("--estimator", choices=sorted(ESTIMATORS), default="stratified")
     p.add_argument("--samples-per-size", type=int, default=16, help=">= L² so every singleton is sampled")
-    p.add_argument("--chain-sizes", type=int, default=4)
+    p.add_argument("--chain-sizes", type=int, default=9, help="chains for every size when >= L²/2 + 1: no empty group")
     p.add_argument("--linf-search", choices=["scan", "bisection"], default="bisection")
     p.add_argument(
         "--l2-box", choices=["tanh", "clip"], default="clip", help="clip: the digits' background is exactly 0"

@@ -679,7 +679,7 @@ def attribution_iou(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     min-max normalisation ``φ' = (φ − min φ) / (max φ − min φ)`` per image (Wang et al., ICCV 2021,
     Sec. 4.1, Table 1). Pass importances (``RegionalAttribution.importance``, high = important) or
     magnitudes (:func:`regional_magnitudes`); the orientation matters, as ``(1 − φ')`` changes the IoU.
-    A constant map normalises to zeros."""
+    A constant map normalises to zeros (two of them: IoU 1); a NaN in a map gives NaN."""
     if first.shape != second.shape or first.dim() < 2:
         raise ValueError(
             f"the two maps must have the same shape (B, L, L); got {tuple(first.shape)} and {tuple(second.shape)}"
@@ -691,4 +691,5 @@ def attribution_iou(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         return (flat - low) / torch.where(high > low, high - low, 1.0)
 
     a, b = normalise(first), normalise(second)
-    return torch.minimum(a, b).sum(dim=1) / torch.maximum(a, b).sum(dim=1)
+    union = torch.maximum(a, b).sum(dim=1)
+    return torch.where(union > 0, torch.minimum(a, b).sum(dim=1) / torch.where(union > 0, union, 1.0), 1.0)

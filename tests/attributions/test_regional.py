@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -250,7 +253,25 @@ def test_regional_magnitudes_and_the_iou_of_table_1():
     b = torch.tensor([[[0.0, 0.5], [1.0, 0.5]]])
     # normalised maps are themselves: Σmin = 0 + 0.5 + 0.5 + 0.5, Σmax = 0 + 1 + 1 + 0.5
     torch.testing.assert_close(attribution_iou(a, b), torch.tensor([1.5 / 2.5], dtype=torch.float64))
+    torch.testing.assert_close(attribution_iou(a * 0, b * 0 + 2), torch.ones(1, dtype=torch.float64))
     with pytest.raises(ValueError, match="the two maps must have the same shape"):
         attribution_iou(a, b[:, :1])
     with pytest.raises(ValueError, match=r"delta must have shape \(B, C, 8, 8\)"):
         regional_magnitudes(torch.zeros(1, 1, 6, 6), grid)
+
+
+CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "digits_small_cnn.pt"
+
+
+@pytest.mark.skipif(not CHECKPOINT.is_file(), reason="checkpoints/ not built (scripts/make_checkpoints.sh)")
+def test_the_table_1_script_runs_on_digits_at_a_tiny_size(tmp_path, capsys):
+    path = Path(__file__).resolve().parents[2] / "scripts" / "regional_attributions_table.py"
+    spec = importlib.util.spec_from_file_location("regional_attributions_table", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = ["--num-images", "1", "--num-regions", "2", "--samples-per-size", "8", "--chain-sizes", "2"]
+    out = script.main([*args, "--l2-steps", "50", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "results.json").read_text())["num_images"] == 1
+    for name in ("attributions", "magnitudes"):
+        assert 0.0 <= out["iou"][name]["mean"] <= 1.0
+    assert "L2 vs L∞ attributions" in capsys.readouterr().out
