@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """L2 vs L∞ regional attributions to the attacking cost on digits (Wang et al., ICCV 2021, Sec. 4.1, Table 1).
 
-For each test digit the model classifies correctly, a targeted attack (target ``(y + 1) mod 10``) is
+For each of the first ``--num-images`` test digits the model classifies correctly (skipping those whose
+border-only attack fails, so cost(∅) is undefined), a targeted attack (target ``(y + 1) mod 10``) is
 restricted to coalitions of ``--num-regions``² regions inside a border of relative width ``--beta``;
 the regional attributions ``φ_uv`` of its L2 cost (Carlini–Wagner, binary search) and of its L∞ cost
 (smallest ε of the grid e/256 for which BIM succeeds) are estimated with the same estimator and the
@@ -89,12 +90,19 @@ def main(argv: list[str] | None = None) -> dict:
     x, y = torch.stack(xs), torch.as_tensor(ys, dtype=torch.long)
     with torch.no_grad():
         keep = model(x).argmax(dim=1) == y
-    x, y = x[keep][: args.num_images], y[keep][: args.num_images]
-    target = (y + 1) % 10
     attacks = {
         "l2": build_cost_attack("l2", box=args.l2_box, steps=args.l2_steps),
         "linf": build_cost_attack("linf", search=args.linf_search, step_size=args.linf_step_size),
     }
+    x, y = x[keep][: args.num_images], y[keep][: args.num_images]
+    target = (y + 1) % 10
+    # probes: digits whose border-only attack (cost(∅)) succeeds under both norms
+    finite = torch.ones(x.shape[0], dtype=torch.bool)
+    for attack in attacks.values():
+        game = CostGame(model, x, target, attack, num_regions=args.num_regions, beta=args.beta)
+        finite &= torch.isfinite(game.cost_of(False))
+    skipped = int((~finite).sum())
+    x, target = x[finite], target[finite]
     start = time.perf_counter()
     results, magnitudes = {}, {}
     for norm, attack in attacks.items():
@@ -114,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = {
         "args": vars(args),
         "num_images": int(x.shape[0]),
+        "skipped_no_empty_cost": skipped,
         "iou": summary,
         "failure_rate": {k: r.failure_rate.tolist() for k, r in results.items()},
         "efficiency_residual": {k: r.efficiency_residual.tolist() for k, r in results.items()},
@@ -123,6 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "results.json").write_text(json.dumps(out, indent=2))
     print(f"| {Path(args.checkpoint).stem} ({out['num_images']} digits, L={args.num_regions}) | IoU |")
+    if skipped:
+        print(f"({skipped} digit(s) skipped: the border-only attack failed, cost(∅) undefined)")
     print("|---|---|")
     for name in ("attributions", "magnitudes"):
         s = summary[name]
