@@ -132,12 +132,12 @@ def main(argv: list[str] | None = None) -> dict:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "results.json").write_text(json.dumps(out, indent=2))
     print(f"| {Path(args.checkpoint).stem} ({out['num_images']} digits, L={args.num_regions}) | IoU |")
-    if skipped:
-        print(f"({skipped} digit(s) skipped: the border-only attack failed, cost(∅) undefined)")
     print("|---|---|")
     for name in ("attributions", "magnitudes"):
         s = summary[name]
         print(f"| L2 vs L∞ {name} | {s['mean']:.3f} ± {s['stderr']:.3f} |")
+    if skipped:
+        print(f"({skipped} digit(s) skipped: the border-only attack failed, cost(∅) undefined)")
     failures = {k: float(torch.tensor(v).mean()) for k, v in out["failure_rate"].items()}
     print(f"failure rates {failures}, {sum(out['num_attacks'].values())} restricted attacks, {seconds:.0f} s")
     assert all(math.isfinite(v) for v in failures.values())
