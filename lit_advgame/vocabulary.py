@@ -193,6 +193,25 @@ every group (Eq. 9) at the ``nK`` states after each removal (``reference``, the 
 by permutation sampling, ``removal``: the gradient averaged over the states before and after the removal)."""
 TAYLOR_RULES = choices(TaylorRule)
 
+CWBox = Literal["tanh", "clip"]
+"""How the L2 cost attack keeps x + δ in [0, 1]: Carlini–Wagner's tanh change of variables, or clipping δ."""
+CW_BOXES = choices(CWBox)
+
+EpsSearch = Literal["scan", "bisection"]
+"""How the L∞ cost attack finds the smallest ε of its grid for which BIM succeeds: the reference's increasing
+scan, or bisection over the grid (assumes success is monotone in ε)."""
+EPS_SEARCHES = choices(EpsSearch)
+
+FailurePolicy = Literal["cap", "drop", "resample"]
+"""What a regional attribution does with a failed restricted attack: value cost(∅) (``cap``), leave the sample
+out (``drop``), or draw a replacement sample (``resample``)."""
+FAILURE_POLICIES = choices(FailurePolicy)
+
+RegionalEstimator = Literal["exact", "stratified", "permutation"]
+"""Estimators of the regional Shapley attributions: all 2^n coalitions, the reference's size-stratified
+sampling, or permutation sampling."""
+REGIONAL_ESTIMATORS = choices(RegionalEstimator)
+
 # ----------------------------------------------------------------------------- training
 SchedulerInterval = Literal["epoch", "step"]
 """When a learning-rate scheduler steps."""

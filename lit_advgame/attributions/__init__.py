@@ -1,5 +1,9 @@
 """Attributions and interactions of adversarial attacks (Wang et al., ICCV 2021).
 
+Sec. 3.1, regional attributions to the attacking cost: restricted targeted attacks
+(:mod:`~lit_advgame.attributions.cost`) and the cost game with its Shapley estimators
+(:mod:`~lit_advgame.attributions.regional`).
+
 Sec. 3.2 (:mod:`.pixel_interactions`, :mod:`.components`): the perturbation-pixel game, rewards of pixels and merged
 coalitions (the paper's gradient approximation, Eq. 7–9, or the engine's exact and sampled Shapley values),
 interactions ``I[S]`` (Eq. 5), hierarchical extraction of perturbation components (supplement C) and their analysis.
@@ -14,6 +18,13 @@ from lit_advgame.attributions.components import (
     foreground_mask_from_image,
     foreground_share,
 )
+from lit_advgame.attributions.cost import (
+    L2CostAttack,
+    LinfCostAttack,
+    RestrictedAttack,
+    RestrictedAttackResult,
+    build_cost_attack,
+)
 from lit_advgame.attributions.pixel_interactions import (
     CoalitionInteractionResult,
     TaylorRewardApproximator,
@@ -21,12 +32,35 @@ from lit_advgame.attributions.pixel_interactions import (
     group_rewards,
     superpixel_game,
 )
+from lit_advgame.attributions.regional import (
+    CostGame,
+    ExactRegionalShapley,
+    PermutationRegionalShapley,
+    RegionalAttribution,
+    RegionGrid,
+    StratifiedRegionalShapley,
+    attribution_iou,
+    regional_attributions,
+    regional_magnitudes,
+)
 
 __all__ = [
     "CoalitionInteractionResult",
     "ComponentResult",
     "ComponentSettings",
+    "CostGame",
+    "ExactRegionalShapley",
+    "L2CostAttack",
+    "LinfCostAttack",
+    "PermutationRegionalShapley",
+    "RegionGrid",
+    "RegionalAttribution",
+    "RestrictedAttack",
+    "RestrictedAttackResult",
+    "StratifiedRegionalShapley",
     "TaylorRewardApproximator",
+    "attribution_iou",
+    "build_cost_attack",
     "coalition_interactions",
     "component_effects",
     "component_figure",
@@ -34,5 +68,7 @@ __all__ = [
     "foreground_mask_from_image",
     "foreground_share",
     "group_rewards",
+    "regional_attributions",
+    "regional_magnitudes",
     "superpixel_game",
 ]
