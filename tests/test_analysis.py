@@ -25,7 +25,7 @@ from tests.conftest import CONFIGS, DDP_CPU_ARGS, REPO_ROOT
 from tests.tb_utils import read_image_tags, read_scalars
 from tests.test_imagefolder import WNIDS, make_flat_folder
 from tests.test_models import _robustness_state, _save_robustness
-from tests.test_predict import CrashAfter, one_thread  # noqa: F401 (autouse: one intra-op thread)
+from tests.test_predict import CrashAfter
 
 STANDARD = REPO_ROOT / "checkpoints" / "digits_small_cnn.pt"
 ROBUST = REPO_ROOT / "checkpoints" / "digits_small_cnn_at.pt"
@@ -34,6 +34,8 @@ needs_checkpoints = pytest.mark.skipif(
 )
 MODELS = [{"path": str(STANDARD), "name": "standard"}, {"path": str(ROBUST), "name": "adversarial"}]
 ATTACK = {"threshold": 6.0, "eps": "64/255", "step_size": "4/255", "steps": 30}
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one intra-op thread (tests/conftest.py)
 
 
 def digits_batch(count: int = 6) -> tuple[torch.Tensor, torch.Tensor, DigitsDataModule]:

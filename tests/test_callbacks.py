@@ -48,13 +48,7 @@ LABELS = ("r0.20", "r0.50", "r0.90")
 ORDERS = (2, 7, 12)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: these small models are slower with two threads on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # one intra-op thread (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

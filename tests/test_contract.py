@@ -40,7 +40,7 @@ from lit_advgame.evaluation import evaluate_transfer
 from lit_advgame.models import NormalizedModel, build_model
 from lit_advgame.predict import AdversarialWriter, AttackModule, load_adversarial, margins
 from lit_advgame.predict.export import export_lightning_checkpoint
-from tests.conftest import CONFIGS, REPO_ROOT
+from tests.conftest import CONFIGS, REPO_ROOT, torch_threads
 
 #: training method -> (config, whether its classifier is an ensemble)
 METHODS = {
@@ -83,26 +83,19 @@ TINY_ATTACK = {
 EPS = 32 / 255
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # one intra-op thread (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory) -> dict[str, Path]:
     """Fit every method for one step, attack each checkpoint, score all of them as targets (run once per module)."""
     root = tmp_path_factory.mktemp("contract")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     one_step, tiny = root / "one_step.yaml", root / "tiny_attack.yaml"
     one_step.write_text(yaml.safe_dump(ONE_STEP))
     tiny.write_text(yaml.safe_dump(TINY_ATTACK))
     ckpts = root / "ckpts"
     ckpts.mkdir()
-    try:
+    with torch_threads(1):  # a module fixture: it runs before the per-test one_thread
         for method, (config, _) in METHODS.items():
             run_root = root / "fit" / method
             main(
@@ -135,8 +128,6 @@ def pipeline(tmp_path_factory) -> dict[str, Path]:
                     str(out),
                 ]
             )
-    finally:
-        torch.set_num_threads(threads)
     report = root / "transfer"
     runs = [str(root / "attacks" / m) for m in METHODS]
     targets = [str(ckpts / f"{m}.ckpt") for m in METHODS]

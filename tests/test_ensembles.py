@@ -47,13 +47,7 @@ from tests.tb_utils import read_scalars
 TINY = {"width": 4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tiny models run fastest on one thread (and much faster than two on a busy machine)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # one intra-op thread (tests/conftest.py)
 
 
 def _tiny_ensemble(num: int = 3, seed: int = 0, arch: str = "small_cnn") -> EnsembleModel:

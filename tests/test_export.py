@@ -32,12 +32,7 @@ CLASSES = ("n01440764", "n01443537", "n01484850")  # WordNet ids as class folder
 EPS = 16 / 255
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # one intra-op thread (tests/conftest.py)
 
 
 def _attack_run(tmp_path, quantize: bool):

@@ -27,12 +27,7 @@ SMALL = {"arch": "small_cnn", "arch_kwargs": {"width": 4}, "input_shape": (1, 16
 PENALTY = {"weight": 1.0, "grid": 4, "num_pairs": 2, "num_samples": 4}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # one intra-op thread (tests/conftest.py)
 
 
 def _tiny_game(seed: int = 0) -> InputGame:

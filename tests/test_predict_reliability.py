@@ -33,13 +33,7 @@ from lit_advgame.predict import (
 from lit_advgame.predict.lock import LOCK_NAME
 from tests.test_predict import SOURCE, TINY_ATTACK, assert_same_records, needs_checkpoints, write_config
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # one intra-op thread (tests/conftest.py)
 
 
 def run_predict(

@@ -9,15 +9,13 @@ from torch import nn
 
 from lit_advgame.models.normalize import NormalizedModel
 from tests.attacks.tiny_models import NUM_CLASSES, SIZE, make_cnn, make_skip_resnet, make_tv_densenet, make_tv_resnet
+from tests.conftest import torch_threads
 
 
 @pytest.fixture(autouse=True)
-def single_thread():
+def single_thread(one_thread):
     """Tiny tensors: one intra-op thread avoids thread-pool overhead (and stalls on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -70,16 +68,14 @@ def digits_model() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     train, test = perm[:1500], perm[1500:]
     torch.manual_seed(0)
-    threads = torch.get_num_threads()  # session fixture: runs before the autouse single_thread
-    torch.set_num_threads(1)
     net = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
     model = NormalizedModel(net, [0.3], [0.4])
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(100):
-        opt.zero_grad()
-        F.cross_entropy(model(x[train]), y[train]).backward()
-        opt.step()
-    torch.set_num_threads(threads)
+    with torch_threads(1):  # a session fixture: it runs before the autouse single_thread
+        for _ in range(100):
+            opt.zero_grad()
+            F.cross_entropy(model(x[train]), y[train]).backward()
+            opt.step()
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
