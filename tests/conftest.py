@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -83,3 +84,19 @@ def one_thread_module() -> Iterator[None]:
     """:func:`one_thread` for a whole module (its module-scoped fixtures included)."""
     with torch_threads(1):
         yield
+
+
+def predict_into(module, data, writer, *, callbacks=(), progress_bar: bool = False):
+    """One ``trainer.predict`` of ``module`` on ``data`` on the CPU, gradients on (attacks), no logger, with the
+    prediction ``writer`` (an ``AdversarialWriter``); returns the writer."""
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        inference_mode=False,
+        logger=False,
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        callbacks=[writer, *callbacks],
+    )
+    trainer.predict(module, datamodule=data, return_predictions=False)
+    return writer

@@ -8,7 +8,6 @@ import json
 import os
 
 import pytest
-import pytorch_lightning as pl
 import torch
 import yaml
 from PIL import Image
@@ -27,6 +26,7 @@ from lit_advgame.predict.export import (
     quantize_within_ball,
 )
 from lit_advgame.predict.export import main as export_main
+from tests.conftest import predict_into
 
 CLASSES = ("n01440764", "n01443537", "n01484850")  # WordNet ids as class folders
 EPS = 16 / 255
@@ -66,15 +66,7 @@ def _attack_run(tmp_path, quantize: bool):
         std=[0.25] * 3,
     )
     out = tmp_path / f"run_q{int(quantize)}"
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        inference_mode=False,
-        logger=False,
-        enable_progress_bar=False,
-        callbacks=[AdversarialWriter(str(out))],
-    )
-    trainer.predict(module, datamodule=data, return_predictions=False)
+    predict_into(module, data, AdversarialWriter(str(out)))
     return out, models
 
 

@@ -36,7 +36,7 @@ from lit_advgame.predict import (
     merge_directory,
     write_shard,
 )
-from tests.conftest import CONFIGS, REPO_ROOT
+from tests.conftest import CONFIGS, REPO_ROOT, predict_into
 
 SOURCE = REPO_ROOT / "checkpoints" / "digits_small_cnn.pt"
 SCORER = REPO_ROOT / "checkpoints" / "digits_lenet.pt"
@@ -225,15 +225,7 @@ def test_uint8_candidates_give_the_same_loo_as_per_step_scores(tmp_path):
             num_classes=10,
         )
         out = tmp_path / record
-        trainer = pl.Trainer(
-            accelerator="cpu",
-            devices=1,
-            inference_mode=False,
-            logger=False,
-            enable_progress_bar=False,
-            callbacks=[AdversarialWriter(str(out))],
-        )
-        trainer.predict(module, datamodule=data, return_predictions=False)
+        predict_into(module, data, AdversarialWriter(str(out)))
         runs[record] = load_adversarial(out)
     candidates = runs["uint8"].records["candidates"]
     assert candidates.dtype == torch.uint8 and candidates.shape == (24, 4, 1, 16, 16)

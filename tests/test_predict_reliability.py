@@ -31,6 +31,7 @@ from lit_advgame.predict import (
     write_shard,
 )
 from lit_advgame.predict.lock import LOCK_NAME
+from tests.conftest import predict_into
 from tests.test_predict import SOURCE, TINY_ATTACK, assert_same_records, needs_checkpoints, write_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one intra-op thread (tests/conftest.py)
@@ -53,17 +54,7 @@ def run_predict(
         str(SOURCE), attack, input_shape=(1, 16, 16), num_classes=10, mean=data.mean, std=data.std, **module_args
     )
     writer = AdversarialWriter(str(out), **(writer_args or {}))
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        inference_mode=False,
-        logger=False,
-        enable_progress_bar=progress_bar,
-        enable_model_summary=False,
-        callbacks=[writer, *callbacks],
-    )
-    trainer.predict(module, datamodule=data, return_predictions=False)
-    return writer
+    return predict_into(module, data, writer, callbacks=callbacks, progress_bar=progress_bar)
 
 
 def dead_pid() -> int:
