@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +88,8 @@ def one_thread_module() -> Iterator[None]:
 def predict_into(module, data, writer, *, callbacks=(), progress_bar: bool = False):
     """One ``trainer.predict`` of ``module`` on ``data`` on the CPU, gradients on (attacks), no logger, with the
     prediction ``writer`` (an ``AdversarialWriter``); returns the writer."""
+    import pytorch_lightning as pl  # not at import time: importing Lightning early changes how caplog sees its logs
+
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
