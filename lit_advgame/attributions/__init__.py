@@ -7,6 +7,13 @@ Sec. 3.1, regional attributions to the attacking cost: restricted targeted attac
 Sec. 3.2 (:mod:`.pixel_interactions`, :mod:`.components`): the perturbation-pixel game, rewards of pixels and merged
 coalitions (the paper's gradient approximation, Eq. 7–9, or the engine's exact and sampled Shapley values),
 interactions ``I[S]`` (Eq. 5), hierarchical extraction of perturbation components (supplement C) and their analysis.
+
+Both at scale as a ``trainer.predict`` job (:mod:`.module`, :mod:`.writer`, :mod:`.results`, :mod:`.figures`):
+:class:`AttributionAnalysis` (per image and model, seeded per image) with :class:`AttributionWriter` (exactly once,
+resumable; summary tables, heatmaps, TensorBoard)::
+
+    lit-advgame predict --config configs/attributions_regional.yaml
+    lit-advgame predict --config configs/attributions_components.yaml
 """
 
 from lit_advgame.attributions.components import (
@@ -25,6 +32,8 @@ from lit_advgame.attributions.cost import (
     RestrictedAttackResult,
     build_cost_attack,
 )
+from lit_advgame.attributions.figures import regional_figure
+from lit_advgame.attributions.module import AttributionAnalysis, ComponentAnalysisSettings, RegionalSettings
 from lit_advgame.attributions.pixel_interactions import (
     CoalitionInteractionResult,
     TaylorRewardApproximator,
@@ -43,8 +52,16 @@ from lit_advgame.attributions.regional import (
     regional_attributions,
     regional_magnitudes,
 )
+from lit_advgame.attributions.results import load_attributions
+from lit_advgame.attributions.writer import AttributionWriter
 
 __all__ = [
+    "AttributionAnalysis",
+    "AttributionWriter",
+    "ComponentAnalysisSettings",
+    "RegionalSettings",
+    "load_attributions",
+    "regional_figure",
     "CoalitionInteractionResult",
     "ComponentResult",
     "ComponentSettings",

@@ -341,7 +341,8 @@ def _check_game(game: object) -> CostGame:
     return game
 
 
-def _check_budget(planned: int, max_attacks: int | None, what: str) -> None:
+def check_attack_budget(planned: int, max_attacks: int | None, what: str) -> None:
+    """Refuse ``planned`` restricted attacks beyond the budget ``max_attacks`` (``None``: no cap) before any work."""
     if max_attacks is not None and planned > max_attacks:
         raise ValueError(
             f"{what} needs up to {planned:,} restricted attacks, more than max_attacks={max_attacks:,}; "
@@ -384,13 +385,18 @@ class ExactRegionalShapley:
 
     max_attacks: int | None = 100_000
 
+    @staticmethod
+    def planned_attacks(num_players: int, resample_rounds: int = 0) -> int:
+        """Restricted attacks per image: every coalition (``resample_rounds`` does not apply)."""
+        return 1 << num_players
+
     def approximate(self, game: CostGame) -> RegionalAttribution:
         game = _check_game(game)
         n = game.num_players
         if n > MAX_EXACT_PLAYERS:
             raise ValueError(f"exact enumeration supports at most {MAX_EXACT_PLAYERS} regions; got L² = {n}")
-        planned = game.num_images << n
-        _check_budget(planned, self.max_attacks, f"exact attributions of {n} regions")
+        planned = game.num_images * self.planned_attacks(n)
+        check_attack_budget(planned, self.max_attacks, f"exact attributions of {n} regions")
         game.announce(planned, "exact regional attributions")
         before = (game.num_attacks, game.num_steps)
         values, success = game.values(all_coalitions(n))
@@ -476,13 +482,17 @@ class _SampledRegionalShapley:
         """``φ`` (n,), its standard errors (n,) and the number of dropped samples of one image."""
         raise NotImplementedError
 
+    def planned_attacks(self, num_players: int, resample_rounds: int = 0) -> int:
+        """Restricted attacks per image, at most: the samples (each redrawn up to ``resample_rounds`` times), ∅, Λ."""
+        return self.attacks_per_image(num_players) * (1 + resample_rounds) + 2
+
     def approximate(self, game: CostGame) -> RegionalAttribution:
         game = _check_game(game)
         generator = make_generator(self.random_state)
         n, batch = game.num_players, game.num_images
         resample_rounds = game.max_resamples if game.on_failure == "resample" else 0
-        planned = batch * (self.attacks_per_image(n) * (1 + resample_rounds) + 2)
-        _check_budget(planned, self.max_attacks, f"{self.name} attributions of {n} regions")
+        planned = batch * self.planned_attacks(n, resample_rounds)
+        check_attack_budget(planned, self.max_attacks, f"{self.name} attributions of {n} regions")
         game.announce(planned, f"{self.name} regional attributions")
         before = (game.num_attacks, game.num_steps)
         per_image = torch.empty(batch, n, dtype=torch.float64)

@@ -30,7 +30,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DistributedSampler
 from typing_extensions import override
 
-from lit_advgame.predict.models import LoadedModel
+from lit_advgame.predict.models import LoadedModel, load_classifiers
 from lit_advgame.predict.progress import AttackProgressBar, loader_batches
 
 
@@ -71,6 +71,9 @@ class ShardedPredictModule(pl.LightningModule):
 
     #: the writer named in the messages
     writer_class_path: ClassVar[str] = "lit_advgame.predict.AdversarialWriter"
+    #: results are per image (seeded by the dataset index alone): a batch is finished when all its images are
+    #: saved, from any batch (see :meth:`batch_finished`), and :meth:`claim_images` skips the saved ones
+    per_image_results: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -102,6 +105,8 @@ class ShardedPredictModule(pl.LightningModule):
 
     def batch_finished(self, indices: Sequence[int]) -> bool:
         """Whether the batch of dataset ``indices`` is saved already (see :meth:`set_finished`)."""
+        if self.per_image_results:
+            return all(int(i) in self._finished for i in indices)
         for i in indices:
             if i not in self._finished:
                 return False
@@ -211,3 +216,32 @@ class ShardedPredictModule(pl.LightningModule):
         if self.batch_finished(indices):
             return {"skipped": "finished"}
         return x, y, indices
+
+    def claim_images(self, batch: Any, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor, list[int]] | dict[str, str]:
+        """:meth:`claim_batch` for a job whose results are per image (:attr:`per_image_results`): ``(x, y,
+        indices)`` of the batch's images that no earlier run saved."""
+        claimed = self.claim_batch(batch, batch_idx)
+        if isinstance(claimed, dict):
+            return claimed
+        x, y, indices = claimed
+        todo = [b for b, i in enumerate(indices) if i not in self._finished]
+        return x[todo], y[todo], [indices[b] for b in todo]
+
+
+def load_checked_models(
+    models: Any,
+    what: str = "models",
+    *,
+    num_classes: int | None = None,
+    input_shape: Sequence[int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> list[LoadedModel]:
+    """The model specs of a predict job loaded (:func:`~lit_advgame.classifiers.load_classifiers`), each checked
+    against the data's ``num_classes``/``input_shape`` and its normalization against the data's ``mean``/``std``
+    (:func:`check_normalization`)."""
+    shape = None if input_shape is None else tuple(int(s) for s in input_shape)
+    loaded = load_classifiers(models, what, num_classes=num_classes, input_shape=shape, mean=mean, std=std)
+    for m in loaded:
+        check_normalization(f"model {m.name!r}", m, mean, std)
+    return loaded
