@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,7 +68,7 @@ from lit_advgame.attributions.components import (
     foreground_share,
 )
 from lit_advgame.attributions.cost import L2CostAttack, LinfCostAttack, RestrictedAttack
-from lit_advgame.attributions.pixel_interactions import DEFAULT_SUPERPIXEL, superpixel_game
+from lit_advgame.attributions.pixel_interactions import DEFAULT_SUPERPIXEL, TaylorRewardApproximator, superpixel_game
 from lit_advgame.attributions.regional import (
     ESTIMATORS,
     REFERENCE_BETA,
@@ -219,6 +219,11 @@ class ComponentAnalysisSettings:
         self.attack = PGDSettings.coerce(self.attack, "components.attack").resolved()
         check_choice(self.loss, "components.loss", LOSSES)
         check_int(self.superpixel, "components.superpixel", minimum=1)
+        if isinstance(self.extraction, Mapping) and isinstance(self.extraction.get("estimator"), Mapping):
+            estimator = settings_argument(
+                TaylorRewardApproximator, self.extraction["estimator"], {}, "components.extraction", "estimator"
+            )
+            self.extraction = {**self.extraction, "estimator": estimator}
         self.extraction = settings_argument(ComponentSettings, self.extraction, {}, "components", "extraction")
         if self.extraction.random_state is not None:
             raise ValueError("components.extraction.random_state must be unset: it is derived per image from seed")
