@@ -82,7 +82,7 @@ from lit_advgame.callbacks.game_settings import settings_argument
 from lit_advgame.interactions import DEFAULT_BATCH_SIZE
 from lit_advgame.predict.models import describe
 from lit_advgame.predict.progress import report
-from lit_advgame.predict.sharded import ShardedPredictModule, load_checked_models
+from lit_advgame.predict.sharded import ShardedPredictModule, image_indices, load_checked_models
 from lit_advgame.utils.checks import check_choice, check_int, check_positive
 from lit_advgame.vocabulary import (
     FAILURE_POLICIES,
@@ -263,9 +263,9 @@ class AttributionAnalysis(ShardedPredictModule):
         regional: :class:`RegionalSettings` (in YAML a mapping of its fields), or ``None``.
         components: :class:`ComponentAnalysisSettings` (a mapping), or ``None``. At least one of the two.
         target_shift: the target class is ``(y + target_shift) mod num_classes`` (1 to num_classes − 1).
+        name: label of this run in reports.
         seed: base seed of the per-image random streams (>= 0).
         masked_batch_size: masked inputs per forward pass of the components game.
-        name: label of this run in reports.
         num_classes, input_shape, mean, std: linked from the DataModule by the CLI; checked against the models.
     """
 
@@ -278,20 +278,23 @@ class AttributionAnalysis(ShardedPredictModule):
         regional: RegionalSettings | None = None,
         components: ComponentAnalysisSettings | None = None,
         target_shift: int = 1,
+        name: str | None = None,
         seed: int = 0,
         masked_batch_size: int = DEFAULT_BATCH_SIZE,
-        name: str | None = None,
         num_classes: int | None = None,
         input_shape: Sequence[int] | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> None:
-        super().__init__()
-        check_int(seed, "seed", minimum=0)
-        check_int(masked_batch_size, "masked_batch_size", minimum=1)
-        check_int(target_shift, "target_shift", minimum=1)
         if regional is None and components is None:
             raise ValueError("AttributionAnalysis needs regional settings, components settings or both; got neither")
+        for value, what, least in (
+            (target_shift, "target_shift", 1),
+            (seed, "seed", 0),
+            (masked_batch_size, "masked_batch_size", 1),
+        ):
+            check_int(value, what, minimum=least)
+        super().__init__()
         owner = type(self).__name__
         self.regional = (
             None if regional is None else settings_argument(RegionalSettings, regional, {}, owner, "regional")
@@ -558,9 +561,7 @@ class AttributionAnalysis(ShardedPredictModule):
         self, x: torch.Tensor, y: torch.Tensor, indices: Sequence[int] | torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """Analyse images ``x`` with labels ``y`` and dataset ``indices`` with every model; returns the records."""
-        indices = [int(i) for i in torch.as_tensor(indices).flatten().tolist()]
-        if x.shape[0] == 0 or len(indices) != x.shape[0]:
-            raise ValueError(f"got {len(indices)} dataset indices for a batch of {x.shape[0]} images (need >= 1)")
+        indices = image_indices(x, indices)
         if self.image_size != tuple(x.shape[-2:]):
             self.check_plan(x.shape[-2], x.shape[-1])
         y = y.long()
@@ -584,11 +585,6 @@ class AttributionAnalysis(ShardedPredictModule):
         return records
 
     # ------------------------------------------------------------------ Lightning hooks
-    @override
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The first model's logits (the analysis itself runs in ``predict_step``)."""
-        return self.models[0](x)
-
     @override
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         claimed = self.claim_images(batch, batch_idx)

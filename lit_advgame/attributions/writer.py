@@ -132,6 +132,7 @@ class AttributionWriter(AdversarialWriter):
     def __init__(
         self,
         output_dir: str = "runs/attributions",
+        *,
         keep_shards: bool = False,
         resume: bool = True,
         num_figures: int = 4,
@@ -153,13 +154,12 @@ class AttributionWriter(AdversarialWriter):
     @override
     def _write_summary(self, trainer: pl.Trainer, pl_module: pl.LightningModule, served: set[int]) -> None:
         """Aggregate the merged records; write the summaries and figures; print the table; log (rank 0)."""
-        seconds = time.perf_counter() - (self._started or time.perf_counter())
-        self.summary = {**aggregate(self.merged or {}, self.meta), "seconds": seconds}
-        if self.to_attack is not None:
-            self.summary["analysed_this_run"] = int(self.to_attack)
-        atomic_write_text(self.output_dir / "summary.json", json.dumps(self.summary, indent=2) + "\n")
-        table = summary_table(self.summary)
-        atomic_write_text(self.output_dir / "summary.md", table)
+        summary = aggregate(self.merged or {}, self.meta)
+        summary.update(seconds=time.perf_counter() - (self._started or time.perf_counter()))
+        summary.update(analysed_this_run=self.to_attack)  # None when the batches could not be planned
+        self.summary, table = summary, summary_table(summary)
+        for name, text in (("summary.json", json.dumps(summary, indent=2) + "\n"), ("summary.md", table)):
+            atomic_write_text(self.output_dir / name, text)
         report(trainer, table)
         figures = image_figures(self.merged or {}, self.meta, self.num_figures)
         for (kind, model, index), fig in figures.items():

@@ -245,3 +245,11 @@ def load_checked_models(
     for m in loaded:
         check_normalization(f"model {m.name!r}", m, mean, std)
     return loaded
+
+
+def image_indices(x: torch.Tensor, indices: Sequence[int] | torch.Tensor) -> list[int]:
+    """The dataset ``indices`` of the images ``x`` of a batch as ints, one per image (at least one image)."""
+    out = [int(i) for i in torch.as_tensor(indices).flatten().tolist()]
+    if x.shape[0] == 0 or len(out) != x.shape[0]:
+        raise ValueError(f"got {len(out)} dataset indices for a batch of {x.shape[0]} images (need >= 1)")
+    return out
