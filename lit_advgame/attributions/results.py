@@ -162,6 +162,7 @@ def summary_table(summary: Mapping[str, Any]) -> str:
                 f"cost(∅) {symbol}",
                 f"cost(Λ) {symbol}",
                 f"failed attacks {symbol} (%)",
+                f"Σφ − (cost(Λ) − cost(∅)) {symbol}",
             ]
         head += ["IoU attributions L2 vs L∞", "IoU magnitudes L2 vs L∞"]
         rows = []
@@ -178,6 +179,7 @@ def summary_table(summary: Mapping[str, Any]) -> str:
                     _cell(entry[f"{norm}_cost_empty"], entry[f"{norm}_cost_empty_stderr"]),
                     _cell(entry[f"{norm}_cost_full"], entry[f"{norm}_cost_full_stderr"]),
                     _cell(entry[f"{norm}_failure_rate_pooled"], fmt="%"),
+                    _cell(entry[f"{norm}_efficiency_residual"], entry[f"{norm}_efficiency_residual_stderr"]),
                 ]
             row += [_cell(entry[key], entry[f"{key}_stderr"]) for key in IOUS]
             rows.append(row)
