@@ -519,7 +519,7 @@ class AttributionAnalysis(ShardedPredictModule):
                 "components_analyzed": True,
                 "components_map": result.component_map[0],
                 "components_count": count,
-                "components_num_forward_passes": game.forward_passes,
+                "components_num_forward_passes": result.num_forward_passes,
             }
         )
         most = result.component_map.shape[1] // settings.extraction.q

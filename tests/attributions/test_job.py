@@ -149,6 +149,7 @@ def test_component_records_are_the_functional_analysis_of_each_image_alone():
             count = len(effects.delta_true[0])
             assert torch.equal(records["components_map"][b, k], result.component_map[0])
             assert records["components_count"][b, k] == count
+            assert records["components_num_forward_passes"][b, k] == result.num_forward_passes > 0
             assert torch.equal(records["components_delta_true"][b, k, :count], effects.delta_true[0])
             assert records["components_delta_target"][b, k, count:].isnan().all()
             share = foreground_share(result.component_map, game.player_map, foreground_mask_from_image(x[b : b + 1]))
