@@ -380,7 +380,9 @@ class AttributionAnalysis(ShardedPredictModule):
     @override
     def on_predict_start(self) -> None:
         super().on_predict_start()
-        report(self.trainer, self.cost_line(self.planned_images()))
+        batches = self.planned_batches()  # the images no earlier run saved (per image, see per_image_results)
+        todo = None if batches is None else sum(int(i) not in self._finished for batch in batches for i in batch)
+        report(self.trainer, self.cost_line(todo))
 
     # ------------------------------------------------------------------ records
     def templates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

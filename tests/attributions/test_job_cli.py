@@ -83,7 +83,9 @@ def test_regional_job_resumes_writes_each_image_once_under_ddp_and_does_not_depe
         cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
     assert [p.name for p in list_shards(resumed)] == ["shard_000000000_000000001.pt"]
     cli = build_cli(["--config", str(config)], run=False)
+    capsys.readouterr()
     cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
+    assert "AttributionAnalysis: 2 image(s) x 1 model(s)" in capsys.readouterr().out  # the cost of what is left
     writer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, AttributionWriter))
     assert writer.shards_written == 1
     assert_same(load_attributions(resumed)[0], reference)
