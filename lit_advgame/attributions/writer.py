@@ -47,6 +47,8 @@ from lit_advgame.utils.checks import check_int
 from lit_advgame.utils.io import atomic_write, atomic_write_text
 from lit_advgame.utils.tensorboard import cost_tag, log_figures, log_scalars
 
+#: the default output folder
+OUTPUT_DIR = "runs/attributions"
 #: the components' aggregates logged as scalars (with their ``_stderr`` where they have one)
 COMPONENT_SCALARS = ("components_per_image", "share_foreground", "share_decreasing_true", "attack_success")
 
@@ -123,19 +125,14 @@ class AttributionWriter(AdversarialWriter):
 
     Args:
         output_dir: folder of the shards, ``meta.json``, ``attributions.pt``, the summaries and figures.
+        num_figures: analysed images per model drawn (PNG files, and to the logger when one is configured; 0: none).
         keep_shards: keep the shard files after merging.
         resume: continue an analysis found in ``output_dir`` (the same settings); with ``False`` a folder that
             already holds results is an error.
-        num_figures: analysed images per model drawn (PNG files, and to the logger when one is configured; 0: none).
     """
 
     def __init__(
-        self,
-        output_dir: str = "runs/attributions",
-        *,
-        keep_shards: bool = False,
-        resume: bool = True,
-        num_figures: int = 4,
+        self, output_dir: str = OUTPUT_DIR, num_figures: int = 4, keep_shards: bool = False, resume: bool = True
     ) -> None:
         options = {"merge": True, "keep_shards": keep_shards, "resume": resume, "min_whitebox_success": 0.0}
         super().__init__(output_dir, merged_name=ATTRIBUTIONS_NAME, **options)
