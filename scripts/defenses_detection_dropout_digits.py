@@ -11,8 +11,9 @@ training, L∞ ε = 0.1), and with ``--smoothed`` a randomized-smoothing model:
   detectors (:class:`lit_advgame.defenses.AttributionDetector`) score each image on the game of ML-LOO's setting
   (:func:`lit_advgame.defenses.ml_loo_game`: absent players 0, the class fixed as the unmasked prediction, since a
   detector cannot know the true label): ML-LOO's inter-quartile range of ``φ^(n−1)(i)`` over pixels (n = 256, its
-  own variables) and over the 8×8 grid (n = 64), the IQR of the multi-order Shapley values ``φ^(m)(i)`` and the
-  mean ``I^(m)`` of the multi-order interactions over neighbouring pairs, per order (8×8 grid). The ROC-AUC
+  own variables) and over the 8×8 grid (n = 64), the IQR of the multi-order Shapley values ``φ^(m)(i)`` over
+  players, and the mean (``I^(m)``) and the IQR of the multi-order interactions ``I^(m)_ij`` over neighbouring
+  pairs (``--interaction-statistics``; the same pairs and contexts), per order (8×8 grid). The ROC-AUC
   (adversarial positive, torchmetrics via :func:`~lit_advgame.defenses.detection_auc`) with a **paired bootstrap**
   standard error over images (``scipy.stats.bootstrap``, images resampled with their clean/adversarial pair; the
   two sets are not independent, so the Hanley–McNeil formula does not apply), and the paired bootstrap difference
@@ -38,7 +39,7 @@ Outputs (``--out``): ``results.json`` and ``tables.md`` (also printed).
 
 Example::
 
-    python scripts/defenses_detection_dropout_digits.py --smoothed   # ~12 min on 1 thread of a shared 2-core CPU
+    python scripts/defenses_detection_dropout_digits.py --smoothed   # ~20-25 min, 1 thread, busy shared 2-core CPU
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ from lit_advgame.defenses import (
     ml_loo_game,
 )
 from lit_advgame.predict import load_classifier
+from lit_advgame.vocabulary import DETECTOR_STATISTICS
 
 #: Table 1 of the paper (ImageNet, % of adversarial examples corrected): cutout, then α = 0.1, 0.2, 0.3
 PAPER_TABLE1 = {
@@ -96,11 +98,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20, help="steps of the detection attack")
     p.add_argument("--early-steps", type=int, default=50, help="most steps of the early-stopped attack")
     p.add_argument("--detect-images", type=int, default=80, help="fooled images (pairs) per model for detection")
-    p.add_argument("--smoothed-images", type=int, default=40, help="the same for the smoothed model")
+    p.add_argument("--smoothed-images", type=int, default=30, help="the same for the smoothed model")
     p.add_argument("--grid", type=int, default=8, help="players of the Shapley and interaction detectors: grid²")
     p.add_argument("--orders", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9], help="order ratios")
-    p.add_argument("--num-contexts", type=int, default=10, help="contexts per player/pair and order")
+    p.add_argument("--num-contexts", type=int, default=8, help="contexts per player/pair and order")
     p.add_argument("--num-pairs", type=int, default=8, help="neighbouring pairs per image (interactions)")
+    p.add_argument(
+        "--interaction-statistics",
+        nargs="+",
+        default=["mean", "iqr"],
+        choices=DETECTOR_STATISTICS,
+        help="statistics over pairs of the interaction detector (mean: I^(m); iqr: as ML-LOO's)",
+    )
     p.add_argument("--rates", type=float, nargs="+", default=[0.1, 0.2, 0.3], help="pixel dropout rates α")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the AUCs")
     p.add_argument("--smoothed", action="store_true", help="add the randomized-smoothing model")
@@ -139,9 +148,11 @@ def detector_scores(model: nn.Module, x: torch.Tensor, args: argparse.Namespace)
     detectors = {
         "ml_loo (pixels)": (AttributionDetector("ml_loo"), pixels),
         "ml_loo (grid)": (AttributionDetector("ml_loo"), grid),
-        "shapley": (AttributionDetector("shapley", **sampled), grid),
-        "interaction": (AttributionDetector("interaction", num_pairs=args.num_pairs, **sampled), grid),
+        "shapley iqr": (AttributionDetector("shapley", **sampled), grid),
     }
+    for statistic in args.interaction_statistics:  # the same pairs and contexts (random_state) for each statistic
+        detector = AttributionDetector("interaction", statistic=statistic, num_pairs=args.num_pairs, **sampled)
+        detectors[f"interaction {statistic}"] = (detector, grid)
     columns: dict[str, torch.Tensor] = {}
     for name, (detector, game) in detectors.items():
         result = detector.scores(game)

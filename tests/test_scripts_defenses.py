@@ -64,8 +64,14 @@ def test_script_tiny_run_writes_both_tables(script, tmp_path):
     for model in ("standard", "adversarial"):
         detection = results["detection"][model]
         assert detection["pairs"] == min(4, detection["fooled"]) and detection["fooled"] <= detection["attacked"]
-        columns = ["ml_loo (pixels)", "ml_loo (grid)", "shapley r0.20", "shapley r0.90"]
-        assert list(detection["detectors"]) == [*columns, "interaction r0.20", "interaction r0.90"]
+        columns = ["ml_loo (pixels)", "ml_loo (grid)", "shapley iqr r0.20", "shapley iqr r0.90"]
+        columns += [
+            "interaction mean r0.20",
+            "interaction mean r0.90",
+            "interaction iqr r0.20",
+            "interaction iqr r0.90",
+        ]
+        assert list(detection["detectors"]) == columns
         for row in detection["detectors"].values():
             assert 0.0 <= row["auc"] <= 1.0 and row["auc_stderr"] >= 0.0
             assert row["separation"] == pytest.approx(max(row["auc"], 1 - row["auc"]))
