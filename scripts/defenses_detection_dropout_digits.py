@@ -57,9 +57,8 @@ import torch
 from scipy.stats import bootstrap, mannwhitneyu
 from torch import nn
 
-from defenses_recovery_rank_digits import CHECKPOINTS, smoothed_model
+from defenses_recovery_rank_digits import load_models, seeded_test_digits
 from lit_advgame.attacks import build_attack
-from lit_advgame.data import DigitsDataModule
 from lit_advgame.defenses import (
     AttributionDetector,
     Cutout,
@@ -70,7 +69,6 @@ from lit_advgame.defenses import (
     detection_auc,
     ml_loo_game,
 )
-from lit_advgame.predict import load_classifier
 from lit_advgame.vocabulary import DETECTOR_STATISTICS
 
 #: Table 1 of the paper (ImageNet, % of adversarial examples corrected): cutout, then α = 0.1, 0.2, 0.3
@@ -303,15 +301,9 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    models: dict[str, nn.Module] = {name: load_classifier(str(path)).model for name, path in CHECKPOINTS.items()}
-    if args.smoothed:
-        models["smoothed"] = smoothed_model(out, args.noise_draws, args.seed)
+    models = load_models(out, args.smoothed, args.noise_draws, args.seed)
     trained = time.time() - start
-    data_cfg = torch.load(CHECKPOINTS["standard"], weights_only=True)["data"]["init_args"]
-    data = DigitsDataModule(**data_cfg).dataset("test")
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[: args.candidates]
-    x_all = torch.stack([data[int(i)][0] for i in order])
-    y_all = torch.tensor([int(data[int(i)][1]) for i in order])
+    x_all, y_all = seeded_test_digits(args.candidates, args.seed)
 
     results: dict = {"settings": vars(args), "detection": {}, "dropout": {}}
     timings: dict[str, float] = {}
