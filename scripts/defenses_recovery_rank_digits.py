@@ -108,6 +108,22 @@ def smoothed_model(out: Path, num_draws: int, seed: int) -> NoisyLogProbabilitie
     return NoisyLogProbabilities(load_classifier(str(ckpt)).model, sigma, num_draws, seed)
 
 
+def load_models(out: Path, smoothed: bool, noise_draws: int, seed: int) -> dict[str, torch.nn.Module]:
+    """The standard and AT classifiers of :data:`CHECKPOINTS`, and with ``smoothed`` :func:`smoothed_model`."""
+    models = {name: load_classifier(str(path)).model for name, path in CHECKPOINTS.items()}
+    if smoothed:
+        models["smoothed"] = smoothed_model(out, noise_draws, seed)
+    return models
+
+
+def seeded_test_digits(candidates: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``candidates`` test digits (images in [0, 1] and labels) of the checkpoints' split, in a seeded order."""
+    data_cfg = torch.load(CHECKPOINTS["standard"], weights_only=True)["data"]["init_args"]
+    data = DigitsDataModule(**data_cfg).dataset("test")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:candidates]
+    return torch.stack([data[int(i)][0] for i in order]), torch.tensor([int(data[int(i)][1]) for i in order])
+
+
 def _fmt(value: float, stderr: float) -> str:
     return f"{value:+.3f} ± {stderr:.3f}"
 
@@ -137,14 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    models = {name: load_classifier(str(path)).model for name, path in CHECKPOINTS.items()}
-    if args.smoothed:
-        models["smoothed"] = smoothed_model(out, args.noise_draws, args.seed)
-    data_cfg = torch.load(CHECKPOINTS["standard"], weights_only=True)["data"]["init_args"]
-    data = DigitsDataModule(**data_cfg).dataset("test")
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[: args.candidates]
-    x = torch.stack([data[int(i)][0] for i in order])
-    y = torch.tensor([int(data[int(i)][1]) for i in order])
+    models = load_models(out, args.smoothed, args.noise_draws, args.seed)
+    x, y = seeded_test_digits(args.candidates, args.seed)
     with torch.no_grad():
         keep = torch.stack([m(x).argmax(1) == y for m in models.values()]).all(dim=0)
     x, y = x[keep], y[keep]
