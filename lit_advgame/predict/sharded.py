@@ -71,6 +71,10 @@ class ShardedPredictModule(pl.LightningModule):
 
     #: the writer named in the messages
     writer_class_path: ClassVar[str] = "lit_advgame.predict.AdversarialWriter"
+    #: the job's work, as the progress bar names it (``Attacking: 40%|████ | 48/128``) and the writer's first line
+    #: (``attacking 128 images into ...``); the verb of ``80 to attack``
+    progress_description: ClassVar[str] = "Attacking"
+    work_verb: ClassVar[str] = "attack"
 
     def __init__(self) -> None:
         super().__init__()
