@@ -65,7 +65,7 @@ def auc_stderr(auc: float, num_positive: int, num_negative: int) -> float:
     ``sqrt((A(1−A) + (n₁−1)(Q₁−A²) + (n₂−1)(Q₂−A²)) / (n₁ n₂))``; NaN without scores of both kinds.
 
     >>> round(auc_stderr(0.8, 20, 20), 4)
-    0.0714
+    0.071
     """
     if num_positive < 1 or num_negative < 1 or math.isnan(auc):
         return math.nan
