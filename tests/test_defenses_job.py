@@ -35,7 +35,7 @@ from lit_advgame.defenses import (
     rank_reduction_interactions,
     smoothed_game,
 )
-from lit_advgame.defenses.writer import auc_stderr, defense_aggregates
+from lit_advgame.defenses.writer import auc_stderr, defense_aggregates, defense_tables
 from lit_advgame.interactions import InputGame, interaction_change
 from lit_advgame.predict import list_shards, load_classifier
 from lit_advgame.training.smoothing import RandomizedSmoothing
@@ -244,6 +244,20 @@ def test_a_smoothing_checkpoint_is_analysed_as_its_base_classifier_under_noise(t
         expected = interaction_change(*games, ORDERS, num_pairs=2, num_contexts=3, generator=generator)
         assert torch.equal(records["delta"][b, 0], expected.per_image[0])
     assert records["analyzed"].any()
+
+
+@needs_checkpoints
+def test_switched_off_analyses_leave_no_records_and_the_tables_still_build():
+    x, y, data = digits_batch(2)
+    analysis = make_defenses(data, interactions=False, detection=None, dropout=None, recovery=None)
+    assert analysis.run_metadata()["rank_labels"] == ["k4", "k16"] and "rank 438" in analysis.describe_costs(None)
+    records = analysis.analyze_batch(x, y, [0, 1])
+    assert not {"clean", "delta", "detection_clean", "dropout_corrected", "recovery_evaluated"} & set(records)
+    assert records["rank_k16_adversarial_change"].shape == (2, 2, 3)
+    summary = summarize(analysis, records)
+    assert summary["analyses"] == ["rank"] and "detection" not in summary["models"]["standard"]
+    tables = defense_tables(summary)
+    assert "Rank reduction" in tables and "standard, k4" in tables and "Detection" not in tables
 
 
 def test_bad_settings_get_clear_errors(tmp_path):

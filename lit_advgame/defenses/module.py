@@ -554,7 +554,7 @@ class DefenseAnalysis(InteractionAnalysis):
             detector = dataclasses.replace(detector, random_state=seed)
             for key, image in (("clean", x), ("adversarial", x_adv)):
                 result = detector.scores(ml_loo_game(model, image, **options))
-                scores[key].append(result.scores)
+                scores[key].append(result.scores.cpu())
                 passes += result.num_forward_passes
         return {
             "detection_clean": torch.cat(scores["clean"], dim=1),
