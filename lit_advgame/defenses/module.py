@@ -61,6 +61,7 @@ from typing_extensions import override
 
 from lit_advgame.analysis.module import ORDER_QUANTITIES, InteractionAnalysis, _json_safe, image_seed
 from lit_advgame.attacks.presets import build_attack, preset_config
+from lit_advgame.callbacks.game_settings import settings_argument
 from lit_advgame.defenses.detection import AttributionDetector, ml_loo_game
 from lit_advgame.defenses.dropout import Cutout, EarlyStoppedAttack, PixelDropout, check_dropout_rate, correction_ratio
 from lit_advgame.defenses.rank import PAPER_FRACTIONS, check_fraction, rank_reduction_interactions
@@ -267,15 +268,7 @@ DEFAULT_RANK = RankSettings()
 
 def _settings(cls: type, given: Any, name: str) -> Any:
     """``given`` as a ``cls`` (a mapping of its fields is converted), or ``None``."""
-    if given is None or isinstance(given, cls):
-        return given
-    if isinstance(given, Mapping):
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(given) - set(names))
-        if unknown:
-            raise ValueError(f"DefenseAnalysis: unknown {name} option(s) {unknown}; allowed: {', '.join(names)}")
-        return cls(**given)
-    raise TypeError(f"DefenseAnalysis: {name} must be a {cls.__name__}, a mapping of its fields or null; got {given!r}")
+    return None if given is None else settings_argument(cls, given, {}, "DefenseAnalysis", name)
 
 
 def _checkpoint_sigma(spec: Mapping[str, Any], name: str) -> float:
