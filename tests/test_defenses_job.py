@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +16,7 @@ from sklearn.metrics import roc_auc_score
 
 from lit_advgame.analysis import AnalysisWriter, InteractionAnalysis, aggregate, image_seed, load_analysis
 from lit_advgame.attacks import build_attack
-from lit_advgame.cli import build_cli, main
+from lit_advgame.cli import main
 from lit_advgame.data import DigitsDataModule
 from lit_advgame.defenses import (
     AttributionDetector,
@@ -37,11 +34,11 @@ from lit_advgame.defenses import (
 )
 from lit_advgame.defenses.writer import auc_stderr, defense_aggregates, defense_tables
 from lit_advgame.interactions import InputGame, interaction_change
-from lit_advgame.predict import list_shards, load_classifier
+from lit_advgame.predict import load_classifier
 from lit_advgame.training.smoothing import RandomizedSmoothing
-from tests.conftest import CONFIGS, DDP_CPU_ARGS, REPO_ROOT
+from tests.conftest import CONFIGS, REPO_ROOT
 from tests.tb_utils import read_image_tags, read_scalars
-from tests.test_predict import CrashAfter
+from tests.test_analysis import assert_resumes_and_runs_once_under_ddp
 
 STANDARD = REPO_ROOT / "checkpoints" / "digits_small_cnn.pt"
 ROBUST = REPO_ROOT / "checkpoints" / "digits_small_cnn_at.pt"
@@ -324,12 +321,6 @@ def defenses_config(
     return path
 
 
-def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert set(a) == set(b)
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, equal_nan=True, msg=key)  # bit for bit
-
-
 @needs_checkpoints
 def test_cli_job_writes_tables_figures_and_tags_resumes_and_runs_each_image_once_under_ddp(
     tmp_path, monkeypatch, capsys
@@ -367,37 +358,14 @@ def test_cli_job_writes_tables_figures_and_tags_resumes_and_runs_each_image_once
     tags = read_image_tags(single / "tensorboard")
     assert {"analysis/detection_auc/standard", "analysis/rank_difference", "analysis/correction"} <= tags
 
-    # killed after the first of two batches, then restarted: only the missing images are analysed
-    resumed = tmp_path / "resumed"
-    config = defenses_config(tmp_path, resumed, subcommand=False, report=False)
-    cli = build_cli(["--config", str(config)], run=False)
-    cli.trainer.callbacks.append(CrashAfter(1))
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
-    assert [p.name for p in list_shards(resumed)] == ["shard_000000000_000000001.pt"]
-    cli = build_cli(["--config", str(config)], run=False)
-    cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
-    writer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, DefenseWriter))
-    assert writer.shards_written == 1
-    assert_same(load_analysis(resumed)[0], reference)
-
-    # DDP with 2 CPU processes (gloo) through the CLI
-    ddp = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "lit_advgame",
-        "predict",
-        "--config",
-        str(defenses_config(tmp_path, ddp, report=False)),
-        *DDP_CPU_ARGS,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    run = subprocess.run(cmd, check=False, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
-    assert run.returncode == 0, run.stderr[-3000:]
+    # killed after the first of two batches, then restarted; 2 processes under DDP: the one-process records
+    run = assert_resumes_and_runs_once_under_ddp(
+        tmp_path,
+        lambda out, subcommand: defenses_config(tmp_path, out, subcommand=subcommand, report=False),
+        DefenseWriter,
+        reference,
+    )
     assert run.stdout.count("Detection ROC-AUC (adversarial positive) ± SE, ml_loo") == 1  # printed once (rank 0)
-    assert not list_shards(ddp)
-    assert_same(load_analysis(ddp)[0], reference)
 
 
 @needs_checkpoints
