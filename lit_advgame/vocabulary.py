@@ -279,6 +279,10 @@ SmoothedOutput = Literal["expected_log_prob", "smoothed_log_prob"]
 """What a base classifier under Gaussian noise outputs for a game: ``E_ε[log p]`` or ``log E_ε[p]``."""
 SMOOTHED_OUTPUTS = choices(SmoothedOutput)
 
+DefenseAnalysisName = Literal["interactions", "detection", "dropout", "recovery", "rank"]
+"""The analyses of the defense job (:class:`lit_advgame.defenses.DefenseAnalysis`), each switched on or off."""
+DEFENSE_ANALYSES = choices(DefenseAnalysisName)
+
 
 _IMPORTED = ("annotations", "Any", "Literal", "get_args", "get_origin")
 __all__ = [name for name in dir() if not name.startswith("_") and name not in _IMPORTED]

@@ -186,9 +186,20 @@ def test_interrupted_run_resumes_and_ddp_writes_each_image_once_with_the_one_pro
     assert (single / "figures" / "interactions_standard.png").is_file()
     assert len((single / "per_image.csv").read_text().splitlines()) == 1 + 4 * 2 * 3  # images x models x orders
 
-    # killed after the first of two batches, then restarted: only the missing images are analysed
+    run = assert_resumes_and_runs_once_under_ddp(
+        tmp_path, lambda out, subcommand: digits_config(tmp_path, out, subcommand), AnalysisWriter, reference
+    )
+    assert run.stdout.count("| model |") == 1  # the summary table, printed once (rank 0)
+
+
+def assert_resumes_and_runs_once_under_ddp(
+    tmp_path: Path, make_config, writer_class: type, reference: dict[str, torch.Tensor]
+) -> subprocess.CompletedProcess:
+    """An analysis job's run killed after the first of two batches resumes and analyses only the missing images, and
+    a 2-process DDP run (gloo) through the CLI writes each image once: both give ``reference`` bit for bit.
+    ``make_config(out, subcommand)`` writes the job's config (2 batches) into ``out``. Returns the DDP run."""
     resumed = tmp_path / "resumed"
-    config = digits_config(tmp_path, resumed, subcommand=False)
+    config = make_config(resumed, False)
     cli = build_cli(["--config", str(config)], run=False)
     cli.trainer.callbacks.append(CrashAfter(1))
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -196,21 +207,20 @@ def test_interrupted_run_resumes_and_ddp_writes_each_image_once_with_the_one_pro
     assert [p.name for p in list_shards(resumed)] == ["shard_000000000_000000001.pt"]
     cli = build_cli(["--config", str(config)], run=False)
     cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
-    writer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, AnalysisWriter))
+    writer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, writer_class))
     assert writer.shards_written == 1
     assert_same(load_analysis(resumed)[0], reference)
 
-    # DDP with 2 CPU processes (gloo) through the CLI
     ddp = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "lit_advgame", "predict", "--config", str(digits_config(tmp_path, ddp)), *DDP_CPU_ARGS]
+    cmd = [sys.executable, "-m", "lit_advgame", "predict", "--config", str(make_config(ddp, True)), *DDP_CPU_ARGS]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     run = subprocess.run(cmd, check=False, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.count("| model |") == 1  # the summary table, printed once (rank 0)
     assert not list_shards(ddp)  # merged
     merged = torch.load(ddp / "analysis.pt", weights_only=True)["records"]
-    assert merged["index"].tolist() == list(range(4))  # every image exactly once
+    assert merged["index"].tolist() == reference["index"].tolist()  # every image exactly once
     assert_same(load_analysis(ddp)[0], reference)
+    return run
 
 
 def test_cli_smoke_multi_order_imagenet_on_a_flat_folder_with_robustness_checkpoints(tmp_path, monkeypatch):

@@ -265,6 +265,7 @@ VOCABULARY_SOURCES = [
     ("RECOVERY_SUBSETS", "lit_advgame.defenses.recovery", "RECOVERY_SUBSETS"),
     ("RANK_ROUNDINGS", "lit_advgame.defenses.rank", "RANK_ROUNDINGS"),
     ("SMOOTHED_OUTPUTS", "lit_advgame.defenses.smoothed", "SMOOTHED_OUTPUTS"),
+    ("DEFENSE_ANALYSES", "lit_advgame.defenses.module", "DEFENSE_ANALYSES"),
     ("EPS_SEARCHES", "lit_advgame.attributions.cost", "EPS_SEARCHES"),
     ("CW_BOXES", "lit_advgame.attributions.cost", "CW_BOXES"),
     ("NORMS", "lit_advgame.attributions.cost", "COST_ATTACKS"),

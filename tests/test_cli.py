@@ -147,7 +147,7 @@ FRAGMENTS = {"callbacks_digits.yaml", "robustness_digits.yaml"}  # extra --confi
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name not in FRAGMENTS))
 def test_every_config_parses(name, capsys):
-    subcommand = "predict" if name.startswith(("attack_", "analysis_")) else "fit"
+    subcommand = "predict" if name.startswith(("attack_", "analysis_", "attributions_", "defenses_")) else "fit"
     with pytest.raises(SystemExit) as exc:
         main([subcommand, "--config", str(CONFIGS / name), "--print_config"])
     assert exc.value.code == 0

@@ -28,7 +28,10 @@ Records (one shard per batch, see :class:`~lit_advgame.analysis.writer.AnalysisW
 ``only_reached=False``), ``num_forward_passes`` (masked inputs); per image, model and order (float64, NaN where not
 analysed) ``clean``, ``adversarial``, ``delta``, ``utility`` and their ``*_stderr``. Subclasses add quantities by
 extending :meth:`InteractionAnalysis.analyze_image`: any ``(B, K, O)`` record with a ``<name>_stderr`` partner is
-aggregated by :func:`~lit_advgame.analysis.results.aggregate` like these.
+aggregated by :func:`~lit_advgame.analysis.results.aggregate` like these. Further extension points:
+:meth:`~InteractionAnalysis.selects` (which images are analysed), :meth:`~InteractionAnalysis.model_game` (the game
+of a model), :meth:`~InteractionAnalysis.analyze_correct_image` with :meth:`~InteractionAnalysis.extra_records`
+(records of any shape of every correctly classified image; :class:`lit_advgame.defenses.DefenseAnalysis` uses them).
 
 The attack needs gradients: configs set ``trainer.inference_mode: false``.
 """
@@ -46,7 +49,7 @@ from typing_extensions import override
 
 from lit_advgame.callbacks.game_settings import DEFAULT_GAME, GameSettings, settings_argument
 from lit_advgame.callbacks.probe_attack import STRENGTH, ProbeAttack
-from lit_advgame.interactions import DEFAULT_BATCH_SIZE, InteractionChangeResult, interaction_change
+from lit_advgame.interactions import DEFAULT_BATCH_SIZE, InputGame, InteractionChangeResult, interaction_change
 from lit_advgame.predict.models import describe, load_classifiers
 from lit_advgame.predict.sharded import ShardedPredictModule, check_normalization
 from lit_advgame.utils.checks import check_choice, check_int
@@ -126,6 +129,8 @@ class InteractionAnalysis(ShardedPredictModule):
     """
 
     writer_class_path = "lit_advgame.analysis.AnalysisWriter"
+    progress_description = "Analysing"
+    work_verb = "analyse"
     #: the per-order records (``(B, K, O)`` float64, NaN where not analysed), each quantity with its ``_stderr``
     order_records: tuple[str, ...] = tuple(name for q in ORDER_QUANTITIES for name in (q, f"{q}_stderr"))
 
@@ -219,14 +224,34 @@ class InteractionAnalysis(ShardedPredictModule):
     ) -> dict[str, torch.Tensor]:
         """The per-order quantities of one analysed image (``(1, O)`` each, see :func:`per_image_quantities`) and
         ``num_forward_passes`` (an int); the pairs and contexts are seeded by the image's dataset ``index``."""
-        clean = self.settings.game(model, x, y, self.masked_batch_size)
-        adversarial = self.settings.game(model, x_adv, y, self.masked_batch_size)
+        clean, adversarial = self.model_game(model, x, y), self.model_game(model, x_adv, y)
         result = interaction_change(
             clean, adversarial, **self.settings.estimator_kwargs(image_seed(self.seed, "game", index))
         )
         out = per_image_quantities(result)
         out["num_forward_passes"] = result.num_forward_passes
         return out
+
+    def model_game(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> InputGame:
+        """The input game of ``model`` on images ``x`` with true classes ``y`` (the ``game`` settings)."""
+        return self.settings.game(model, x, y, self.masked_batch_size)
+
+    def selects(self, record: Mapping[str, Any]) -> bool:
+        """Whether an image is analysed, from its record (``clean_correct``, ``reached``, ``adv_misclassified``):
+        correctly classified, and its strength attack reached its window unless ``only_reached=False``."""
+        return record["clean_correct"] and (record["reached"] or not self.only_reached)
+
+    def analyze_correct_image(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: int
+    ) -> dict[str, torch.Tensor]:
+        """Records of every correctly classified image, whether analysed or not (none here; subclasses add their
+        own attacks' results); their fill values come from :meth:`extra_records`."""
+        return {}
+
+    def extra_records(self) -> dict[str, torch.Tensor]:
+        """A subclass's further per-image, per-model records: name -> the value of an image without it (its
+        shape and dtype: NaN, False, 0)."""
+        return {}
 
     def _image_records(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: int) -> dict[str, Any]:
         with torch.no_grad():
@@ -246,11 +271,13 @@ class InteractionAnalysis(ShardedPredictModule):
             "adv_misclassified": bool(adv_logits.argmax(dim=1) != y),
             "logit_drop": float(clean_logits[0, y] - adv_logits[0, y]),
             "linf": float((x_adv - x).abs().max()),
-            "analyzed": correct and (reached or not self.only_reached),
         }
+        record["analyzed"] = self.selects(record)
         if record["analyzed"]:
             analysis = self.analyze_image(model, x, y, x_adv, index)
             record.update({k: v[0] if isinstance(v, torch.Tensor) else v for k, v in analysis.items()})
+        if correct:
+            record.update(self.analyze_correct_image(model, x, y, index))
         return record
 
     def analyze_batch(
@@ -285,6 +312,13 @@ class InteractionAnalysis(ShardedPredictModule):
         for key in self.order_records:
             records[key] = torch.stack(
                 [torch.stack([rec[key].detach().double().cpu() if key in rec else nan for rec in row]) for row in rows]
+            )
+        for key, fill in self.extra_records().items():
+            records[key] = torch.stack(
+                [
+                    torch.stack([rec[key].detach().to(fill.dtype).cpu() if key in rec else fill for rec in row])
+                    for row in rows
+                ]
             )
         return records
 

@@ -83,6 +83,18 @@ class AnalysisWriter(AdversarialWriter):
             )
         super().setup(trainer, pl_module, stage)
 
+    def aggregate(self, records: Mapping[str, Any]) -> dict[str, Any]:
+        """The aggregates of the merged records (``summary.json``): :func:`~lit_advgame.analysis.results.aggregate`;
+        subclasses add theirs."""
+        return aggregate(records, self.meta)
+
+    def tables(self, summary: Mapping[str, Any]) -> str:
+        """The Markdown of ``summary.md`` (printed at the end): :func:`~lit_advgame.analysis.results.summary_table`."""
+        return summary_table(summary)
+
+    def write_files(self, records: Mapping[str, Any]) -> None:
+        """Further files of a subclass from the merged records (none here)."""
+
     def _figures(self, summary: Mapping[str, Any]) -> dict[str, Figure]:
         figures = {f"interactions/{model}": interactions_figure(summary, model) for model in summary["models"]}
         figures.update({key: comparison_figure(summary, key) for key in COMPARISONS})
@@ -92,15 +104,16 @@ class AnalysisWriter(AdversarialWriter):
     def _write_summary(self, trainer: pl.Trainer, pl_module: pl.LightningModule, served: set[int]) -> None:
         """Aggregate the merged records; write the summaries, tables and figures; print the table; log (rank 0)."""
         seconds = time.perf_counter() - (self._started or time.perf_counter())
-        self.summary = {**aggregate(self.merged or {}, self.meta), "seconds": seconds}
+        self.summary = {**self.aggregate(self.merged or {}), "seconds": seconds}
         if self.to_attack is not None:
             self.summary["analysed_this_run"] = int(self.to_attack)
         atomic_write_text(self.output_dir / "summary.json", json.dumps(self.summary, indent=2) + "\n")
-        table = summary_table(self.summary)
+        table = self.tables(self.summary)
         atomic_write_text(self.output_dir / "summary.md", table)
         if self.merged:
             atomic_write_text(self.output_dir / "per_image.csv", per_image_csv(self.merged, self.meta))
             atomic_write_text(self.output_dir / "aggregate.csv", aggregate_csv(self.summary))
+            self.write_files(self.merged)
         report(trainer, table)
         figures = self._figures(self.summary) if self.figures and self.summary["models"] else {}
         for tag, fig in figures.items():

@@ -271,6 +271,8 @@ class AttributionAnalysis(ShardedPredictModule):
 
     writer_class_path = "lit_advgame.attributions.AttributionWriter"
     per_image_results = True
+    progress_description = "Computing attributions"
+    work_verb = "analyse"
 
     def __init__(
         self,

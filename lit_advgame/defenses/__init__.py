@@ -12,6 +12,10 @@
 * Rank reduction (Jere et al. 2020; Figure 6 right): :func:`svd_rank_reduce`, :func:`kept_rank`,
   :func:`rank_reduced_game`, :class:`RankReductionApproximator` / :func:`rank_reduction_interactions` --
   paired ``I^(m)`` of normal and adversarial images before and after reduction to ``k/4`` and ``k/16``.
+* The ``trainer.predict`` job (:mod:`~lit_advgame.defenses.module`, :mod:`~lit_advgame.defenses.writer`):
+  :class:`DefenseAnalysis` with its settings (:class:`DetectionSettings`, :class:`DropoutSettings`,
+  :class:`RankSettings`, :class:`SmoothedSettings`, :class:`Recoverability`) and :class:`DefenseWriter`
+  (``lit-advgame predict --config configs/defenses_digits.yaml``).
 * Smoothed models (supplement I, Figure 10): :class:`NoisyLogProbabilities`, :func:`smoothed_game` -- the value
   ``E_ε[log p(y | x_S + ε)]`` of a base classifier under seeded Gaussian noise, for every multi-order estimator.
 """
@@ -44,6 +48,13 @@ from lit_advgame.defenses.dropout import (
     dropout_value_from_interactions,
     neighbour_fill,
 )
+from lit_advgame.defenses.module import (
+    DefenseAnalysis,
+    DetectionSettings,
+    DropoutSettings,
+    RankSettings,
+    SmoothedSettings,
+)
 from lit_advgame.defenses.rank import (
     PAPER_FRACTIONS,
     RankReductionApproximator,
@@ -61,14 +72,19 @@ from lit_advgame.defenses.recovery import (
     recoverability_table,
 )
 from lit_advgame.defenses.smoothed import NoisyLogProbabilities, smoothed_game
+from lit_advgame.defenses.writer import DefenseWriter
 
 __all__ = [
     "AttributionDetector",
     "CorrectionResult",
     "Cutout",
     "DEFAULT_STATISTICS",
+    "DefenseAnalysis",
+    "DefenseWriter",
     "DetectionResult",
+    "DetectionSettings",
     "DetectorScores",
+    "DropoutSettings",
     "EarlyStoppedAttack",
     "EarlyStoppedResult",
     "LeaveOneOutScores",
@@ -77,8 +93,10 @@ __all__ = [
     "PixelDropout",
     "RankReductionApproximator",
     "RankReductionResult",
+    "RankSettings",
     "Recoverability",
     "RecoveryResult",
+    "SmoothedSettings",
     "attribution_statistic",
     "check_dropout_rate",
     "compare_recoverability",

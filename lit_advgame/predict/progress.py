@@ -72,11 +72,12 @@ class AttackProgressBar(TQDMProgressBar):
         super().__init__(refresh_rate=refresh_rate, process_position=process_position, leave=leave)
         self.images = 0
         self.total_images: int | None = None
+        self.description = "Attacking"
 
     @override
     def init_predict_tqdm(self) -> Tqdm:
         return Tqdm(
-            desc="Attacking",
+            desc=self.description,
             total=self.total_images,
             unit="img",
             position=2 * self.process_position,
@@ -93,6 +94,7 @@ class AttackProgressBar(TQDMProgressBar):
         planned = getattr(pl_module, "planned_images", None)
         self.total_images = planned() if callable(planned) else None
         self.images = 0
+        self.description = str(getattr(pl_module, "progress_description", "Attacking"))  # the job's work
         super().on_predict_start(trainer, pl_module)
 
     @override

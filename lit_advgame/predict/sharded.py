@@ -74,6 +74,10 @@ class ShardedPredictModule(pl.LightningModule):
     #: results are per image (seeded by the dataset index alone): a batch is finished when all its images are
     #: saved, from any batch (see :meth:`batch_finished`), and :meth:`claim_images` skips the saved ones
     per_image_results: ClassVar[bool] = False
+    #: the job's work, as the progress bar names it (``Attacking: 40%|████ | 48/128``) and the writer's first line
+    #: (``attacking 128 images into ...``); the verb of ``80 to attack``
+    progress_description: ClassVar[str] = "Attacking"
+    work_verb: ClassVar[str] = "attack"
 
     def __init__(self) -> None:
         super().__init__()

@@ -284,10 +284,12 @@ class AdversarialWriter(BasePredictionWriter):
             total = sum(len(b) for b in batches)
             saved = sum(len(b) for b in batches if pl_module.batch_finished(b))
             self.to_attack = total - saved
+            verb = getattr(pl_module, "work_verb", "attack")
             if saved:
-                line = f"resuming {folder}: {saved}/{total} already saved, {total - saved} to attack"
+                line = f"resuming {folder}: {saved}/{total} already saved, {total - saved} to {verb}"
             else:
-                line = f"attacking {total} images into {folder}"
+                doing = str(getattr(pl_module, "progress_description", "Attacking")).lower()
+                line = f"{doing} {total} images into {folder}"
         report(trainer, f"{type(self).__name__}: {line}")
 
     @override
