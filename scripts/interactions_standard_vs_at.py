@@ -361,6 +361,9 @@ def analyse(
             "share": share.tolist(),
             "share_low": float(share[low].sum()),
             "share_high": float(share[high].sum()),
+            # the bands hold 3 and 5 of the 11 orders: a flat share gives 3/11 and 5/11, so compare per order
+            "share_low_per_order": float(share[low].mean()),
+            "share_high_per_order": float(share[high].mean()),
             "D": dis.values.tolist(),
             "D_stderr": dis.stderr.tolist(),
             "D_per_pair_form": dis.per_pair_form.tolist(),
@@ -435,8 +438,10 @@ def summarize(results: dict[str, dict[str, Any]], bootstrap: dict[str, Any]) -> 
         "share_high": {k: r["share_high"] for k, r in results.items()},
         "D_low_mean": {k: r["D_low_mean"] for k, r in results.items()},
         "share_high_difference": bootstrap.get("share_high_difference"),
-        "claim2_high_dominates_standard": s["share_high"] > s["share_low"],
-        "claim2_high_dominates_adversarial": a["share_high"] > a["share_low"],
+        "share_low_per_order": {k: r["share_low_per_order"] for k, r in results.items()},
+        "share_high_per_order": {k: r["share_high_per_order"] for k, r in results.items()},
+        "claim2_high_dominates_standard": s["share_high_per_order"] > s["share_low_per_order"],
+        "claim2_high_dominates_adversarial": a["share_high_per_order"] > a["share_low_per_order"],
         "claim2_less_for_adversarial": a["share_high"] < s["share_high"],
         "claim3_D_low_higher_for_adversarial": a["D_low_mean"] > s["D_low_mean"],
     }
@@ -452,13 +457,16 @@ def summary_lines(value: str, results: dict[str, dict[str, Any]], summary: dict[
         f"AT {a['share_high']:.3f} ± {a['share_high_stderr']:.3f}; AT − standard high: "
         f"{a['share_high'] - s['share_high']:+.3f} ± {summary['share_high_difference']['stderr']:.3f} "
         "(± image bootstrap, paired)",
+        f"- {VALUE_LABELS[value]}: mean share per order, low / high band (a flat share gives 1/11 = 0.091 each): "
+        f"standard {s['share_low_per_order']:.3f} / {s['share_high_per_order']:.3f}, AT "
+        f"{a['share_low_per_order']:.3f} / {a['share_high_per_order']:.3f}",
         f"- {VALUE_LABELS[value]}: mean D^(m) over r ∈ {low_ratios}: standard {s['D_low_mean']:.3f} ± "
         f"{s['D_low_mean_stderr_indep']:.3f}, AT {a['D_low_mean']:.3f} ± {a['D_low_mean_stderr_indep']:.3f} "
         "(se combines the per-order se as if independent)",
-        f"- {VALUE_LABELS[value]}: claim 2a (high > low): standard {summary['claim2_high_dominates_standard']}, "
-        f"AT {summary['claim2_high_dominates_adversarial']}; claim 2b (AT high-order share smaller): "
-        f"{summary['claim2_less_for_adversarial']}; claim 3 (AT low-order D higher): "
-        f"{summary['claim3_D_low_higher_for_adversarial']}",
+        f"- {VALUE_LABELS[value]}: claim 2a (high > low, per order): standard "
+        f"{summary['claim2_high_dominates_standard']}, AT {summary['claim2_high_dominates_adversarial']}; "
+        f"claim 2b (AT high-order share smaller): {summary['claim2_less_for_adversarial']}; "
+        f"claim 3 (AT low-order D higher): {summary['claim3_D_low_higher_for_adversarial']}",
     ]
 
 
