@@ -43,6 +43,7 @@ from lit_advgame.interactions.attacking_utility import (
     attacking_utility,
     check_paired_games,
     interaction_change,
+    interaction_change_from_samples,
 )
 from lit_advgame.interactions.baselines import (
     BASELINE_NAMES,
@@ -171,6 +172,7 @@ __all__ = [
     "grid_player_map",
     "grid_shape",
     "interaction_change",
+    "interaction_change_from_samples",
     "interaction_strength",
     "make_baseline",
     "make_generator",

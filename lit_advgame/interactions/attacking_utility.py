@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from lit_advgame.interactions.game import MaskedGame
-from lit_advgame.interactions.multi_order import PairSampling, multi_order_from_samples
+from lit_advgame.interactions.multi_order import PairDeltaSamples, PairSampling, multi_order_from_samples
 from lit_advgame.interactions.options import build_approximator
 from lit_advgame.interactions.orders import OrderSpec, utility_weights
 from lit_advgame.interactions.results import InteractionChangeResult
@@ -78,27 +78,39 @@ class InteractionChangeApproximator(PairSampling):
         and value function (:func:`check_paired_games`).
         """
         check_paired_games(clean_game, adversarial_game)
-        samples = self.sample([clean_game, adversarial_game])
-        clean = multi_order_from_samples(samples, 0)
-        adversarial = multi_order_from_samples(samples, 1)
-        change = summarize_two_stage(
-            samples.deltas[0] - samples.deltas[1], samples.exhaustive_pairs, samples.enumerated
-        )
-        n = samples.num_players
-        weights = torch.tensor(utility_weights(samples.orders.orders, n), dtype=torch.float64)
-        total = change.values.abs().sum()
-        share = change.values.abs() / total if float(total) > 0 else torch.full_like(change.values, float("nan"))
-        return InteractionChangeResult(
-            clean=clean,
-            adversarial=adversarial,
-            **change.aggregates(),
-            per_pair=change.per_pair,
-            weights=weights,
-            utility=weights * change.values,
-            utility_stderr=weights * change.stderr,
-            utility_sum=n * (n - 1) * weights * change.values,
-            share=share,
-        )
+        return interaction_change_from_samples(self.sample([clean_game, adversarial_game]))
+
+
+def interaction_change_from_samples(
+    samples: PairDeltaSamples, clean_index: int = 0, adversarial_index: int = 1
+) -> InteractionChangeResult:
+    """``ΔI^(m)``, ``ΔJ^(m) = (n-1-m)/(n(n-1)) · ΔI^(m)`` and the shares (Ren et al., NeurIPS 2021, Eq. 3, §4.1)
+    from shared samples (see :class:`~lit_advgame.interactions.multi_order.PairSampling`): the games
+    ``clean_index`` and ``adversarial_index`` of ``samples`` (drawn with the same pairs and contexts).
+
+    With :func:`~lit_advgame.interactions.disentanglement.disentanglement_from_samples` on the same samples,
+    ``D^(m)`` of the clean game comes without further forward passes.
+    """
+    clean = multi_order_from_samples(samples, clean_index)
+    adversarial = multi_order_from_samples(samples, adversarial_index)
+    change = summarize_two_stage(
+        samples.deltas[clean_index] - samples.deltas[adversarial_index], samples.exhaustive_pairs, samples.enumerated
+    )
+    n = samples.num_players
+    weights = torch.tensor(utility_weights(samples.orders.orders, n), dtype=torch.float64)
+    total = change.values.abs().sum()
+    share = change.values.abs() / total if float(total) > 0 else torch.full_like(change.values, float("nan"))
+    return InteractionChangeResult(
+        clean=clean,
+        adversarial=adversarial,
+        **change.aggregates(),
+        per_pair=change.per_pair,
+        weights=weights,
+        utility=weights * change.values,
+        utility_stderr=weights * change.stderr,
+        utility_sum=n * (n - 1) * weights * change.values,
+        share=share,
+    )
 
 
 def interaction_change(

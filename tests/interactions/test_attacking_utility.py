@@ -7,8 +7,12 @@ import torch
 
 from lit_advgame.interactions import (
     InputGame,
+    PairSampling,
+    disentanglement,
+    disentanglement_from_samples,
     exact_interactions,
     interaction_change,
+    interaction_change_from_samples,
     multi_order_interactions,
 )
 from tests.interactions.helpers import make_images, make_tiny_cnn
@@ -42,6 +46,25 @@ def test_same_pairs_and_contexts_for_both_inputs(games):
     same = interaction_change(clean, clean, ORDERS, generator=torch.Generator().manual_seed(0), **kwargs)
     assert torch.equal(same.values, torch.zeros_like(same.values))
     assert torch.equal(same.stderr, torch.zeros_like(same.stderr))
+
+
+def test_change_from_shared_samples_equals_the_estimator_and_gives_d_for_free(games):
+    """One draw of samples on (clean, adv) gives ΔI^(m) as interaction_change and D^(m) as disentanglement."""
+    clean, adv, _, _ = games
+    kwargs = {"num_pairs": 5, "num_contexts": 4}
+    samples = PairSampling(orders=ORDERS, random_state=0, **kwargs).sample([clean, adv])
+    shared = interaction_change_from_samples(samples)
+    change = interaction_change(clean, adv, ORDERS, generator=torch.Generator().manual_seed(0), **kwargs)
+    for name in ("values", "stderr", "per_image", "per_pair", "utility", "utility_stderr", "utility_sum", "share"):
+        assert torch.equal(getattr(shared, name), getattr(change, name)), name
+    assert torch.equal(shared.clean.values, change.clean.values)
+    assert torch.equal(shared.adversarial.values, change.adversarial.values)
+    # the games swapped: the change flips sign, its shares stay
+    swapped = interaction_change_from_samples(samples, clean_index=1, adversarial_index=0)
+    assert torch.equal(swapped.values, -change.values) and torch.equal(swapped.share, change.share)
+    alone = disentanglement(clean, ORDERS, generator=torch.Generator().manual_seed(0), **kwargs)
+    from_samples = disentanglement_from_samples(samples, 0)
+    assert torch.equal(from_samples.values, alone.values) and torch.equal(from_samples.stderr, alone.stderr)
 
 
 def test_change_and_utility_converge_to_the_oracle(games):
