@@ -157,3 +157,19 @@ def test_costs_are_announced_and_checked_before_any_work(model, images, caplog):
     assert f"interaction[mean]: up to {planned:,} masked forward passes (3 images x 9 players x 2 order(s))" in (
         caplog.text
     )
+
+
+def test_a_smoothed_model_counts_its_base_classifier_passes_in_the_plan_and_the_budget(model, images, caplog):
+    from lit_advgame.defenses import NoisyLogProbabilities
+
+    noisy = NoisyLogProbabilities(model, sigma=0.1, num_draws=4, seed=0)
+    game = ml_loo_game(noisy, images, grid=3)
+    planned = AttributionDetector("ml_loo").planned_forward_passes(3, 9)  # 3 x (9 + 2) masked inputs
+    with pytest.raises(ValueError, match=f"needs up to {4 * planned:,} forward passes"):
+        AttributionDetector("ml_loo", max_forward_passes=4 * planned - 1).scores(game)
+    assert game.forward_passes == 0
+    with caplog.at_level(logging.INFO):
+        AttributionDetector("ml_loo", max_forward_passes=4 * planned).scores(game)
+    assert f"up to {planned:,} masked forward passes (3 images x 9 players x 1 order(s)) x 4 base-classifier" in (
+        caplog.text
+    )

@@ -319,22 +319,30 @@ class AttributionDetector:
         pairs = n * (n - 1) // 2 if self.num_pairs is None else self.num_pairs
         return num_images * (4 * pairs * sum(contexts) + 1)
 
-    def describe_plan(self, num_images: int, num_players: int) -> str:
-        """``"<kind>[<statistic>]: <passes> masked forward passes (<images> images x <n> players x <O> orders)"``."""
+    def describe_plan(self, num_images: int, num_players: int, forward_multiplier: int = 1) -> str:
+        """``"<kind>[<statistic>]: <passes> masked forward passes (<images> images x <n> players x <O> orders)"``;
+        with ``forward_multiplier > 1`` (a model that runs its base classifier several times per input, e.g.
+        :class:`~lit_advgame.defenses.NoisyLogProbabilities`) also the base classifier's forward passes."""
         passes = self.planned_forward_passes(num_images, num_players)
         orders = len(self.resolve_orders(num_players))
-        return (
+        plan = (
             f"{self.name}: up to {passes:,} masked forward passes ({num_images} images x {num_players} players x "
             f"{orders} order(s))"
         )
+        if forward_multiplier > 1:
+            plan += f" x {forward_multiplier} base-classifier passes each = {passes * forward_multiplier:,}"
+        return plan
 
     def scores(self, game: MaskedGame) -> DetectorScores:
         """Score every image of ``game``: ``(B, O)`` (announces its cost, checks the budget first)."""
         game = _check_game(game)
         n, batch = game.num_players, game.num_images
         resolved = self.resolve_orders(n)
-        check_budget(self.planned_forward_passes(batch, n), self.max_forward_passes, self.describe_plan(batch, n))
-        rank_zero_info(self.describe_plan(batch, n))
+        # a smoothed model runs its base classifier `forward_multiplier` times per masked input: the budget counts them
+        multiplier = int(getattr(game.model, "forward_multiplier", 1))
+        plan = self.describe_plan(batch, n, multiplier)
+        check_budget(self.planned_forward_passes(batch, n) * multiplier, self.max_forward_passes, plan)
+        rank_zero_info(plan)
         before = game.forward_passes
         if self.kind == "ml_loo":
             attributions = leave_one_out_scores(game, max_forward_passes=None).per_player.unsqueeze(1)  # (B, 1, n)
