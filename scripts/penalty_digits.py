@@ -22,16 +22,16 @@ Results are written to ``--out`` (JSON) after every (run, seed); a rerun with th
 ones (an interrupted run loses at most the run in progress; more ``--seeds`` or ``--lambdas`` add runs), and a rerun
 with other settings is refused unless ``--fresh``. Prints Markdown tables (mean ± standard error over seeds).
 
-Defaults (the README's measured setting): 200 training images, 100 epochs (the plain model reaches 100 % training
-accuracy by epoch ~45 and its validation loss rises from epoch ~25 on), the ordinary model at 20 epochs, 3 seeds,
-λ ∈ {0.1, 1, 10} (the penalty's E|SII| is ~0.25-0.6 in log-probability units, so λ·penalty spans from below to
-above the cross-entropy of the later epochs), the low-order Shapley penalty with weight 1 on orders
-``[0, 0.3 n]``. On the shared 2-core CPU with 1 thread: a penalized step ~0.6 s (4 steps per epoch), a
-measurement ~25 s, about 50-60 min in all.
+Defaults (the README's measured setting): 200 training images, 60 epochs (the plain model reaches 100 % training
+accuracy by epoch ~45, its validation loss is lowest near epoch 25 and rises after it), the ordinary model at 20
+epochs, 3 seeds, λ ∈ {0.1, 1, 10} (the penalty's E|SII| is ~0.25-0.6 in log-probability units, so λ·penalty spans
+from below to above the cross-entropy of the later epochs), the low-order Shapley penalty with weight 1 on orders
+``[0, 0.3 n]``, 32 probes. On the shared 2-core CPU with 1 thread, alone: a penalized step ~0.6 s (4 steps per
+epoch), a measurement ~12 s, ~10 min per seed; with the other jobs of that machine it took longer (README).
 
 Example::
 
-    python scripts/penalty_digits.py                                  # defaults (~1 h: see above)
+    python scripts/penalty_digits.py                                  # defaults (see above)
     python scripts/penalty_digits.py --epochs 2 --seeds 1 --lambdas 1 --probes 8 --out /tmp/smoke.json  # smoke run
 """
 
@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     p.add_argument("--train-subset", type=int, default=200)
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--early-epochs", type=int, default=20, help="plain model measured after this many epochs too")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grid", type=int, default=4)
     p.add_argument("--num-pairs", type=int, default=2, help="penalty pairs per image and step")
     p.add_argument("--num-samples", type=int, default=8, help="penalty contexts per pair and step")
-    p.add_argument("--probes", type=int, default=64, help="test images of the strength measurement")
+    p.add_argument("--probes", type=int, default=32, help="test images of the strength measurement")
     p.add_argument("--eval-samples", type=int, default=64, help="contexts per pair of the measurement")
     p.add_argument("--out", default="runs/penalty_digits/results.json")
     p.add_argument("--fresh", action="store_true", help="discard the results in --out instead of resuming")
