@@ -56,7 +56,7 @@ from lit_advgame.utils.modes import eval_mode
 #: the slides' table (MNIST, ResNet-44): E|SII| of an ordinary and of an over-fitted model
 SLIDES_STRENGTH = {"ordinary": 2.17e-3, "over-fitted": 3.64e-3}
 #: arguments that may change between a run and its resumption (they only add or name runs)
-RESUMABLE_ARGS = ("seeds", "lambdas", "shapley_weights", "out", "fresh")
+RESUMABLE_ARGS = ("seeds", "lambdas", "shapley_weights", "out", "fresh", "report")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,6 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-samples", type=int, default=64, help="contexts per pair of the measurement")
     p.add_argument("--out", default="runs/penalty_digits/results.json")
     p.add_argument("--fresh", action="store_true", help="discard the results in --out instead of resuming")
+    p.add_argument("--report", action="store_true", help="only print the tables of the results in --out (no training)")
     return p.parse_args(argv)
 
 
@@ -183,6 +184,22 @@ def slides_table(results: dict[str, dict[str, tuple[float, float]]], early: str)
     return "\n".join(lines)
 
 
+def ratio_table(per_seed: dict[str, dict[str, dict[str, float]]], pairs: list[tuple[str, str]]) -> str:
+    """``E|SII|`` of one run over another, paired per seed (mean ± standard error over the seeds both have)."""
+    lines = ["| E\\|SII\\| ratio | seeds | measured | slides |", "|---|---|---|---|"]
+    slides = SLIDES_STRENGTH["over-fitted"] / SLIDES_STRENGTH["ordinary"]
+    for numerator, denominator in pairs:
+        seeds = sorted(set(per_seed.get(numerator, {})) & set(per_seed.get(denominator, {})))
+        if not seeds:
+            continue
+        ratios = [per_seed[numerator][seed]["sii"] / per_seed[denominator][seed]["sii"] for seed in seeds]
+        mean, stderr = summary([{"ratio": ratio} for ratio in ratios])["ratio"]
+        label = f"{numerator} / {denominator}"
+        cell = f"{slides:.3g} (over-fitted / ordinary)" if denominator.startswith("plain@") else ""
+        lines.append(f"| {label} | {len(seeds)} | {mean:.3g} ± {stderr:.2g} | {cell} |")
+    return "\n".join(lines)
+
+
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     """The arguments every result in ``--out`` shares (a resumed run must match them)."""
     return {key: value for key, value in vars(args).items() if key not in RESUMABLE_ARGS}
@@ -213,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         plan[early] = (args.early_epochs, {})
     plan.update({name: (args.epochs, kwargs) for name, kwargs in variants(args).items()})
     start = time.perf_counter()
-    for seed in range(args.seeds):
+    for seed in range(0 if args.report else args.seeds):
         for name, (epochs, kwargs) in plan.items():
             if str(seed) in per_seed.get(name, {}):
                 print(f"{name} seed {seed}: done (in {out}), skipped", flush=True)
@@ -232,13 +249,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results[name] = {**summary(rows), "seeds": (float(len(rows)), 0.0)}
     print(markdown(results))
     print("\n" + slides_table(results, early))
+    pairs = [("plain", early)] + [(name, "plain") for name in plan if name not in ("plain", early)]
+    print("\n" + ratio_table(per_seed, pairs))
     seconds = time.perf_counter() - start
     wall = sum(row["wall_s"] for runs in per_seed.values() for row in runs.values())
     print(
         f"\n{args.seeds} seed(s), {args.epochs} epochs on {args.train_subset} images, 1 thread: {seconds:.0f}s this "
         f"call, {wall:.0f}s of training + measurement in {out}"
     )
-    atomic_write_text(out, json.dumps({"settings": settings(args), "per_seed": per_seed, "summary": results}, indent=2))
+    if not args.report:  # --report only reads (a running job may be writing out)
+        summary_json = {"settings": settings(args), "per_seed": per_seed, "summary": results}
+        atomic_write_text(out, json.dumps(summary_json, indent=2))
     return results
 
 
