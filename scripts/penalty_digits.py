@@ -184,19 +184,28 @@ def slides_table(results: dict[str, dict[str, tuple[float, float]]], early: str)
     return "\n".join(lines)
 
 
-def ratio_table(per_seed: dict[str, dict[str, dict[str, float]]], pairs: list[tuple[str, str]]) -> str:
-    """``E|SII|`` of one run over another, paired per seed (mean ± standard error over the seeds both have)."""
-    lines = ["| E\\|SII\\| ratio | seeds | measured | slides |", "|---|---|---|---|"]
+def paired_table(per_seed: dict[str, dict[str, dict[str, float]]], pairs: list[tuple[str, str]]) -> str:
+    """One run against another, paired per seed (mean ± standard error over the seeds both have): the ratio of
+    their ``E|SII|`` and the differences of test accuracy and of the low-order share."""
+    lines = [
+        "| run / reference | seeds | E\\|SII\\| ratio | slides' ratio | Δ test acc | Δ low-order share |",
+        "|---|---|---|---|---|---|",
+    ]
     slides = SLIDES_STRENGTH["over-fitted"] / SLIDES_STRENGTH["ordinary"]
-    for numerator, denominator in pairs:
-        seeds = sorted(set(per_seed.get(numerator, {})) & set(per_seed.get(denominator, {})))
+    for run, reference in pairs:
+        seeds = sorted(set(per_seed.get(run, {})) & set(per_seed.get(reference, {})))
         if not seeds:
             continue
-        ratios = [per_seed[numerator][seed]["sii"] / per_seed[denominator][seed]["sii"] for seed in seeds]
-        mean, stderr = summary([{"ratio": ratio} for ratio in ratios])["ratio"]
-        label = f"{numerator} / {denominator}"
-        cell = f"{slides:.3g} (over-fitted / ordinary)" if denominator.startswith("plain@") else ""
-        lines.append(f"| {label} | {len(seeds)} | {mean:.3g} ± {stderr:.2g} | {cell} |")
+        a, b = [per_seed[run][seed] for seed in seeds], [per_seed[reference][seed] for seed in seeds]
+        rows = [
+            {"ratio": x["sii"] / y["sii"], "acc": x["test_acc"] - y["test_acc"], "low": x["low_share"] - y["low_share"]}
+            for x, y in zip(a, b, strict=True)
+        ]
+        stats = summary(rows)
+        cells = [f"{stats['ratio'][0]:.3g} ± {stats['ratio'][1]:.2g}"]
+        cells.append(f"{slides:.3g} (over-fitted / ordinary)" if reference.startswith("plain@") else "")
+        cells += [f"{stats[key][0]:+.3g} ± {stats[key][1]:.2g}" for key in ("acc", "low")]
+        lines.append(f"| {run} / {reference} | {len(seeds)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -250,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(markdown(results))
     print("\n" + slides_table(results, early))
     pairs = [("plain", early)] + [(name, "plain") for name in plan if name not in ("plain", early)]
-    print("\n" + ratio_table(per_seed, pairs))
+    print("\n" + paired_table(per_seed, pairs))
     seconds = time.perf_counter() - start
     wall = sum(row["wall_s"] for runs in per_seed.values() for row in runs.values())
     print(

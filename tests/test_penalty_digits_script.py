@@ -73,7 +73,7 @@ def test_results_are_written_per_run_and_a_rerun_resumes(script, tmp_path, monke
     before = out.read_text()
     report = script.main([*TINY, "--seeds", "3", "--out", str(out), "--report"])  # tables only: no training
     assert trained == [] and out.read_text() == before and report["plain"]["seeds"][0] == 2
-    assert "| plain / plain@1ep | 2 |" in capsys.readouterr().out
+    assert "| plain / plain@1ep | 2 | " in capsys.readouterr().out
 
     with pytest.raises(SystemExit, match="other settings .*'epochs': \\(1, 2\\).*--fresh"):
         script.main([*TINY, "--seeds", "2", "--out", str(out), "--epochs", "2"])
