@@ -38,7 +38,6 @@ The attack needs gradients: configs set ``trainer.inference_mode: false``.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -50,9 +49,10 @@ from typing_extensions import override
 from lit_advgame.callbacks.game_settings import DEFAULT_GAME, GameSettings, settings_argument
 from lit_advgame.callbacks.probe_attack import STRENGTH, ProbeAttack
 from lit_advgame.interactions import DEFAULT_BATCH_SIZE, InputGame, InteractionChangeResult, interaction_change
-from lit_advgame.predict.models import describe, load_classifiers
-from lit_advgame.predict.sharded import ShardedPredictModule, check_normalization
+from lit_advgame.predict.models import describe
+from lit_advgame.predict.sharded import ShardedPredictModule, image_indices, load_checked_models
 from lit_advgame.utils.checks import check_choice, check_int
+from lit_advgame.utils.io import json_safe
 from lit_advgame.utils.seeding import derive_seed
 from lit_advgame.vocabulary import PROBE_ATTACKS, ProbeAttackName
 
@@ -68,18 +68,6 @@ IMAGE_RECORDS = {
     "linf": torch.float32,
     "num_forward_passes": torch.int64,
 }
-
-
-def _json_safe(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _json_safe(dataclasses.asdict(value))
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
 
 
 def image_seed(seed: int, stream: str, index: int) -> int:
@@ -165,10 +153,9 @@ class InteractionAnalysis(ShardedPredictModule):
         self.save_hyperparameters(ignore=["seed"])
         self.settings = settings_argument(GameSettings, game, {}, type(self).__name__, "game")
         self.attack = ProbeAttack(attack, attack_kwargs, seed=0)  # validates the attack's options now
-        shape = None if input_shape is None else tuple(int(s) for s in input_shape)
-        loaded = load_classifiers(models, "models", num_classes=num_classes, input_shape=shape, mean=mean, std=std)
-        for m in loaded:
-            check_normalization(f"model {m.name!r}", m, mean, std)
+        loaded = load_checked_models(
+            models, "models", num_classes=num_classes, input_shape=input_shape, mean=mean, std=std
+        )
         self.models = nn.ModuleList([m.model for m in loaded])
         self.model_names = [m.name for m in loaded]
         self.model_specs = describe(loaded)
@@ -183,7 +170,7 @@ class InteractionAnalysis(ShardedPredictModule):
     def run_metadata(self) -> dict[str, Any]:
         """JSON-able description of this analysis (written next to the shards, checked on resume)."""
         orders = self.settings.resolved
-        return _json_safe(
+        return json_safe(
             {
                 "name": self.run_name,
                 "kind": "interaction_analysis",
@@ -201,11 +188,6 @@ class InteractionAnalysis(ShardedPredictModule):
                 "masked_batch_size": self.masked_batch_size,
             }
         )
-
-    @override
-    def batch_finished(self, indices: Sequence[int]) -> bool:
-        """Whether every image of the batch is saved (results are per image: any batch that held them will do)."""
-        return all(int(i) in self._finished for i in indices)
 
     # ------------------------------------------------------------------ the analysis
     def attack_image(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: int) -> dict[str, torch.Tensor]:
@@ -284,9 +266,7 @@ class InteractionAnalysis(ShardedPredictModule):
         self, x: torch.Tensor, y: torch.Tensor, indices: Sequence[int] | torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """Analyse images ``x`` with labels ``y`` and dataset ``indices`` with every model; returns the records."""
-        indices = [int(i) for i in torch.as_tensor(indices).flatten().tolist()]
-        if x.shape[0] == 0 or len(indices) != x.shape[0]:
-            raise ValueError(f"got {len(indices)} dataset indices for a batch of {x.shape[0]} images (need >= 1)")
+        indices = image_indices(x, indices)
         y = y.long()
         if not self._checked_setup:
             for model in self.models:
@@ -330,9 +310,7 @@ class InteractionAnalysis(ShardedPredictModule):
 
     @override
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        claimed = self.claim_batch(batch, batch_idx)
+        claimed = self.claim_images(batch, batch_idx)  # per image: the saved ones are skipped
         if isinstance(claimed, dict):
             return claimed
-        x, y, indices = claimed
-        todo = [b for b, i in enumerate(indices) if i not in self._finished]  # per image: skip the saved ones
-        return self.analyze_batch(x[todo], y[todo], [indices[b] for b in todo])
+        return self.analyze_batch(*claimed)

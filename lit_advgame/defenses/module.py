@@ -59,7 +59,7 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from lit_advgame.analysis.module import ORDER_QUANTITIES, InteractionAnalysis, _json_safe, image_seed
+from lit_advgame.analysis.module import ORDER_QUANTITIES, InteractionAnalysis, image_seed
 from lit_advgame.attacks.presets import build_attack, preset_config
 from lit_advgame.callbacks.game_settings import settings_argument
 from lit_advgame.defenses.detection import AttributionDetector, ml_loo_game
@@ -72,6 +72,7 @@ from lit_advgame.interactions.players import grid_shape
 from lit_advgame.models.weights import read_checkpoint
 from lit_advgame.predict.progress import report
 from lit_advgame.utils.checks import check_choice, check_int
+from lit_advgame.utils.io import json_safe
 from lit_advgame.utils.modes import eval_mode
 from lit_advgame.vocabulary import (
     DEFENSE_ANALYSES,
@@ -422,7 +423,7 @@ class DefenseAnalysis(InteractionAnalysis):
             rank_labels=list(self.rank.labels) if self.rank is not None else [],
             seeding="per image: derive_seed(seed, <stream>, <dataset index>)",
         )
-        return _json_safe(meta)
+        return json_safe(meta)
 
     # ------------------------------------------------------------------ costs
     def planned_costs(self) -> dict[str, int]:

@@ -45,14 +45,13 @@ from matplotlib.figure import Figure
 from typing_extensions import override
 
 from lit_advgame.analysis.figures import FONT_SIZE
-from lit_advgame.analysis.module import _json_safe
 from lit_advgame.analysis.results import summary_table
 from lit_advgame.analysis.writer import AnalysisWriter
 from lit_advgame.defenses.detection import detection_auc
 from lit_advgame.defenses.module import DefenseAnalysis, analyses_of
 from lit_advgame.defenses.recovery import RecoveryResult, recoverability_table
 from lit_advgame.interactions.stats import mean_and_stderr
-from lit_advgame.utils.io import atomic_write_text
+from lit_advgame.utils.io import atomic_write_text, json_safe
 
 #: the recoverability numbers logged as scalars
 RECOVERY_SCALARS = ("adversarial_distance", "recovered_distance", "closer", "restored", "fooled")
@@ -419,7 +418,7 @@ class DefenseWriter(AnalysisWriter):
                 b, k = b_k
                 row["detection_clean"] = records["detection_clean"][b, k].tolist()
                 row["detection_adversarial"] = records["detection_adversarial"][b, k].tolist()
-        payload = _json_safe({"detection_columns": self.meta.get("detection_columns"), "rows": rows})
+        payload = json_safe({"detection_columns": self.meta.get("detection_columns"), "rows": rows})
         atomic_write_text(self.output_dir / "defenses_per_image.json", json.dumps(payload, indent=1) + "\n")
 
     @override

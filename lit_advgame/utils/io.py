@@ -1,10 +1,12 @@
-"""Atomic file writes: write to a temporary file in the same folder, then rename."""
+"""Atomic file writes (write to a temporary file in the same folder, then rename) and JSON-safe metadata."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +50,21 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda fh: fh.write(text), mode="w")
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` as plain JSON types: dataclasses and mappings become dicts (string keys), tuples lists, non-finite
+    floats strings (``"nan"``, ``"inf"``: strict JSON has no NaN), anything else its ``str``.
+
+    >>> json_safe({"orders": (1, 2), 3: float("nan"), "path": Path("a/b")})
+    {'orders': [1, 2], '3': 'nan', 'path': 'a/b'}
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return json_safe(dataclasses.asdict(value))
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
