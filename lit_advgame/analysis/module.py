@@ -117,6 +117,7 @@ class InteractionAnalysis(ShardedPredictModule):
     """
 
     writer_class_path = "lit_advgame.analysis.AnalysisWriter"
+    per_image_results = True  # each image seeded by its dataset index: any batch that held it will do
     progress_description = "Analysing"
     work_verb = "analyse"
     #: the per-order records (``(B, K, O)`` float64, NaN where not analysed), each quantity with its ``_stderr``
