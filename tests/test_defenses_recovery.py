@@ -124,6 +124,11 @@ def test_empty_subset_is_nan_and_a_bad_subset_is_an_error():
     result = _result()
     result.fooled = torch.zeros(4, dtype=torch.bool)
     assert math.isnan(result.summary("fooled")["closer"])
+    row = recoverability_table({"m": result}, "fooled").splitlines()[2]
+    assert row == "| m | 0 | 0.000 | – | – | – | – |"  # not "nan ± nan"
+    result.fooled = torch.tensor([True, False, False, False])
+    row = recoverability_table({"m": result}, "fooled").splitlines()[2]
+    assert "nan" not in row and row.count("±") == 0 and row.startswith("| m | 1 | 0.250 | ")
     with pytest.raises(ValueError, match="subset"):
         result.summary("some")
 

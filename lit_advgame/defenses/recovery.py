@@ -28,6 +28,7 @@ True
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -235,17 +236,22 @@ def compare_recoverability(
 
 def recoverability_table(results: Mapping[str, RecoveryResult], subset: RecoverySubset = "all") -> str:
     """A Markdown table of Table 4's columns per model: ``E‖x − x_adv‖₂``, ``E‖x − x̂‖₂``, the fraction
-    recovered closer and the fraction restored to ``y``, each ± one standard error."""
+    recovered closer and the fraction restored to ``y``, each ± one standard error (``–`` where the subset is
+    empty, no error for a single image)."""
     lines = [
         "| model | images | fooled | E‖x − x_adv‖₂ | E‖x − x̂‖₂ | recovered closer | restored to y |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, result in results.items():
         s = result.summary(subset)
-        lines.append(
-            f"| {name} | {int(s['num_images'])} | {s['fooled']:.3f} "
-            f"| {s['adversarial_distance']:.3f} ± {s['adversarial_distance_stderr']:.3f} "
-            f"| {s['recovered_distance']:.3f} ± {s['recovered_distance_stderr']:.3f} "
-            f"| {s['closer']:.3f} ± {s['closer_stderr']:.3f} | {s['restored']:.3f} ± {s['restored_stderr']:.3f} |"
-        )
+        cells = [_mean_pm(s[key], s[f"{key}_stderr"]) for key in ("adversarial_distance", "recovered_distance")]
+        cells += [_mean_pm(s[key], s[f"{key}_stderr"]) for key in ("closer", "restored")]
+        lines.append(f"| {name} | {int(s['num_images'])} | {s['fooled']:.3f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _mean_pm(mean: float, stderr: float) -> str:
+    """``"mean ± SE"``; ``"–"`` for an empty subset (NaN mean), the mean alone for one image (NaN SE)."""
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.3f}" if math.isnan(stderr) else f"{mean:.3f} ± {stderr:.3f}"
