@@ -33,6 +33,8 @@ from tests.tb_utils import read_scalars
 from tests.test_imagefolder import make_flat_folder
 from tests.test_pretrained import place_weights
 
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # one intra-op thread (tests/conftest.py)
+
 PAPER = CONFIGS / "paper"
 IR_BASE = PAPER / "ir_imagenet_rn34.yaml"
 #: the per-source files on top of IR_BASE: the source architecture and the targets Table 1 has for it
