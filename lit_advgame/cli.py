@@ -64,7 +64,13 @@ from typing_extensions import override
 
 from lit_advgame.models.torchvision_models import allow_downloads_by_default
 from lit_advgame.models.weights import read_checkpoint
-from lit_advgame.utils.errors import DEBUG_ENV, run_reporting_user_errors
+from lit_advgame.utils.errors import (
+    DEBUG_ENV,
+    USER_ERROR_EXIT_CODE,
+    debug_enabled,
+    run_reporting_user_errors,
+    unwrap_union_error,
+)
 
 # Linked from the instantiated DataModule into the instantiated model, when the model takes them.
 DATA_TO_MODEL_LINKS = ("num_classes", "input_shape", "mean", "std")
@@ -259,6 +265,20 @@ def checkpoint_conflicts(model: pl.LightningModule, hparams: dict[str, Any]) -> 
     return lines
 
 
+class AdvGameArgumentParser(LightningArgumentParser):
+    """The CLI's parser: a bad argument or config value is one ``error: <message>`` line (exit status 2), as the
+    errors raised while building the objects (:mod:`lit_advgame.utils.errors`), instead of jsonargparse's usage
+    dump and its list of union alternatives. ``LIT_ADVGAME_DEBUG=1`` keeps jsonargparse's report."""
+
+    @override
+    def error(self, message: str, ex: Exception | None = None) -> Any:
+        message = unwrap_union_error(message)
+        if not self.exit_on_error or debug_enabled():  # jsonargparse catches it (or the user asked for all of it)
+            return super().error(message, ex)
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(USER_ERROR_EXIT_CODE)
+
+
 class AdvGameCLI(LightningCLI):
     """LightningCLI with data→model links, per-run folders, ``--ckpt_path last`` resolution, checkpoint
     hyper-parameter checks and an optional test run after ``fit`` (see the module docstring)."""
@@ -437,6 +457,7 @@ def build_cli(args: Any = None, run: bool = True) -> AdvGameCLI:
         model_class=pl.LightningModule,
         datamodule_class=pl.LightningDataModule,
         trainer_class=Trainer,
+        parser_class=AdvGameArgumentParser,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_callback=RunConfigCallback,

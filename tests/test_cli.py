@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from lit_advgame.cli import build_cli, main
-from tests.conftest import CONFIGS, DDP_CPU_ARGS
+from tests.conftest import CONFIGS, DDP_CPU_ARGS, REPO_ROOT
 from tests.tb_utils import read_scalars
 
 FAST = [
@@ -267,3 +267,39 @@ def test_an_error_while_building_the_model_is_one_line(tmp_path, monkeypatch, ca
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: unknown model name 'nonexistent'"), err
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["fit", "--config", "standard_digits.yaml", "--trainer.max_epochs", "x"],
+            "error: trainer.max_epochs: expected int or null; got 'x'",
+        ),
+        (
+            [
+                "fit",
+                "--config",
+                "penalty_digits.yaml",
+                "--trainer.callbacks+=lit_advgame.callbacks.InteractionStrengthCallback",
+                "--trainer.callbacks.probe_size=-3",
+            ],
+            "error: probe_size must be >= 1; got -3",
+        ),
+        (
+            ["predict", "--config", "defenses_digits.yaml", "--model.init_args.dropout.rates", "[1.5]"],
+            "error: dropout.rates (the dropout rate α) must lie in [0, 1); got 1.5",
+        ),
+    ],
+    ids=["parse-type", "callback-argument", "nested-settings"],
+)
+def test_bad_values_in_unions_and_subclasses_are_one_line(args, expected, capsys, monkeypatch):
+    # jsonargparse's report lists every union alternative, the given value and the accepted subclass forms
+    # (and, at parse time, the usage); the CLI prints only the error that names the argument
+    monkeypatch.chdir(REPO_ROOT)
+    args = [str(CONFIGS / a) if a.endswith(".yaml") else a for a in args]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err == [expected]

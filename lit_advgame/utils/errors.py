@@ -53,9 +53,56 @@ UNION_WRAPPER = "Does not validate against any of the Union subtypes"
 (``model``/``data`` in subclass mode): it lists each subtype's error, with the value it was given."""
 
 
+def _type_name(expected: str) -> str:
+    """``"Expected a <class 'int'>"`` -> ``"int"``; ``"Expected a <class 'NoneType'>"`` -> ``"null"``."""
+    name = expected.removeprefix("Expected a ").strip()
+    if name.startswith("<class '") and name.endswith("'>"):
+        name = name[len("<class '") : -2].rsplit(".", 1)[-1]
+    return "null" if name == "NoneType" else name
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def _union_errors(lines: list[str]) -> list[str]:
+    """The errors of the union report ``lines`` (nested unions flattened), without the ``null`` alternative and,
+    when a real error is among them, without jsonargparse's generic ``Not a valid subclass``/type alternatives."""
+    head = lines[0].strip()
+    if head != UNION_WRAPPER:
+        return [strip_subclass_forms("\n".join(line.strip() for line in lines)).replace("\n", " ")]
+    base = _indent(lines[0])
+    bullets: list[list[str]] = []
+    bullet_indent: int | None = None
+    given = None
+    errors_at = next((k for k, line in enumerate(lines) if line.strip() == "Errors:"), None)
+    for line in lines[(errors_at or len(lines)) + 1 :]:
+        text = line.strip()
+        if _indent(line) <= base and text.startswith("Given value"):
+            if text.startswith("Given value:"):
+                given = text.removeprefix("Given value:").strip()
+            continue
+        if text.startswith("- ") and bullet_indent in (None, _indent(line)):
+            bullet_indent = _indent(line)
+            bullets.append([" " * (_indent(line) + 2) + text[2:]])
+        elif bullets:
+            bullets[-1].append(line)
+    found = [e for bullet in bullets for e in _union_errors(bullet)]
+    found = [e for e in found if e != "Expected a <class 'NoneType'>"] or found
+    real = [e for e in found if not e.startswith(("Expected a ", "Not a valid subclass of "))]
+    if real:
+        return real
+    if found and all(e.startswith("Expected a ") for e in found):
+        types = " or ".join(_type_name(e) for e in found + ["Expected a <class 'NoneType'>"] * ("null" not in head))
+        return [f"expected {types}; got {given!r}"]
+    return found
+
+
 def unwrap_union_error(message: str) -> str:
-    r"""The errors jsonargparse collected under :data:`UNION_WRAPPER`, without the subtype list, the
-    ``Expected a <class 'NoneType'>`` alternative and the dump of the given value.
+    r"""The errors jsonargparse collected under :data:`UNION_WRAPPER` (nested unions included, after an optional
+    ``Parser key "<key>":`` line), without the subtype lists, the ``Expected a <class 'NoneType'>`` alternatives,
+    the dumps of the given values and the lists of accepted subclass forms. Where every alternative is a type
+    mismatch, one line names the key, the expected types and the given value.
 
     >>> unwrap_union_error(
     ...     "Does not validate against any of the Union subtypes\nSubtypes: [A, NoneType]\nErrors:\n"
@@ -63,19 +110,42 @@ def unwrap_union_error(message: str) -> str:
     ...     "Given value type: <class 'Namespace'>\nGiven value: Namespace(arch='x')"
     ... )
     "unknown model name 'x'. Available: lenet"
+    >>> unwrap_union_error(
+    ...     'Parser key "trainer.max_epochs":\n  Does not validate against any of the Union subtypes\n'
+    ...     "  Subtypes: [<class 'int'>, <class 'NoneType'>]\n  Errors:\n    - Expected a <class 'int'>\n"
+    ...     "    - Expected a <class 'NoneType'>\n  Given value type: <class 'str'>\n  Given value: x"
+    ... )
+    "trainer.max_epochs: expected int or null; got 'x'"
     """
-    if not message.startswith(UNION_WRAPPER) or "\nErrors:\n" not in message:
+    lines = message.splitlines()
+    key = None
+    if lines and lines[0].startswith('Parser key "') and lines[0].endswith('":'):
+        key, lines = lines[0][len('Parser key "') : -2], lines[1:]
+    if not lines or lines[0].strip() != UNION_WRAPPER:
+        return strip_subclass_forms(message)
+    errors = _union_errors(lines)
+    return (f"{key}: " if key else "") + "; ".join(errors) if errors else message
+
+
+SUBCLASS_FORMS = "Subclass types expect one of:"
+"""How jsonargparse starts its list of the accepted forms of a subclass argument, after the actual error."""
+
+
+def strip_subclass_forms(message: str) -> str:
+    r"""``message`` without jsonargparse's list of accepted subclass forms, and without its trailing ``Not a valid
+    subclass of <Base>`` when a real error precedes it.
+
+    >>> strip_subclass_forms(
+    ...     "probe_size must be >= 1; got -3; Not a valid subclass of Callback\n    Subclass types expect one of:\n"
+    ...     "    - a class path (str)"
+    ... )
+    'probe_size must be >= 1; got -3'
+    """
+    if SUBCLASS_FORMS not in message:
         return message
-    errors = []
-    for line in message.split("\nErrors:\n", 1)[1].splitlines():
-        if line.startswith("Given value"):
-            break
-        if line.startswith("  - "):
-            errors.append(line[4:])
-        elif errors:
-            errors[-1] += "\n" + line
-    errors = [e for e in errors if not e.startswith("Expected a <class 'NoneType'>")]
-    return "; ".join(errors) if errors else message
+    head = message.split(SUBCLASS_FORMS, 1)[0].rstrip()
+    cut = head.rfind("; Not a valid subclass of ")
+    return head[:cut] if cut > 0 else head
 
 
 def error_message(err: BaseException) -> str:
